@@ -1,0 +1,440 @@
+//! The configuration users write (`portcullis.yaml`), as typed structs.
+//!
+//! Parsing is strict (`deny_unknown_fields` everywhere) because a misspelt
+//! `deny:` that silently vanished would open access. Every error names the
+//! file, the line and the field, so `portcullis check-config` can point at it.
+
+mod duration;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use duration::HumanDuration;
+
+/// A configuration error, already formatted as `file:line: field: message`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        message: String,
+    },
+}
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Admin API and web console.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Where records, grants and approvals live: `sqlite://PATH` (embedded default).
+    #[serde(default = "default_store")]
+    pub store: String,
+    /// Directory for generated state: dev TLS certificate, SSH host key.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Certificate for client-facing listeners; omitted means a generated dev certificate.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Who may connect (OIDC issuers) and who may approve.
+    pub identity: IdentityConfig,
+    /// Listeners and the upstreams they front.
+    #[serde(default)]
+    pub connections: Vec<ConnectionConfig>,
+    /// Who may do what on which connection. Nothing matches = no access.
+    #[serde(default)]
+    pub policies: Vec<PolicyConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin API.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Trusted OIDC issuers; a token from any other issuer is refused.
+    #[serde(default)]
+    pub oidc: Vec<OidcIssuerConfig>,
+    /// Principals and groups allowed to approve grants and held commands.
+    #[serde(default)]
+    pub approvers: ApproversConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcIssuerConfig {
+    /// Issuer URL; must equal the token's `iss` and the discovery document's `issuer`.
+    pub issuer: String,
+    /// Required `aud` value.
+    pub audience: String,
+    /// Claim that names the principal.
+    #[serde(default = "default_principal_claim")]
+    pub principal_claim: String,
+    /// Claim holding the principal's groups (array of strings or one string).
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+    /// Clock skew tolerated on `exp` / `nbf`.
+    #[serde(default = "default_leeway")]
+    pub leeway: HumanDuration,
+    /// JWKS URL, when the issuer publishes no discovery document.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproversConfig {
+    /// Principal names that may approve.
+    #[serde(default)]
+    pub principals: Vec<String>,
+    /// Groups whose members may approve.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// One listener and the upstream it fronts, by protocol.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ConnectionConfig {
+    Postgres(PostgresConnection),
+    Ssh(SshConnection),
+    Kubernetes(HttpConnection),
+    Http(HttpConnection),
+}
+
+impl ConnectionConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Postgres(c) => &c.name,
+            Self::Ssh(c) => &c.name,
+            Self::Kubernetes(c) | Self::Http(c) => &c.name,
+        }
+    }
+
+    pub fn listen(&self) -> &str {
+        match self {
+            Self::Postgres(c) => &c.listen,
+            Self::Ssh(c) => &c.listen,
+            Self::Kubernetes(c) | Self::Http(c) => &c.listen,
+        }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Ssh(_) => "ssh",
+            Self::Kubernetes(_) => "kubernetes",
+            Self::Http(_) => "http",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConnection {
+    /// Name used by policies, grants and records.
+    pub name: String,
+    /// Address clients connect to.
+    pub listen: String,
+    /// Accept clients without TLS. Only allowed on a loopback listener; tokens
+    /// otherwise cross the network in clear text.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    /// The real database and the credential the gateway holds for it.
+    pub upstream: PostgresUpstream,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresUpstream {
+    pub host: String,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    /// Environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding the password (trailing newline ignored).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Inline password: for trials only.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// TLS towards the upstream.
+    #[serde(default)]
+    pub tls: UpstreamTls,
+    /// CA bundle for `verify-full`; the system roots when omitted.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTls {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshConnection {
+    pub name: String,
+    pub listen: String,
+    pub upstream: SshUpstream,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshUpstream {
+    pub host: String,
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    pub user: String,
+    pub private_key_file: PathBuf,
+    /// The upstream's host key, as in `known_hosts` (`ssh-ed25519 AAAA...`).
+    pub known_host_key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConnection {
+    pub name: String,
+    pub listen: String,
+    pub upstream: HttpUpstream,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpUpstream {
+    pub server: String,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Named in decisions and records, so a denial says which policy spoke.
+    pub name: String,
+    /// Which principals this policy is about.
+    #[serde(rename = "match")]
+    pub matcher: MatchConfig,
+    /// The connection it governs.
+    pub connection: String,
+    /// Standing access, or just-in-time through grants.
+    #[serde(default)]
+    pub access: Access,
+    /// Statement classes (`read`, `write`, `ddl`, `admin`) or SQL patterns allowed.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Classes or patterns held for a human approver.
+    #[serde(default)]
+    pub require_approval: Vec<String>,
+    /// Classes or patterns always refused; deny wins over allow.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Values hidden from results.
+    #[serde(default)]
+    pub mask: Option<MaskConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// Claim name → expected value (`*` globs allowed); all must match.
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+    /// Any of these groups matches.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Any of these principal names matches (`*` globs allowed).
+    #[serde(default)]
+    pub principals: Vec<String>,
+}
+
+/// `access: standing` or `access: { jit: { max: 1h, approval: required } }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "AccessRepr")]
+pub enum Access {
+    #[default]
+    Standing,
+    Jit(JitAccess),
+}
+
+/// serde_yaml spells enum variants as YAML tags; users write a plain word
+/// or a one-key map, so parse that shape and convert.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AccessRepr {
+    Word(String),
+    Jit { jit: JitAccess },
+}
+
+impl TryFrom<AccessRepr> for Access {
+    type Error = String;
+
+    fn try_from(repr: AccessRepr) -> Result<Self, String> {
+        match repr {
+            AccessRepr::Word(w) if w == "standing" => Ok(Access::Standing),
+            AccessRepr::Word(w) => Err(format!(
+                "access must be `standing` or `{{ jit: {{ max: 1h, approval: required|auto }} }}`, not {w:?}"
+            )),
+            AccessRepr::Jit { jit } => Ok(Access::Jit(jit)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JitAccess {
+    /// Longest grant an approver can give.
+    pub max: HumanDuration,
+    /// `required`: a human approves each grant; `auto`: granted at once, still recorded.
+    #[serde(default)]
+    pub approval: JitApproval,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JitApproval {
+    #[default]
+    Required,
+    Auto,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskConfig {
+    /// Columns to mask: `table.column`, `schema.table.column`, `*.column`.
+    #[serde(default)]
+    pub columns: Vec<String>,
+    /// Content detectors: credit_card, email, iban, ssn, phone, ip, jwt, secret.
+    #[serde(default)]
+    pub detect: Vec<String>,
+}
+
+fn default_store() -> String {
+    "sqlite://data/portcullis.db".into()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_principal_claim() -> String {
+    "sub".into()
+}
+fn default_leeway() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
+}
+fn default_pg_port() -> u16 {
+    5432
+}
+fn default_ssh_port() -> u16 {
+    22
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::parse(&file, &text)
+    }
+
+    /// Parses and validates config text; `file` only labels errors.
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::Invalid {
+            file: file.to_string(),
+            line: e.location().map(|l| l.line()).unwrap_or(1),
+            message: e.to_string().replace(" at line", ", at line"),
+        })?;
+        validate::validate(&config).map_err(|v| ConfigError::Invalid {
+            file: file.to_string(),
+            line: v.locate_in(text),
+            message: format!("{}: {}", v.field, v.message),
+        })?;
+        Ok(config)
+    }
+
+    pub fn connection(&self, name: &str) -> Option<&ConnectionConfig> {
+        self.connections.iter().find(|c| c.name() == name)
+    }
+
+    /// Path of the SQLite file when the store is `sqlite://PATH`.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        self.store.strip_prefix("sqlite://").map(PathBuf::from)
+    }
+}
+
+impl PostgresUpstream {
+    /// Resolves the upstream password from env, file or inline value.
+    pub fn resolve_password(&self) -> Result<Option<String>, String> {
+        if let Some(var) = &self.password_env {
+            return std::env::var(var)
+                .map(Some)
+                .map_err(|_| format!("environment variable {var} is not set"));
+        }
+        if let Some(path) = &self.password_file {
+            return std::fs::read_to_string(path)
+                .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
+                .map_err(|e| format!("cannot read password_file {}: {e}", path.display()));
+        }
+        Ok(self.password.clone())
+    }
+}
+
+/// True when `addr` only accepts connections from this machine.
+pub fn is_loopback_listen(addr: &str) -> bool {
+    match addr.parse::<SocketAddr>() {
+        Ok(a) => a.ip().is_loopback(),
+        Err(_) => addr.starts_with("localhost:"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

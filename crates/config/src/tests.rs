@@ -1,0 +1,116 @@
+use super::*;
+
+const GOOD: &str = r#"
+admin:
+  listen: 127.0.0.1:8080
+store: sqlite://data/portcullis.db
+identity:
+  oidc:
+    - issuer: http://127.0.0.1:9000
+      audience: portcullis
+      groups_claim: groups
+  approvers:
+    groups: [sre-oncall]
+connections:
+  - name: orders-db
+    type: postgres
+    listen: 127.0.0.1:15432
+    upstream:
+      host: 127.0.0.1
+      database: orders
+      user: app_rw
+      password_env: ORDERS_DB_PASSWORD
+      tls: prefer
+policies:
+  - name: ci-reads
+    match: { claims: { sub: "repo:acme/shop:*" } }
+    connection: orders-db
+    allow: [read]
+    require_approval: [write]
+    deny: ["DROP *", "TRUNCATE *"]
+    mask:
+      columns: ["customers.email"]
+      detect: [credit_card]
+  - name: oncall
+    match: { groups: [sre] }
+    connection: orders-db
+    access: { jit: { max: 1h, approval: auto } }
+    allow: [read, write]
+"#;
+
+#[test]
+fn parses_the_documented_shape() {
+    let c = Config::parse("p.yaml", GOOD).expect("valid");
+    assert_eq!(c.connections.len(), 1);
+    let ConnectionConfig::Postgres(pg) = &c.connections[0] else {
+        panic!("postgres expected")
+    };
+    assert_eq!(pg.upstream.port, 5432);
+    assert_eq!(pg.upstream.tls, UpstreamTls::Prefer);
+    assert_eq!(c.policies[0].access, Access::Standing);
+    assert_eq!(
+        c.policies[1].access,
+        Access::Jit(JitAccess {
+            max: HumanDuration(std::time::Duration::from_secs(3600)),
+            approval: JitApproval::Auto
+        })
+    );
+    assert_eq!(c.identity.oidc[0].principal_claim, "sub");
+}
+
+#[test]
+fn unknown_field_names_line_and_field() {
+    let bad = GOOD.replace("    deny: [\"DROP *\"", "    denny: [\"DROP *\"");
+    let err = Config::parse("p.yaml", &bad).unwrap_err().to_string();
+    assert!(err.starts_with("p.yaml:"), "{err}");
+    assert!(err.contains("denny"), "{err}");
+    let line: usize = err.split(':').nth(1).unwrap().parse().unwrap();
+    assert_eq!(bad.lines().nth(line - 1).map(|l| l.contains("name: ci-reads") || l.contains("denny")), Some(true), "{err}");
+}
+
+#[test]
+fn dangling_policy_connection_is_located() {
+    let bad = GOOD.replace("connection: orders-db\n    access", "connection: nope-db\n    access");
+    let err = Config::parse("p.yaml", &bad).unwrap_err().to_string();
+    assert!(err.contains("policies[1].connection"), "{err}");
+    assert!(err.contains("nope-db"), "{err}");
+    let line: usize = err.split(':').nth(1).unwrap().parse().unwrap();
+    assert!(bad.lines().nth(line - 1).unwrap().contains("nope-db"));
+}
+
+#[test]
+fn plaintext_only_on_loopback() {
+    let bad = GOOD.replace(
+        "    listen: 127.0.0.1:15432\n",
+        "    listen: 0.0.0.0:15432\n    insecure_plaintext: true\n",
+    );
+    let err = Config::parse("p.yaml", &bad).unwrap_err().to_string();
+    assert!(err.contains("insecure_plaintext"), "{err}");
+}
+
+#[test]
+fn empty_match_is_refused() {
+    let bad = GOOD.replace("match: { groups: [sre] }", "match: {}");
+    let err = Config::parse("p.yaml", &bad).unwrap_err().to_string();
+    assert!(err.contains("policies[1].match"), "{err}");
+}
+
+#[test]
+fn misspelt_class_is_refused() {
+    let bad = GOOD.replace("allow: [read]", "allow: [raed]");
+    let err = Config::parse("p.yaml", &bad).unwrap_err().to_string();
+    assert!(err.contains("raed"), "{err}");
+}
+
+#[test]
+fn bad_duration_is_refused() {
+    let bad = GOOD.replace("max: 1h", "max: soon");
+    assert!(Config::parse("p.yaml", &bad).is_err());
+}
+
+#[test]
+fn loopback_detection() {
+    assert!(is_loopback_listen("127.0.0.1:5432"));
+    assert!(is_loopback_listen("[::1]:5432"));
+    assert!(!is_loopback_listen("0.0.0.0:5432"));
+}

@@ -1,0 +1,195 @@
+//! Checks serde cannot express: cross references, uniqueness, unsafe combinations.
+
+use std::collections::HashSet;
+
+use crate::{is_loopback_listen, Config, ConnectionConfig};
+
+const STATEMENT_CLASSES: [&str; 4] = ["read", "write", "ddl", "admin"];
+const DETECTORS: [&str; 8] = [
+    "credit_card",
+    "email",
+    "iban",
+    "ssn",
+    "phone",
+    "ip",
+    "jwt",
+    "secret",
+];
+
+pub(crate) struct Violation {
+    pub field: String,
+    pub message: String,
+    /// Text near the offending value, used to find its line.
+    pub anchor: String,
+}
+
+impl Violation {
+    fn new(field: String, message: String, anchor: &str) -> Self {
+        Self {
+            field,
+            message,
+            anchor: anchor.to_string(),
+        }
+    }
+
+    /// Line of the first occurrence of the anchor in the file (1 when absent),
+    /// since serde_yaml keeps no positions once values are deserialized.
+    pub fn locate_in(&self, text: &str) -> usize {
+        if self.anchor.is_empty() {
+            return 1;
+        }
+        text.lines()
+            .position(|l| l.contains(&self.anchor))
+            .map(|i| i + 1)
+            .unwrap_or(1)
+    }
+}
+
+pub(crate) fn validate(config: &Config) -> Result<(), Violation> {
+    validate_identity(config)?;
+    validate_connections(config)?;
+    validate_policies(config)
+}
+
+fn validate_identity(config: &Config) -> Result<(), Violation> {
+    for (i, issuer) in config.identity.oidc.iter().enumerate() {
+        if !(issuer.issuer.starts_with("https://") || issuer.issuer.starts_with("http://")) {
+            return Err(Violation::new(
+                format!("identity.oidc[{i}].issuer"),
+                format!("{:?} is not an http(s) URL", issuer.issuer),
+                &issuer.issuer,
+            ));
+        }
+        if issuer.audience.is_empty() {
+            return Err(Violation::new(
+                format!("identity.oidc[{i}].audience"),
+                "must not be empty".into(),
+                "audience",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_connections(config: &Config) -> Result<(), Violation> {
+    let mut names = HashSet::new();
+    let mut listens = HashSet::new();
+    for (i, conn) in config.connections.iter().enumerate() {
+        let field = |f: &str| format!("connections[{i}].{f}");
+        if !names.insert(conn.name()) {
+            return Err(Violation::new(
+                field("name"),
+                format!("duplicate connection name {:?}", conn.name()),
+                conn.name(),
+            ));
+        }
+        if !listens.insert(conn.listen()) {
+            return Err(Violation::new(
+                field("listen"),
+                format!("address {} is used by two connections", conn.listen()),
+                conn.listen(),
+            ));
+        }
+        if conn.listen().parse::<std::net::SocketAddr>().is_err()
+            && !conn.listen().starts_with("localhost:")
+        {
+            return Err(Violation::new(
+                field("listen"),
+                format!("{:?} is not HOST:PORT", conn.listen()),
+                conn.listen(),
+            ));
+        }
+        if let ConnectionConfig::Postgres(pg) = conn {
+            if pg.insecure_plaintext && !is_loopback_listen(&pg.listen) {
+                return Err(Violation::new(
+                    field("insecure_plaintext"),
+                    "only allowed on a loopback listener: tokens would cross the network in clear text".into(),
+                    "insecure_plaintext",
+                ));
+            }
+            let up = &pg.upstream;
+            let sources = [
+                up.password_env.is_some(),
+                up.password_file.is_some(),
+                up.password.is_some(),
+            ];
+            if sources.iter().filter(|s| **s).count() > 1 {
+                return Err(Violation::new(
+                    field("upstream"),
+                    "give at most one of password_env, password_file, password".into(),
+                    "password",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_policies(config: &Config) -> Result<(), Violation> {
+    let mut names = HashSet::new();
+    for (i, policy) in config.policies.iter().enumerate() {
+        let field = |f: &str| format!("policies[{i}].{f}");
+        if !names.insert(policy.name.as_str()) {
+            return Err(Violation::new(
+                field("name"),
+                format!("duplicate policy name {:?}", policy.name),
+                &policy.name,
+            ));
+        }
+        if config.connection(&policy.connection).is_none() {
+            return Err(Violation::new(
+                field("connection"),
+                format!("no connection named {:?}", policy.connection),
+                &policy.connection,
+            ));
+        }
+        let m = &policy.matcher;
+        if m.claims.is_empty() && m.groups.is_empty() && m.principals.is_empty() {
+            return Err(Violation::new(
+                field("match"),
+                "must name claims, groups or principals (an empty match would admit every token)"
+                    .into(),
+                &policy.name,
+            ));
+        }
+        for (list, rules) in [
+            ("allow", &policy.allow),
+            ("require_approval", &policy.require_approval),
+            ("deny", &policy.deny),
+        ] {
+            for rule in rules {
+                if rule.trim().is_empty() {
+                    return Err(Violation::new(
+                        field(list),
+                        "empty rule".into(),
+                        &policy.name,
+                    ));
+                }
+                let lower = rule.to_ascii_lowercase();
+                let looks_like_class = !rule.contains(' ') && !rule.contains('*');
+                if looks_like_class && !STATEMENT_CLASSES.contains(&lower.as_str()) {
+                    return Err(Violation::new(
+                        field(list),
+                        format!(
+                            "{rule:?} is neither a statement class ({}) nor a SQL pattern such as \"DROP *\"",
+                            STATEMENT_CLASSES.join(", ")
+                        ),
+                        rule,
+                    ));
+                }
+            }
+        }
+        if let Some(mask) = &policy.mask {
+            for d in &mask.detect {
+                if !DETECTORS.contains(&d.as_str()) {
+                    return Err(Violation::new(
+                        field("mask.detect"),
+                        format!("unknown detector {d:?}; known: {}", DETECTORS.join(", ")),
+                        d,
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}

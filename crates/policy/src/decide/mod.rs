@@ -1,0 +1,315 @@
+//! Where the decision is made: given the policies that apply to a principal
+//! on a connection and a classified query, allow, deny or hold it.
+//!
+//! The order is fixed and simple enough to state in one line: for each
+//! statement, a matching `deny` rule of any applicable policy wins, then a
+//! matching `require_approval` rule holds it, then a matching `allow` rule
+//! allows it; `session` statements (BEGIN, SET, SHOW...) are allowed to
+//! anyone a policy applies to; everything else is denied by default. A query
+//! is denied if any statement is, else held if any is, else allowed.
+//!
+//! Everything here is a pure function of the compiled policies, the
+//! principal and the classification, so `portcullis policy test` and the
+//! protocol drivers get the same answer.
+
+mod glob;
+mod principal;
+mod rules;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+use portcullis_config::{Access, MaskConfig, PolicyConfig};
+use portcullis_identity::Principal;
+
+use crate::classify::{Classification, Statement, StatementClass};
+
+use principal::Matcher;
+pub use rules::RuleProblem;
+use rules::{fold, List, Rule};
+
+/// What happens to a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow,
+    Deny,
+    /// Held until an approver says yes; a timeout is a denial.
+    Hold,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Hold => "hold",
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The one decision for a query; later stages act on it and never re-inspect the SQL.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// The policy whose rule decided; `None` for the default deny.
+    pub policy: Option<String>,
+    /// The rule that decided, as written: `read`, `DROP *`; or `default deny`,
+    /// `session`, `empty`.
+    pub rule: String,
+    /// A sentence for the client and the record.
+    pub reason: String,
+    /// Which statement of a multi-statement query decided a deny or hold.
+    pub statement_index: Option<usize>,
+}
+
+/// Why policies could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy {policy:?}: {list}: {rule:?}: {problem}")]
+    Rule {
+        policy: String,
+        list: &'static str,
+        rule: String,
+        problem: RuleProblem,
+    },
+}
+
+/// The configured policies, compiled once; shared by every session.
+#[derive(Debug, Clone)]
+pub struct PolicySet {
+    policies: Vec<Policy>,
+}
+
+#[derive(Debug, Clone)]
+struct Policy {
+    name: String,
+    matcher: Matcher,
+    connection: String,
+    access: Access,
+    deny: Vec<Rule>,
+    require_approval: Vec<Rule>,
+    allow: Vec<Rule>,
+    mask: Option<MaskConfig>,
+}
+
+impl Policy {
+    fn compile(config: &PolicyConfig) -> Result<Self, PolicyError> {
+        let rules = |list: List, texts: &[String]| -> Result<Vec<Rule>, PolicyError> {
+            texts
+                .iter()
+                .map(|t| Rule::compile(&config.name, list, t))
+                .collect()
+        };
+        Ok(Self {
+            name: config.name.clone(),
+            matcher: Matcher::compile(&config.matcher),
+            connection: config.connection.clone(),
+            access: config.access.clone(),
+            deny: rules(List::Deny, &config.deny)?,
+            require_approval: rules(List::RequireApproval, &config.require_approval)?,
+            allow: rules(List::Allow, &config.allow)?,
+            mask: config.mask.clone(),
+        })
+    }
+
+    fn rules(&self, list: List) -> &[Rule] {
+        match list {
+            List::Deny => &self.deny,
+            List::RequireApproval => &self.require_approval,
+            List::Allow => &self.allow,
+        }
+    }
+}
+
+impl PolicySet {
+    pub fn compile(policies: &[PolicyConfig]) -> Result<Self, PolicyError> {
+        let policies = policies
+            .iter()
+            .map(Policy::compile)
+            .collect::<Result<_, _>>()?;
+        Ok(Self { policies })
+    }
+
+    /// Policies that match this principal for this connection, in config order.
+    pub fn applicable<'a>(&'a self, principal: &Principal, connection: &str) -> Applicable<'a> {
+        Applicable {
+            policies: self
+                .policies
+                .iter()
+                .filter(|p| p.connection == connection && p.matcher.matches(principal))
+                .collect(),
+        }
+    }
+}
+
+/// The policies that apply to one principal on one connection; computed
+/// once per session and asked about each query.
+#[derive(Debug, Clone)]
+pub struct Applicable<'a> {
+    policies: Vec<&'a Policy>,
+}
+
+impl Applicable<'_> {
+    /// No policy applies: the principal has no access to this connection.
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    pub fn policy_names(&self) -> Vec<&str> {
+        self.policies.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    /// How access is granted: `Standing` when any applicable policy is
+    /// standing; otherwise the `jit` settings of the first applicable policy
+    /// (config order); `None` when no policy applies. Grants are enforced by
+    /// the caller, not here.
+    pub fn access(&self) -> Option<&Access> {
+        self.policies
+            .iter()
+            .map(|p| &p.access)
+            .find(|a| **a == Access::Standing)
+            .or_else(|| self.policies.first().map(|p| &p.access))
+    }
+
+    /// The mask settings of the applicable policies that have any.
+    pub fn masks(&self) -> impl Iterator<Item = (&str, &MaskConfig)> {
+        self.policies
+            .iter()
+            .filter_map(|p| p.mask.as_ref().map(|m| (p.name.as_str(), m)))
+    }
+
+    /// Decides a whole query: denied if any statement is (the first such),
+    /// else held if any is, else allowed.
+    pub fn decide(&self, classification: &Classification) -> Decision {
+        let decisions: Vec<Decision> = classification
+            .statements
+            .iter()
+            .map(|s| self.decide_statement(s))
+            .collect();
+        let first = |verdict: Verdict| {
+            decisions
+                .iter()
+                .position(|d| d.verdict == verdict)
+                .map(|i| Decision {
+                    statement_index: Some(i),
+                    ..decisions[i].clone()
+                })
+        };
+        first(Verdict::Deny)
+            .or_else(|| first(Verdict::Hold))
+            .or_else(|| decisions.first().cloned())
+            .unwrap_or_else(empty_query)
+    }
+
+    /// Decides one statement (its `statement_index` is `None`).
+    pub fn decide_statement(&self, statement: &Statement) -> Decision {
+        if self.policies.is_empty() {
+            return default_deny("no policy applies to this principal on this connection".into());
+        }
+        let folded = fold(&statement.normalized);
+        let lists = [
+            (List::Deny, Verdict::Deny),
+            (List::RequireApproval, Verdict::Hold),
+            (List::Allow, Verdict::Allow),
+        ];
+        for (list, verdict) in lists {
+            if let Some(decision) = self.first_match(list, verdict, statement, &folded) {
+                return decision;
+            }
+        }
+        if statement.class == StatementClass::Session {
+            return self.session(statement);
+        }
+        let mut reason = format!(
+            "no policy allows {} statements on this connection",
+            statement.class
+        );
+        if let Some(why) = &statement.why {
+            reason.push_str(&format!(" (this {} {why})", statement.command));
+        }
+        default_deny(reason)
+    }
+
+    fn first_match(
+        &self,
+        list: List,
+        verdict: Verdict,
+        statement: &Statement,
+        folded: &str,
+    ) -> Option<Decision> {
+        self.policies.iter().find_map(|policy| {
+            let rule = policy
+                .rules(list)
+                .iter()
+                .find(|r| r.matches(statement, folded))?;
+            Some(Decision {
+                verdict,
+                policy: Some(policy.name.clone()),
+                rule: rule.text.clone(),
+                reason: format!(
+                    "{} matches {} rule {:?} of policy {:?}",
+                    describe(statement),
+                    list.as_str(),
+                    rule.text,
+                    policy.name
+                ),
+                statement_index: None,
+            })
+        })
+    }
+
+    fn session(&self, statement: &Statement) -> Decision {
+        let policy = self.policies.first().map(|p| p.name.clone());
+        Decision {
+            verdict: Verdict::Allow,
+            reason: format!(
+                "session statement {:?} is allowed while a policy applies ({:?})",
+                statement.command,
+                policy.as_deref().unwrap_or_default()
+            ),
+            policy,
+            rule: "session".into(),
+            statement_index: None,
+        }
+    }
+}
+
+/// `statement "SELECT"`, with the reason when its class was raised.
+fn describe(statement: &Statement) -> String {
+    match &statement.why {
+        Some(why) => format!(
+            "statement {:?} ({}: {why})",
+            statement.command, statement.class
+        ),
+        None => format!("statement {:?}", statement.command),
+    }
+}
+
+fn default_deny(reason: String) -> Decision {
+    Decision {
+        verdict: Verdict::Deny,
+        policy: None,
+        rule: "default deny".into(),
+        reason,
+        statement_index: None,
+    }
+}
+
+fn empty_query() -> Decision {
+    Decision {
+        verdict: Verdict::Allow,
+        policy: None,
+        rule: "empty".into(),
+        reason: "empty query".into(),
+        statement_index: None,
+    }
+}

@@ -1,0 +1,118 @@
+//! Policy rules: a statement class (`read`, `write`, `ddl`, `admin`) or a
+//! SQL pattern (`"DROP *"`) matched against the normalized statement.
+//!
+//! Patterns are compared case-insensitively with whitespace collapsed, so
+//! `"drop  *"` and `"DROP *"` are the same rule. Normalized statements have
+//! every literal replaced by `?`, so a pattern that spells a literal could
+//! never match; compiling refuses it instead of letting the rule silently
+//! do nothing.
+
+use crate::classify::{Statement, StatementClass};
+
+use super::glob::Glob;
+use super::PolicyError;
+
+/// The three rule lists of a policy, in the order they are consulted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum List {
+    Deny,
+    RequireApproval,
+    Allow,
+}
+
+impl List {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deny => "deny",
+            Self::RequireApproval => "require_approval",
+            Self::Allow => "allow",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Rule {
+    /// As written in the config, for decisions and records.
+    pub text: String,
+    matcher: RuleMatcher,
+}
+
+#[derive(Debug, Clone)]
+enum RuleMatcher {
+    Class(StatementClass),
+    Pattern(Glob),
+}
+
+impl Rule {
+    pub fn compile(policy: &str, list: List, text: &str) -> Result<Self, PolicyError> {
+        let error = |problem| PolicyError::Rule {
+            policy: policy.to_owned(),
+            list: list.as_str(),
+            rule: text.to_owned(),
+            problem,
+        };
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            return Err(error(RuleProblem::Empty));
+        }
+        let matcher = if let Some(class) = policy_class(trimmed) {
+            RuleMatcher::Class(class)
+        } else if !trimmed.contains([' ', '*']) {
+            // The config validator applies the same test; a bare word is a
+            // misspelt class far more often than a one-word SQL pattern.
+            return Err(error(RuleProblem::UnknownClass));
+        } else if !crate::classify::lexer::lex(trimmed).literals.is_empty() {
+            return Err(error(RuleProblem::Literal));
+        } else {
+            RuleMatcher::Pattern(Glob::new(&fold(trimmed)))
+        };
+        Ok(Self {
+            text: text.to_owned(),
+            matcher,
+        })
+    }
+
+    /// `folded` is the statement's normalized text passed through [`fold`].
+    pub fn matches(&self, statement: &Statement, folded: &str) -> bool {
+        match &self.matcher {
+            RuleMatcher::Class(class) => statement.class == *class,
+            RuleMatcher::Pattern(glob) => glob.matches(folded),
+        }
+    }
+}
+
+/// Classes a policy may name; `session` statements need no rule.
+fn policy_class(name: &str) -> Option<StatementClass> {
+    StatementClass::from_name(name).filter(|c| *c != StatementClass::Session)
+}
+
+/// Lowercase with whitespace runs collapsed to one space: the form both
+/// patterns and statements are compared in.
+pub(crate) fn fold(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// What is wrong with a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleProblem {
+    Empty,
+    UnknownClass,
+    Literal,
+}
+
+impl std::fmt::Display for RuleProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Empty => "empty rule",
+            Self::UnknownClass => {
+                "neither a statement class (read, write, ddl, admin) nor a SQL pattern such as \"DROP *\""
+            }
+            Self::Literal => {
+                "patterns match statements with every literal replaced by `?`; write `?` instead of the literal"
+            }
+        })
+    }
+}

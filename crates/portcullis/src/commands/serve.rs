@@ -1,0 +1,135 @@
+//! `portcullis serve`: builds the shared services once (verifier, compiled
+//! policies, classifier cache, audit store, TLS) and starts every listener.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use portcullis_config::{Config, ConnectionConfig, PostgresConnection, UpstreamTls};
+use portcullis_identity::Verifier;
+use portcullis_policy::classify::Classifier;
+use portcullis_policy::decide::PolicySet;
+use portcullis_postgres::{CancelRegistry, PgGateway, UpstreamTarget};
+use portcullis_records::Store;
+use tokio::sync::watch;
+
+/// Shared by every listener.
+struct Services {
+    verifier: Verifier,
+    policies: Arc<PolicySet>,
+    classifier: Arc<Classifier>,
+    store: Store,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let services = Services {
+        verifier: Verifier::new(&config.identity.oidc),
+        policies: Arc::new(PolicySet::compile(&config.policies).context("policies")?),
+        classifier: Arc::new(Classifier::new(10_000)),
+        store: Store::open(&config.store).with_context(|| format!("cannot open store {}", config.store))?,
+        tls: crate::tls::server_config(&config)?,
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for connection in &config.connections {
+        match connection {
+            ConnectionConfig::Postgres(pg) => {
+                let gateway = postgres_gateway(&services, pg)?;
+                let listener = tokio::net::TcpListener::bind(&pg.listen)
+                    .await
+                    .with_context(|| format!("connection {:?}: cannot listen on {}", pg.name, pg.listen))?;
+                tracing::info!(connection = %pg.name, listen = %pg.listen, upstream = %format!("{}:{}", pg.upstream.host, pg.upstream.port), "postgres listener ready");
+                tasks.push(tokio::spawn(portcullis_postgres::serve(listener, gateway, stop_rx.clone())));
+            }
+            other => bail!(
+                "connection {:?}: type {} is not supported by this build yet (postgres is)",
+                other.name(),
+                other.type_name()
+            ),
+        }
+    }
+    tracing::info!(config = %config_path.display(), store = %config.store, "portcullis is serving");
+    wait_for_shutdown().await;
+    tracing::info!("shutting down: no new connections; flushing records");
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    services.store.flush().await.context("flushing audit records")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn postgres_gateway(services: &Services, pg: &PostgresConnection) -> anyhow::Result<Arc<PgGateway>> {
+    let password = pg
+        .upstream
+        .resolve_password()
+        .map_err(|e| anyhow::anyhow!("connection {:?}: {e}", pg.name))?;
+    let upstream = UpstreamTarget {
+        host: pg.upstream.host.clone(),
+        port: pg.upstream.port,
+        database: pg.upstream.database.clone(),
+        user: pg.upstream.user.clone(),
+        password,
+        tls: pg.upstream.tls,
+        tls_config: upstream_tls(pg)?,
+    };
+    Ok(Arc::new(PgGateway {
+        name: pg.name.clone(),
+        verifier: services.verifier.clone(),
+        policies: services.policies.clone(),
+        classifier: services.classifier.clone(),
+        store: services.store.clone(),
+        tls: Some(services.tls.clone()),
+        allow_plaintext: pg.insecure_plaintext,
+        upstream,
+        cancels: Arc::new(CancelRegistry::default()),
+    }))
+}
+
+fn upstream_tls(pg: &PostgresConnection) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    if pg.upstream.tls != UpstreamTls::VerifyFull {
+        return Ok(portcullis_postgres::proxy::stream::upstream_tls_config(None));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match &pg.upstream.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).with_context(|| format!("cannot read ca_file {}", path.display()))?;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                roots
+                    .add(cert.with_context(|| format!("{}: bad PEM", path.display()))?)
+                    .with_context(|| format!("{}: unusable CA certificate", path.display()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    Ok(portcullis_postgres::proxy::stream::upstream_tls_config(Some(roots)))
+}
+
+async fn wait_for_shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+}

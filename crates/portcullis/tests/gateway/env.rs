@@ -1,0 +1,227 @@
+//! One gateway environment per test: a real PostgreSQL, the dev issuer and
+//! `portcullis serve`, each on its own free port, all torn down on drop.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use test_support::{free_port, run, run_with_input, wait_for_port, Output, PgServer, Process};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Knobs a test may turn; `Default` is the common case.
+pub struct Options {
+    pub upstream_user: &'static str,
+    pub upstream_password: &'static str,
+    pub upstream_tls: &'static str,
+    pub insecure_plaintext: bool,
+    pub leeway: &'static str,
+    pub policies: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            upstream_user: test_support::SCRAM_USER,
+            upstream_password: test_support::SCRAM_PASSWORD,
+            upstream_tls: "prefer",
+            insecure_plaintext: false,
+            leeway: "30s",
+            policies: DEFAULT_POLICIES.to_string(),
+        }
+    }
+}
+
+/// `ci` may read; `deployer` may also write; nobody may DROP or TRUNCATE.
+pub const DEFAULT_POLICIES: &str = r#"
+  - name: ci-reads
+    match: { groups: [ci] }
+    connection: app-db
+    allow: [read]
+    deny: ["DROP *", "TRUNCATE *"]
+  - name: deployer-writes
+    match: { principals: ["deployer"] }
+    connection: app-db
+    allow: [read, write]
+    deny: ["DROP *", "TRUNCATE *"]
+"#;
+
+pub struct Env {
+    pub pg: PgServer,
+    pub issuer: String,
+    pub gw_port: u16,
+    pub config: PathBuf,
+    idp: Process,
+    gateway: Option<Process>,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn start() -> Env {
+        Self::with(Options::default())
+    }
+
+    pub fn with(opts: Options) -> Env {
+        let pg = PgServer::start();
+        pg.sql(
+            "app",
+            "create table items (id int primary key, name text);
+             insert into items select g, 'item ' || g from generate_series(1, 10) g;
+             alter table items owner to app_scram;
+             grant all on items to app_md5;",
+        );
+        let dir = test_support::temp_dir();
+        let idp_port = free_port();
+        let issuer = format!("http://127.0.0.1:{idp_port}");
+        let mut cmd = Command::new(BIN);
+        cmd.args(["dev-idp", "--listen", &format!("127.0.0.1:{idp_port}")]);
+        let idp = Process::spawn(cmd, "dev-idp");
+        wait_for_port(&format!("127.0.0.1:{idp_port}"), Some(&idp));
+        let gw_port = free_port();
+        let config = dir.path().join("portcullis.yaml");
+        std::fs::write(&config, config_text(&opts, &issuer, &pg, gw_port, dir.path())).expect("write config");
+        let mut env = Env {
+            pg,
+            issuer,
+            gw_port,
+            config,
+            idp,
+            gateway: None,
+            dir,
+        };
+        env.start_gateway();
+        env
+    }
+
+    pub fn start_gateway(&mut self) {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"]).arg(&self.config);
+        cmd.env("RUST_LOG", "info,portcullis=debug");
+        let gw = Process::spawn(cmd, "portcullis-serve");
+        wait_for_port(&format!("127.0.0.1:{}", self.gw_port), Some(&gw));
+        self.gateway = Some(gw);
+    }
+
+    pub fn gateway(&mut self) -> &mut Process {
+        self.gateway.as_mut().expect("gateway running")
+    }
+
+    pub fn gateway_log(&self) -> String {
+        self.gateway.as_ref().map(|g| g.log()).unwrap_or_default()
+    }
+
+    pub fn kill9_gateway(&mut self) {
+        if let Some(mut g) = self.gateway.take() {
+            g.kill9();
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A token from the dev issuer via `portcullis token`, as a CI job gets one.
+    pub fn token(&self, sub: &str, groups: &[&str]) -> String {
+        self.token_with(sub, groups, &[])
+    }
+
+    pub fn token_with(&self, sub: &str, groups: &[&str], extra: &[&str]) -> String {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["token", "--issuer", &self.issuer, "--sub", sub]);
+        if !groups.is_empty() {
+            cmd.args(["--groups", &groups.join(",")]);
+        }
+        cmd.args(extra);
+        let out = run(&mut cmd, TIMEOUT);
+        assert!(out.success(), "portcullis token failed: {}", out.stderr);
+        out.stdout.trim().to_string()
+    }
+
+    pub fn conninfo(&self, sslmode: &str) -> String {
+        format!("host=127.0.0.1 port={} dbname=app user=ci sslmode={sslmode}", self.gw_port)
+    }
+
+    /// psql through the gateway with `token` as the password; `sql` on stdin.
+    pub fn psql(&self, token: &str, sql: &str) -> Output {
+        self.psql_mode(token, sql, "require")
+    }
+
+    pub fn psql_mode(&self, token: &str, sql: &str, sslmode: &str) -> Output {
+        let mut cmd = Command::new("psql");
+        cmd.arg(self.conninfo(sslmode))
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=0", "-f", "-"])
+            .env("PGPASSWORD", token)
+            .env("PGCONNECT_TIMEOUT", "20")
+            .env_remove("PGSERVICE");
+        run_with_input(&mut cmd, Some(sql.as_bytes()), TIMEOUT)
+    }
+
+    /// A record-reading CLI command against this environment's store.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).arg("--config").arg(&self.config);
+        run(&mut cmd, TIMEOUT)
+    }
+
+    /// All records as JSON values (`audit export --format jsonl`).
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["audit", "export", "--format", "jsonl"]);
+        assert!(out.success(), "export failed: {}", out.stderr);
+        out.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("jsonl record"))
+            .collect()
+    }
+
+    /// Waits until a record satisfying `pred` exists (results are written
+    /// after the fact, so they may trail the client's view by a moment).
+    pub fn wait_for_record(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        for _ in 0..100 {
+            if let Some(r) = self.records().into_iter().find(|r| pred(r)) {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no matching record; records: {:#?}", self.records());
+    }
+}
+
+fn config_text(opts: &Options, issuer: &str, pg: &PgServer, gw_port: u16, dir: &Path) -> String {
+    format!(
+        r#"
+store: sqlite://{dir}/portcullis.db
+data_dir: {dir}/data
+identity:
+  oidc:
+    - issuer: {issuer}
+      audience: portcullis
+      groups_claim: groups
+      leeway: {leeway}
+connections:
+  - name: app-db
+    type: postgres
+    listen: 127.0.0.1:{gw_port}
+    insecure_plaintext: {plain}
+    upstream:
+      host: 127.0.0.1
+      port: {pg_port}
+      database: app
+      user: {user}
+      password: {password}
+      tls: {tls}
+policies:
+{policies}
+"#,
+        dir = dir.display(),
+        leeway = opts.leeway,
+        plain = opts.insecure_plaintext,
+        pg_port = pg.port,
+        user = opts.upstream_user,
+        password = opts.upstream_password,
+        tls = opts.upstream_tls,
+        policies = opts.policies,
+    )
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `portcullis` binary between real clients
+//! (psql, pgbench, psycopg, raw sockets) and a real PostgreSQL server.
+//! One test binary, so the workspace links it once.
+
+mod env;
+mod postgres_access;
+mod postgres_clients;
+mod postgres_robustness;
+mod records_cli;

@@ -1,0 +1,215 @@
+//! Stock clients behave through the gateway as on a direct connection:
+//! pgbench in every query mode, psycopg (extended protocol, prepared,
+//! binary), psql's \copy, cancel requests, notices and NOTIFY.
+
+use std::process::Command;
+
+use test_support::{run, run_with_input};
+
+use crate::env::{Env, Options, TIMEOUT};
+
+const PGBENCH_POLICY: &str = r#"
+  - name: bench
+    match: { principals: ["bench"] }
+    connection: app-db
+    allow: [read, write]
+"#;
+
+fn pgbench_env() -> Env {
+    let env = Env::with(Options {
+        policies: PGBENCH_POLICY.into(),
+        ..Options::default()
+    });
+    let mut init = Command::new("pgbench");
+    init.args(["-i", "-s", "1", "-q"])
+        .arg(env.pg.conninfo(test_support::SCRAM_USER, "app"))
+        .env("PGPASSWORD", test_support::SCRAM_PASSWORD);
+    let out = run(&mut init, TIMEOUT);
+    assert!(out.success(), "pgbench -i: {}", out.stderr);
+    env
+}
+
+fn pgbench(env: &Env, token: &str, args: &[&str]) -> test_support::Output {
+    let mut cmd = Command::new("pgbench");
+    cmd.args(["-n", "-c", "4", "-j", "2", "-t", "50"])
+        .args(args)
+        .arg(env.conninfo("require"))
+        .env("PGPASSWORD", token);
+    run(&mut cmd, TIMEOUT)
+}
+
+#[test]
+fn pgbench_runs_in_simple_extended_and_prepared_modes() {
+    let env = pgbench_env();
+    let token = env.token("bench", &[]);
+    for mode in ["simple", "extended", "prepared"] {
+        for workload in [&["-S"][..], &[][..]] {
+            let mut args = vec!["-M", mode];
+            args.extend_from_slice(workload);
+            let out = pgbench(&env, &token, &args);
+            assert!(out.success(), "pgbench {args:?}: {}\n{}", out.stderr, env.gateway_log());
+            assert!(out.stdout.contains("number of failed transactions: 0"), "{}", out.stdout);
+            assert!(out.stdout.contains("200/200"), "{}", out.stdout);
+        }
+    }
+    let statements = env
+        .records()
+        .into_iter()
+        .filter(|r| r["kind"] == "statement" && r["principal"] == "bench")
+        .count();
+    // 6 runs x 200 transactions, at least one statement each.
+    assert!(statements >= 1200, "{statements} statement records");
+}
+
+fn python(env: &Env, token: &str, script: &str) -> test_support::Output {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script])
+        .env("PGPASSWORD", token)
+        .env("DSN", env.conninfo("require"));
+    run(&mut cmd, TIMEOUT)
+}
+
+#[test]
+fn psycopg_prepared_statements_and_binary_results() {
+    let env = Env::start();
+    let token = env.token("deployer", &[]);
+    let out = python(
+        &env,
+        &token,
+        r#"
+import os, psycopg
+with psycopg.connect(os.environ["DSN"]) as conn:
+    with conn.cursor(binary=True) as cur:
+        for i in range(5):
+            cur.execute("select id, name from items where id = %s", (i + 1,), prepare=True)
+            row = cur.fetchone()
+            assert row == (i + 1, f"item {i + 1}"), row
+        cur.execute("insert into items values (%s, %s) returning id", (500, "bin"), prepare=True)
+        assert cur.fetchone() == (500,)
+    conn.commit()
+    try:
+        conn.execute("drop table items", prepare=True)
+        raise SystemExit("drop was allowed")
+    except psycopg.errors.InsufficientPrivilege as e:
+        print("DENIED", e)
+    conn.rollback()
+    # The connection is still usable after the refusal.
+    print("COUNT", conn.execute("select count(*) from items").fetchone()[0])
+"#,
+    );
+    assert!(out.success(), "{}\n{}", out.stderr, env.gateway_log());
+    assert!(out.stdout.contains("DENIED"), "{}", out.stdout);
+    assert!(out.stdout.contains("COUNT 11"), "{}", out.stdout);
+}
+
+#[test]
+fn pipelined_batch_with_a_denied_statement_fails_where_postgres_would() {
+    let env = Env::start();
+    let token = env.token("deployer", &[]);
+    let out = python(
+        &env,
+        &token,
+        r#"
+import os, psycopg
+with psycopg.connect(os.environ["DSN"], autocommit=True) as conn:
+    results = []
+    try:
+        with conn.pipeline():
+            conn.execute("insert into items values (600, 'pipelined')")
+            conn.execute("truncate items")
+            conn.execute("insert into items values (601, 'skipped')")
+    except psycopg.errors.InsufficientPrivilege as e:
+        print("DENIED", e)
+    print("COUNT", conn.execute("select count(*) from items where id >= 600").fetchone()[0])
+"#,
+    );
+    assert!(out.success(), "{}\n{}", out.stderr, env.gateway_log());
+    assert!(out.stdout.contains("DENIED"), "{}", out.stdout);
+    // In autocommit pipeline mode each statement has its own Sync; the first
+    // insert committed before the refusal, the one after it never ran.
+    assert!(out.stdout.contains("COUNT 1"), "{}", out.stdout);
+}
+
+#[test]
+fn psql_copy_in_and_out() {
+    let env = Env::start();
+    let token = env.token("deployer", &[]);
+    let csv = env.dir().join("in.csv");
+    std::fs::write(&csv, "700,copied a\n701,copied b\n").unwrap();
+    let out_file = env.dir().join("out.csv");
+    let script = format!(
+        "\\copy items from '{}' with (format csv)\n\\copy (select * from items where id >= 700 order by id) to '{}' with (format csv)\n",
+        csv.display(),
+        out_file.display()
+    );
+    let out = env.psql(&token, &script);
+    assert!(out.success(), "{}\n{}", out.stderr, env.gateway_log());
+    assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "700,copied a\n701,copied b\n");
+    let copy = env.wait_for_record(|r| {
+        r["kind"] == "statement" && r["detail"]["text"].as_str().is_some_and(|t| t.starts_with("COPY  items FROM STDIN") || t.to_lowercase().contains("from stdin"))
+    });
+    assert_eq!(copy["decision"], "allow");
+}
+
+#[test]
+fn copy_from_stdin_is_a_write_and_refused_for_readers() {
+    let env = Env::start();
+    let token = env.token("ci-job", &["ci"]);
+    let csv = env.dir().join("in.csv");
+    std::fs::write(&csv, "800,nope\n").unwrap();
+    let out = env.psql(&token, &format!("\\copy items from '{}' with (format csv)\n", csv.display()));
+    assert!(out.stderr.contains("permission denied"), "{}", out.stderr);
+    assert_eq!(env.pg.sql("app", "select count(*) from items where id = 800"), "0");
+}
+
+#[test]
+fn cancel_request_reaches_the_right_backend() {
+    let env = Env::start();
+    let token = env.token("ci-job", &["ci"]);
+    let out = python(
+        &env,
+        &token,
+        r#"
+import os, threading, time, psycopg
+conn = psycopg.connect(os.environ["DSN"])
+threading.Timer(0.5, conn.cancel).start()
+t0 = time.time()
+try:
+    conn.execute("select pg_sleep(30)")
+    raise SystemExit("not cancelled")
+except psycopg.errors.QueryCanceled:
+    print("CANCELLED after %.1fs" % (time.time() - t0))
+conn.rollback()
+print("AFTER", conn.execute("select 1").fetchone()[0])
+"#,
+    );
+    assert!(out.success(), "{}\n{}", out.stderr, env.gateway_log());
+    assert!(out.stdout.contains("CANCELLED"), "{}", out.stdout);
+    assert!(out.stdout.contains("AFTER 1"), "{}", out.stdout);
+}
+
+#[test]
+fn notices_and_notify_pass_through() {
+    let env = Env::start();
+    env.pg.sql(
+        "app",
+        "create function say_hello() returns int language plpgsql as $$ begin raise notice 'hello from upstream'; return 1; end $$;",
+    );
+    let token = env.token("ci-job", &["ci"]);
+    let out = env.psql(
+        &token,
+        "select say_hello();\nlisten jobs;\nselect pg_notify('jobs', 'payload-1') is null;\n",
+    );
+    assert!(out.stderr.contains("hello from upstream"), "{}", out.stderr);
+    // pg_notify has side effects: a reader may not call it.
+    assert!(out.stderr.contains("permission denied"), "{}", out.stderr);
+
+    let writer = env.token("deployer", &[]);
+    let mut cmd = Command::new("psql");
+    cmd.arg(env.conninfo("require"))
+        .args(["-X", "-At", "-f", "-"])
+        .env("PGPASSWORD", &writer);
+    let out = run_with_input(&mut cmd, Some(b"listen jobs;\nnotify jobs, 'payload-2';\nselect 1;\n"), TIMEOUT);
+    assert!(out.success(), "{}", out.stderr);
+    assert!(out.stdout.contains("payload-2"), "{}", out.stdout);
+}

@@ -1,0 +1,169 @@
+//! Bad input gets a clear error and harms nobody else; an unreachable
+//! upstream is reported natively; a killed gateway loses no record.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::env::{Env, Options};
+
+fn connect(env: &Env) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", env.gw_port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Reads until the server closes or a timeout; returns what arrived.
+fn read_all(mut s: TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+fn startup_packet(user: &str) -> Vec<u8> {
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    for (k, v) in [("user", user), ("database", "app")] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    packet.extend(body);
+    packet
+}
+
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// Logs in over plaintext (loopback listener) and returns the socket after
+/// the first ReadyForQuery.
+fn logged_in(env: &Env, token: &str) -> TcpStream {
+    let mut s = connect(env);
+    s.write_all(&startup_packet("ci")).unwrap();
+    let mut buf = [0u8; 9];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(buf[0], b'R', "expected an authentication request");
+    let mut pw = token.as_bytes().to_vec();
+    pw.push(0);
+    s.write_all(&message(b'p', &pw)).unwrap();
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !seen.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed during login: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    s
+}
+
+fn plaintext_env() -> Env {
+    Env::with(Options {
+        insecure_plaintext: true,
+        ..Options::default()
+    })
+}
+
+fn still_serves(env: &Env) {
+    let token = env.token("ci-job", &["ci"]);
+    let out = env.psql(&token, "select count(*) from items;");
+    assert!(out.success(), "gateway stopped serving: {}\n{}", out.stderr, env.gateway_log());
+    assert_eq!(out.stdout.trim(), "10");
+}
+
+#[test]
+fn malformed_startup_packets_get_errors_and_hurt_no_one() {
+    let env = plaintext_env();
+    let cases: Vec<Vec<u8>> = vec![
+        vec![0, 0, 0, 2],                         // length below the minimum
+        vec![0xff, 0xff, 0xff, 0xff],             // negative length
+        vec![0x7f, 0, 0, 0, 0, 3, 0, 0],          // oversized
+        vec![0, 0, 0, 12, 0, 3, 0, 0, b'u', b's'], // truncated, then closed
+        {
+            let mut p = startup_packet("ci");
+            let n = p.len();
+            p[n - 1] = b'x'; // parameters not NUL-terminated
+            p
+        },
+        vec![0, 0, 0, 8, 0, 2, 0, 0], // protocol 2.0
+    ];
+    for case in cases {
+        let mut s = connect(&env);
+        s.write_all(&case).unwrap();
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let reply = read_all(s);
+        if !reply.is_empty() {
+            assert_eq!(reply[0], b'E', "expected ErrorResponse for {case:?}, got {reply:?}");
+        }
+    }
+    still_serves(&env);
+}
+
+#[test]
+fn malformed_messages_after_login_get_a_protocol_error() {
+    let env = plaintext_env();
+    let token = env.token("ci-job", &["ci"]);
+    let cases: Vec<Vec<u8>> = vec![
+        b"Q\0\0\0\x02".to_vec(),                          // lying short length
+        b"Q\x7f\xff\xff\xffselect".to_vec(),              // oversized
+        message(b'Q', b"select 1"),                       // no NUL terminator
+        message(b'P', b"s\0select 1\0\0\x09"),            // parameter count lies
+        message(b'B', b"\0s\0\0\0\0\x01\0\0\0\x40ab\0\0"),  // parameter length lies
+        message(b'!', b""),                               // unknown type
+    ];
+    for case in cases {
+        let mut s = logged_in(&env, &token);
+        s.write_all(&case).unwrap();
+        let reply = read_all(s);
+        let text = String::from_utf8_lossy(&reply);
+        assert!(reply.first() == Some(&b'E'), "{case:?} -> {text}");
+        assert!(text.contains("08P01"), "{case:?} -> {text}");
+    }
+    still_serves(&env);
+}
+
+#[test]
+fn truncated_message_then_disconnect_is_harmless() {
+    let env = plaintext_env();
+    let token = env.token("ci-job", &["ci"]);
+    let mut s = logged_in(&env, &token);
+    s.write_all(b"Q\0\0\0\x40select").unwrap();
+    drop(s);
+    still_serves(&env);
+}
+
+#[test]
+fn unreachable_upstream_gives_a_native_error() {
+    let mut env = Env::start();
+    env.pg.stop();
+    let token = env.token("ci-job", &["ci"]);
+    let out = env.psql(&token, "select 1;");
+    assert!(!out.success());
+    assert!(out.stderr.contains("upstream unavailable"), "{}", out.stderr);
+    let _ = env.gateway();
+}
+
+#[test]
+fn kill_9_loses_no_record_of_a_forwarded_statement() {
+    let mut env = Env::start();
+    let token = env.token("deployer", &[]);
+    let out = env.psql(
+        &token,
+        "insert into items values (900, 'a');\ninsert into items values (901, 'b');\n",
+    );
+    assert!(out.success(), "{}", out.stderr);
+    env.kill9_gateway();
+    let inserts = env
+        .records()
+        .into_iter()
+        .filter(|r| r["kind"] == "statement" && r["detail"]["text"].as_str().unwrap_or("").starts_with("insert"))
+        .count();
+    assert_eq!(inserts, 2);
+    let verify = env.cli(&["audit", "verify"]);
+    assert!(verify.success(), "{}{}", verify.stdout, verify.stderr);
+}

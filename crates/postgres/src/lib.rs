@@ -1,0 +1,10 @@
+//! PostgreSQL for Portcullis: the wire codec (`codec`, bytes ⇄ messages, no
+//! I/O), upstream authentication math (`auth`), and the session driver
+//! (`proxy`) that admits clients by token, decides every statement through
+//! the policy crate and records it before forwarding.
+
+pub mod auth;
+pub mod codec;
+pub mod proxy;
+
+pub use proxy::{serve, CancelRegistry, PgGateway, UpstreamTarget};

@@ -1,0 +1,122 @@
+//! CancelRequest routing. Clients get a gateway-issued (pid, secret) pair so
+//! upstream backend keys never leave the gateway; a cancel carrying our pair
+//! is forwarded with the real key to the upstream that owns the backend.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use subtle::ConstantTimeEq;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::codec::startup::encode_cancel;
+
+/// Process ids we hand to clients; a newtype so they cannot be mixed up
+/// with the upstream's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientPid(pub u32);
+
+struct Entry {
+    secret: u32,
+    upstream_addr: String,
+    upstream_pid: u32,
+    upstream_secret: u32,
+}
+
+#[derive(Default)]
+pub struct CancelRegistry {
+    entries: Mutex<HashMap<ClientPid, Entry>>,
+}
+
+/// Removes the session's entry when the session ends.
+pub struct Registration {
+    registry: Arc<CancelRegistry>,
+    pub pid: ClientPid,
+    pub secret: u32,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.registry.entries.lock() {
+            map.remove(&self.pid);
+        }
+    }
+}
+
+impl CancelRegistry {
+    pub fn register(
+        self: &Arc<Self>,
+        upstream_addr: String,
+        upstream_key: (u32, u32),
+    ) -> Option<Registration> {
+        let mut map = self.entries.lock().ok()?;
+        let pid = loop {
+            let candidate = ClientPid(rand::random::<u32>() & 0x7fff_ffff);
+            if candidate.0 != 0 && !map.contains_key(&candidate) {
+                break candidate;
+            }
+        };
+        let secret = rand::random();
+        map.insert(
+            pid,
+            Entry {
+                secret,
+                upstream_addr,
+                upstream_pid: upstream_key.0,
+                upstream_secret: upstream_key.1,
+            },
+        );
+        Some(Registration {
+            registry: self.clone(),
+            pid,
+            secret,
+        })
+    }
+
+    /// Forwards a cancel when the pair matches a live session. Returns
+    /// whether it was forwarded; a wrong secret is dropped silently, as
+    /// PostgreSQL does, so the request cannot be used as an oracle.
+    pub async fn cancel(&self, pid: u32, secret: u32) -> bool {
+        let target = {
+            let Ok(map) = self.entries.lock() else {
+                return false;
+            };
+            match map.get(&ClientPid(pid)) {
+                Some(e) if bool::from(e.secret.to_be_bytes().ct_eq(&secret.to_be_bytes())) => {
+                    Some((e.upstream_addr.clone(), e.upstream_pid, e.upstream_secret))
+                }
+                _ => None,
+            }
+        };
+        let Some((addr, upid, usecret)) = target else {
+            return false;
+        };
+        match TcpStream::connect(&addr).await {
+            Ok(mut s) => s.write_all(&encode_cancel(upid, usecret)).await.is_ok(),
+            Err(e) => {
+                tracing::warn!(upstream = %addr, error = %e, "cannot forward cancel request");
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn wrong_secret_is_not_forwarded_and_entries_expire() {
+        let registry = Arc::new(CancelRegistry::default());
+        let reg = registry.register("127.0.0.1:1".into(), (42, 43)).unwrap();
+        assert!(!registry.cancel(reg.pid.0, reg.secret.wrapping_add(1)).await);
+        let pid = reg.pid.0;
+        drop(reg);
+        assert!(registry
+            .entries
+            .lock()
+            .unwrap()
+            .get(&ClientPid(pid))
+            .is_none());
+    }
+}

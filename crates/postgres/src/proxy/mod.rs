@@ -1,0 +1,67 @@
+//! The session driver: owns sockets and timeouts, speaks the codec, asks
+//! identity who the client is and policy what it may do, records everything,
+//! and relays bytes between the client and the upstream.
+//!
+//! Lifecycle of one connection (see `docs/postgres-lifecycle.md`):
+//! startup (TLS, token as password) → upstream login with the gateway-held
+//! credential → relay, where every statement is decided once and recorded
+//! before it is forwarded.
+
+mod cancel;
+mod relay;
+mod session;
+pub mod stream;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use portcullis_identity::Verifier;
+use portcullis_policy::classify::Classifier;
+use portcullis_policy::decide::PolicySet;
+use portcullis_records::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use cancel::CancelRegistry;
+pub use upstream::UpstreamTarget;
+
+/// Everything a listener's sessions share.
+pub struct PgGateway {
+    /// The connection's name, as policies and records call it.
+    pub name: String,
+    pub verifier: Verifier,
+    pub policies: Arc<PolicySet>,
+    pub classifier: Arc<Classifier>,
+    pub store: Store,
+    /// TLS for clients; `None` means SSLRequest is declined.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Accept clients that did not negotiate TLS (loopback-only listeners).
+    pub allow_plaintext: bool,
+    pub upstream: UpstreamTarget,
+    pub cancels: Arc<CancelRegistry>,
+}
+
+/// Accepts connections until `shutdown` flips to true. Each session runs on
+/// its own task so one client's failure never touches another's.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<PgGateway>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let gateway = gateway.clone();
+                    tokio::spawn(async move { session::run(gateway, tcp, peer).await });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(connection = %gateway.name, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,763 @@
+//! The relay: two halves polled by one task. `ClientSide` reads client
+//! messages, decides each statement once, records it (committed) and only
+//! then forwards it. `ServerSide` streams upstream bytes back untouched,
+//! noting completions for the result records and swapping in the gateway's
+//! own ErrorResponse where a refused statement was.
+//!
+//! A refused statement is replaced upstream by a "poison" message: a Describe
+//! of a statement name that cannot exist, followed by what the client's batch
+//! ends with. The upstream then fails exactly where the refused statement
+//! stood, so implicit-transaction rollback, skip-to-Sync and failed explicit
+//! transactions all behave as if PostgreSQL itself had refused it; the
+//! upstream's 26000 error is replaced on the way back by our 42501.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use portcullis_identity::Principal;
+use portcullis_policy::classify::{Classification, ClassifyError};
+use portcullis_policy::decide::{Applicable, Decision, Verdict};
+use portcullis_records::{NewRecord, RecordKind};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+
+use crate::codec::backend::{
+    self, command_rows, error_field, parse_error_fields, sqlstate, ErrorFields,
+};
+use crate::codec::frontend::{
+    encode_describe, encode_flush, encode_sync, encode_terminate, FrontendMessage,
+};
+use crate::codec::{decode_frame, peek_frame_len, CodecError, Frame};
+
+use super::session::Client;
+use super::stream::MaybeTls;
+use super::upstream::Upstream;
+use super::PgGateway;
+
+/// Upstream messages can be as large as PostgreSQL allows.
+const MAX_BACKEND_MESSAGE: usize = 1 << 30;
+
+pub(crate) async fn run(
+    gw: Arc<PgGateway>,
+    client: Client,
+    upstream: Upstream,
+    principal: Principal,
+    session_id: String,
+) {
+    let started = Instant::now();
+    let Client {
+        stream: client_stream,
+        buf: client_buf,
+        peer: _,
+    } = client;
+    let (mut client_read, mut client_write) = tokio::io::split(client_stream);
+    let Upstream {
+        stream: upstream_stream,
+        parameters,
+        backend_key,
+        pending,
+    } = upstream;
+    let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream_stream);
+
+    let registration = backend_key.and_then(|key| {
+        gw.cancels
+            .register(format!("{}:{}", gw.upstream.host, gw.upstream.port), key)
+    });
+    if greet(&mut client_write, &parameters, registration.as_ref())
+        .await
+        .is_err()
+    {
+        return;
+    }
+
+    let expectations = Mutex::new(VecDeque::new());
+    let applicable = gw.policies.applicable(&principal, &gw.name);
+    let mut decider = ClientSide {
+        gw: &gw,
+        applicable,
+        principal: &principal,
+        session_id: &session_id,
+        expectations: &expectations,
+        prepared: HashMap::new(),
+        portals: HashMap::new(),
+        batch: BytesMut::with_capacity(8192),
+        skipping_to_sync: false,
+        statements: 0,
+        denied: 0,
+    };
+    let mut responder = ServerSide {
+        gw: &gw,
+        session_id: &session_id,
+        expectations: &expectations,
+        local: VecDeque::new(),
+        current_poison: None,
+    };
+    let end = tokio::select! {
+        end = decider.run(&mut client_read, client_buf, &mut upstream_write) => end,
+        end = responder.run(&mut upstream_read, pending, &mut client_write) => end,
+    };
+    finish(
+        &gw,
+        &session_id,
+        &principal,
+        started,
+        &decider,
+        &end,
+        &mut client_write,
+    )
+    .await;
+    let _ = upstream_write
+        .write_all(&encode_terminate(BytesMut::new()))
+        .await;
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    ClientTerminated,
+    ClientGone,
+    UpstreamGone,
+    ClientProtocol(String),
+    UpstreamProtocol(String),
+}
+
+impl End {
+    fn describe(&self) -> String {
+        match self {
+            Self::ClientTerminated => "client terminated".into(),
+            Self::ClientGone => "client disconnected".into(),
+            Self::UpstreamGone => "upstream closed the connection".into(),
+            Self::ClientProtocol(e) => format!("client protocol violation: {e}"),
+            Self::UpstreamProtocol(e) => format!("upstream protocol error: {e}"),
+        }
+    }
+
+    /// The FATAL error the client is sent, when it is still there to read it.
+    fn client_error(&self) -> Option<ErrorFields> {
+        let (code, msg) = match self {
+            Self::ClientTerminated | Self::ClientGone => return None,
+            Self::UpstreamGone => (sqlstate::CONNECTION_FAILURE, self.describe()),
+            Self::ClientProtocol(_) => (sqlstate::PROTOCOL_VIOLATION, self.describe()),
+            Self::UpstreamProtocol(_) => (sqlstate::CONNECTION_FAILURE, self.describe()),
+        };
+        Some(ErrorFields::fatal(code, msg))
+    }
+}
+
+async fn greet<W: AsyncWrite + Unpin>(
+    client: &mut W,
+    parameters: &[(String, String)],
+    registration: Option<&super::cancel::Registration>,
+) -> std::io::Result<()> {
+    let mut out = backend::encode_auth_ok(BytesMut::with_capacity(512));
+    for (k, v) in parameters {
+        out = backend::encode_parameter_status(out, k, v);
+    }
+    if let Some(r) = registration {
+        out = backend::encode_backend_key(out, r.pid.0, r.secret);
+    }
+    out = backend::encode_ready_for_query(out, b'I');
+    client.write_all(&out).await
+}
+
+async fn finish(
+    gw: &PgGateway,
+    session_id: &str,
+    principal: &Principal,
+    started: Instant,
+    decider: &ClientSide<'_>,
+    end: &End,
+    client: &mut WriteHalf<MaybeTls>,
+) {
+    if let Some(error) = end.client_error() {
+        let _ = client.write_all(&error.encode(BytesMut::new())).await;
+    }
+    let _ = client.shutdown().await;
+    let record = NewRecord::new(RecordKind::SessionEnd)
+        .session_id(session_id)
+        .principal(principal.name.clone())
+        .connection(gw.name.clone())
+        .detail(json!({
+            "reason": end.describe(),
+            "duration_us": started.elapsed().as_micros() as u64,
+            "statements": decider.statements,
+            "denied": decider.denied,
+        }));
+    gw.store.append_detached(record);
+    tracing::info!(session = %session_id, reason = %end.describe(), "session ended");
+}
+
+/// What the server side should expect, in upstream response order.
+#[derive(Debug)]
+enum Expect {
+    /// A forwarded Query or Execute whose completion gets a result record.
+    Statement(Tracker),
+    /// A refusal stands here: the upstream's error for `name` is replaced.
+    Poison { name: String, error: ErrorFields },
+    /// A Sync or Query was forwarded: the next ReadyForQuery closes the group.
+    SyncPoint,
+}
+
+#[derive(Debug)]
+struct Tracker {
+    record_id: i64,
+    started: Instant,
+    /// A simple Query completes at ReadyForQuery (it may hold many statements).
+    whole_query: bool,
+    rows: u64,
+    bytes: u64,
+    completed: bool,
+    error: Option<String>,
+}
+
+/// A prepared statement as decided at Parse time; Bind and Execute reuse it.
+#[derive(Debug)]
+struct Prepared {
+    text: String,
+    classification: Arc<Classification>,
+    decision: Decision,
+}
+
+struct ClientSide<'a> {
+    gw: &'a PgGateway,
+    applicable: Applicable<'a>,
+    principal: &'a Principal,
+    session_id: &'a str,
+    expectations: &'a Mutex<VecDeque<Expect>>,
+    prepared: HashMap<String, Arc<Prepared>>,
+    portals: HashMap<String, Arc<Prepared>>,
+    /// Extended-protocol messages held until Sync/Flush.
+    batch: BytesMut,
+    /// After a refusal inside a batch, the rest up to Sync is dropped, as
+    /// PostgreSQL itself would skip it.
+    skipping_to_sync: bool,
+    statements: u64,
+    denied: u64,
+}
+
+type UpstreamWriter = WriteHalf<MaybeTls>;
+
+impl ClientSide<'_> {
+    async fn run(
+        &mut self,
+        client: &mut ReadHalf<MaybeTls>,
+        mut buf: BytesMut,
+        upstream: &mut UpstreamWriter,
+    ) -> End {
+        loop {
+            loop {
+                let frame = match decode_frame(&mut buf, crate::codec::MAX_MESSAGE_LEN) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => return End::ClientProtocol(e.to_string()),
+                };
+                match self.handle(frame).await {
+                    Ok(None) => {}
+                    Ok(Some(end)) => return end,
+                    Err(end) => return end,
+                }
+            }
+            // Everything the client has sent so far is decided: send it in
+            // one write before waiting for more.
+            if let Err(end) = self.flush(upstream).await {
+                return end;
+            }
+            match client.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return End::ClientGone,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn expect(&self, e: Expect) {
+        if let Ok(mut q) = self.expectations.lock() {
+            q.push_back(e);
+        }
+    }
+
+    async fn handle(&mut self, frame: Frame) -> Result<Option<End>, End> {
+        let message =
+            FrontendMessage::parse(&frame).map_err(|e| End::ClientProtocol(e.to_string()))?;
+        if self.skipping_to_sync && !matches!(message, FrontendMessage::Sync) {
+            return Ok(None);
+        }
+        match message {
+            FrontendMessage::Query(sql) => {
+                let sql = sql.to_string();
+                self.simple_query(&frame, &sql).await?
+            }
+            FrontendMessage::Parse { name, query, .. } => {
+                let (name, query) = (name.to_string(), query.to_string());
+                self.parse(&frame, name, query)?;
+            }
+            FrontendMessage::Bind {
+                portal, statement, ..
+            } => {
+                if let Some(p) = self.prepared.get(statement).cloned() {
+                    self.portals.insert(portal.to_string(), p);
+                }
+                frame.encode_into(&mut self.batch);
+            }
+            FrontendMessage::Execute { portal, .. } => {
+                let portal = portal.to_string();
+                self.execute(&frame, &portal).await?;
+            }
+            FrontendMessage::Close { kind, name } => {
+                match kind {
+                    b'S' => self.prepared.remove(name),
+                    _ => self.portals.remove(name),
+                };
+                frame.encode_into(&mut self.batch);
+            }
+            FrontendMessage::Describe { .. } => frame.encode_into(&mut self.batch),
+            FrontendMessage::Sync => {
+                self.skipping_to_sync = false;
+                frame.encode_into(&mut self.batch);
+                self.expect(Expect::SyncPoint);
+            }
+            FrontendMessage::Flush => frame.encode_into(&mut self.batch),
+            FrontendMessage::CopyData | FrontendMessage::CopyDone | FrontendMessage::CopyFail => {
+                // Part of a COPY FROM STDIN already decided as a whole.
+                frame.encode_into(&mut self.batch);
+            }
+            FrontendMessage::FunctionCall => {
+                self.refuse_simple(ErrorFields::error(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    "fastpath function calls are not allowed through the gateway",
+                ));
+            }
+            FrontendMessage::Terminate => return Ok(Some(End::ClientTerminated)),
+            FrontendMessage::Password(_) => {
+                return Err(End::ClientProtocol("unexpected password message".into()))
+            }
+        }
+        Ok(None)
+    }
+
+    async fn flush(&mut self, upstream: &mut UpstreamWriter) -> Result<(), End> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let out = self.batch.split();
+        upstream
+            .write_all(&out)
+            .await
+            .map_err(|_| End::UpstreamGone)
+    }
+
+    async fn simple_query(&mut self, frame: &Frame, sql: &str) -> Result<(), End> {
+        let (classification, decision) = self.decide(sql);
+        let record = self.statement_record(sql, &classification, &decision, "simple", None);
+        self.statements += 1;
+        if decision.verdict != Verdict::Allow {
+            self.denied += 1;
+            self.refuse_recorded(record, &decision).await;
+            return Ok(());
+        }
+        let record_id = match self.gw.store.append(record).await {
+            Ok(id) => id,
+            Err(e) => {
+                self.refuse_simple(store_error(&e));
+                return Ok(());
+            }
+        };
+        self.expect(Expect::Statement(Tracker::new(record_id, true)));
+        self.expect(Expect::SyncPoint);
+        frame.encode_into(&mut self.batch);
+        Ok(())
+    }
+
+    fn parse(&mut self, frame: &Frame, name: String, query: String) -> Result<(), End> {
+        let (classification, decision) = self.decide(&query);
+        let prepared = Arc::new(Prepared {
+            text: query,
+            classification,
+            decision,
+        });
+        if prepared.decision.verdict != Verdict::Allow {
+            self.statements += 1;
+            self.denied += 1;
+            let record = self.statement_record(
+                &prepared.text,
+                &prepared.classification,
+                &prepared.decision,
+                "extended",
+                None,
+            );
+            // Recorded before the refusal is visible; a refused statement
+            // never runs, so the record need not be awaited here.
+            self.gw.store.append_detached(record);
+            self.poison(refusal_error(&prepared.decision));
+            return Ok(());
+        }
+        self.prepared.insert(name, prepared);
+        frame.encode_into(&mut self.batch);
+        Ok(())
+    }
+
+    async fn execute(&mut self, frame: &Frame, portal: &str) -> Result<(), End> {
+        let Some(prepared) = self.portals.get(portal).cloned() else {
+            // Unknown to us means unknown upstream too (it will say so), or
+            // a cursor opened by DECLARE, which was decided when declared.
+            return self.execute_cursor(frame, portal).await;
+        };
+        self.statements += 1;
+        let record = self.statement_record(
+            &prepared.text,
+            &prepared.classification,
+            &prepared.decision,
+            "extended",
+            Some(portal),
+        );
+        match self.gw.store.append(record).await {
+            Ok(id) => {
+                self.expect(Expect::Statement(Tracker::new(id, false)));
+                frame.encode_into(&mut self.batch);
+            }
+            Err(e) => self.poison(store_error(&e)),
+        }
+        Ok(())
+    }
+
+    async fn execute_cursor(&mut self, frame: &Frame, portal: &str) -> Result<(), End> {
+        let decision = Decision {
+            verdict: Verdict::Allow,
+            policy: None,
+            rule: "cursor".into(),
+            reason: "fetch from a portal the gateway did not prepare (a declared cursor, decided at DECLARE)".into(),
+            statement_index: None,
+        };
+        let empty = Classification { statements: vec![] };
+        let text = format!("FETCH FROM PORTAL \"{portal}\"");
+        let record = self.statement_record(&text, &empty, &decision, "extended", Some(portal));
+        self.statements += 1;
+        match self.gw.store.append(record).await {
+            Ok(id) => {
+                self.expect(Expect::Statement(Tracker::new(id, false)));
+                frame.encode_into(&mut self.batch);
+            }
+            Err(e) => self.poison(store_error(&e)),
+        }
+        Ok(())
+    }
+
+    fn decide(&self, sql: &str) -> (Arc<Classification>, Decision) {
+        match self.gw.classifier.classify(sql) {
+            Ok(c) => {
+                let d = self.applicable.decide(&c);
+                (c, d)
+            }
+            Err(e) => (
+                Arc::new(Classification { statements: vec![] }),
+                unparseable(&e),
+            ),
+        }
+    }
+
+    fn statement_record(
+        &self,
+        text: &str,
+        c: &Classification,
+        d: &Decision,
+        protocol: &str,
+        portal: Option<&str>,
+    ) -> NewRecord {
+        let mut r = NewRecord::new(RecordKind::Statement)
+            .session_id(self.session_id)
+            .principal(self.principal.name.clone())
+            .connection(self.gw.name.clone())
+            .decision(verdict_name(d.verdict))
+            .rule(d.rule.clone())
+            .detail(json!({
+                "text": text,
+                "protocol": protocol,
+                "portal": portal,
+                "classes": c.statements.iter().map(|s| s.class).collect::<Vec<_>>(),
+                "commands": c.statements.iter().map(|s| s.command.as_str()).collect::<Vec<_>>(),
+                "relations": c.statements.iter().flat_map(|s| s.relations.iter()).collect::<Vec<_>>(),
+                "reason": d.reason,
+            }));
+        if let Some(p) = &d.policy {
+            r = r.policy(p.clone());
+        }
+        r
+    }
+
+    /// Refuses a simple Query (or fastpath call): the upstream gets a poison
+    /// and a Sync so its transaction state follows the refusal.
+    fn refuse_simple(&mut self, error: ErrorFields) {
+        self.poison(error);
+        self.batch = encode_sync(std::mem::take(&mut self.batch));
+        self.expect(Expect::SyncPoint);
+        // A simple query is its own batch: nothing follows to skip.
+        self.skipping_to_sync = false;
+    }
+
+    async fn refuse_recorded(&mut self, record: NewRecord, decision: &Decision) {
+        let error = match self.gw.store.append(record).await {
+            Ok(_) => refusal_error(decision),
+            Err(e) => store_error(&e),
+        };
+        self.refuse_simple(error);
+    }
+
+    fn poison(&mut self, error: ErrorFields) {
+        let name = format!("portcullis.refused.{}", uuid::Uuid::new_v4().simple());
+        self.batch = encode_describe(std::mem::take(&mut self.batch), b'S', &name);
+        // Flush makes the upstream answer even if the client's batch ends
+        // with Flush rather than Sync.
+        self.batch = encode_flush(std::mem::take(&mut self.batch));
+        self.expect(Expect::Poison { name, error });
+        self.skipping_to_sync = true;
+    }
+}
+
+impl Tracker {
+    fn new(record_id: i64, whole_query: bool) -> Self {
+        Self {
+            record_id,
+            started: Instant::now(),
+            whole_query,
+            rows: 0,
+            bytes: 0,
+            completed: false,
+            error: None,
+        }
+    }
+}
+
+fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Allow => "allow",
+        Verdict::Deny => "deny",
+        Verdict::Hold => "hold",
+    }
+}
+
+fn unparseable(e: &ClassifyError) -> Decision {
+    Decision {
+        verdict: Verdict::Deny,
+        policy: None,
+        rule: "unparseable".into(),
+        reason: format!(
+            "the gateway could not parse the statement, so it cannot decide on it: {e}"
+        ),
+        statement_index: None,
+    }
+}
+
+fn refusal_error(d: &Decision) -> ErrorFields {
+    if d.rule == "unparseable" {
+        return ErrorFields::error(sqlstate::SYNTAX_ERROR, d.reason.clone());
+    }
+    let message = match (&d.policy, d.verdict) {
+        (Some(p), Verdict::Hold) => format!(
+            "statement needs approval under rule \"{}\" of policy \"{p}\", and this gateway has no approval workflow yet",
+            d.rule
+        ),
+        (Some(p), _) => format!("permission denied by policy \"{p}\", rule \"{}\"", d.rule),
+        (None, _) => format!("permission denied: {} (rule \"{}\")", d.reason, d.rule),
+    };
+    ErrorFields::error(sqlstate::INSUFFICIENT_PRIVILEGE, message)
+        .with_detail(d.reason.clone())
+        .with_hint("Portcullis refused this statement; the session is still usable.")
+}
+
+fn store_error(e: &portcullis_records::StoreError) -> ErrorFields {
+    ErrorFields::error(
+        sqlstate::SYSTEM_ERROR,
+        format!("statement not run: the audit record could not be written ({e})"),
+    )
+}
+
+struct ServerSide<'a> {
+    gw: &'a PgGateway,
+    session_id: &'a str,
+    expectations: &'a Mutex<VecDeque<Expect>>,
+    /// Expectations taken off the shared queue, in response order.
+    local: VecDeque<Expect>,
+    current_poison: Option<String>,
+}
+
+impl ServerSide<'_> {
+    async fn run(
+        &mut self,
+        upstream: &mut ReadHalf<MaybeTls>,
+        mut buf: BytesMut,
+        client: &mut WriteHalf<MaybeTls>,
+    ) -> End {
+        loop {
+            if let Err(end) = self.relay_complete_messages(&mut buf, client).await {
+                return end;
+            }
+            buf.reserve(16 * 1024);
+            match upstream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return End::UpstreamGone,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Scans the complete messages in `buf`, forwarding them in as few
+    /// writes as possible: untouched runs go out as one slice, without copying.
+    async fn relay_complete_messages(
+        &mut self,
+        buf: &mut BytesMut,
+        client: &mut WriteHalf<MaybeTls>,
+    ) -> Result<(), End> {
+        let mut pos = 0;
+        let mut run_start = 0;
+        while let Some(len) = peek_frame_len(&buf[pos..], MAX_BACKEND_MESSAGE)
+            .map_err(|e: CodecError| End::UpstreamProtocol(e.to_string()))?
+        {
+            let frame = &buf[pos..pos + len];
+            if let Some(replacement) = self.observe(frame[0], &frame[5..]) {
+                write(client, &buf[run_start..pos]).await?;
+                write(client, &replacement).await?;
+                run_start = pos + len;
+            }
+            pos += len;
+        }
+        write(client, &buf[run_start..pos]).await?;
+        buf.advance(pos);
+        Ok(())
+    }
+
+    fn pull(&mut self) {
+        if let Ok(mut shared) = self.expectations.lock() {
+            self.local.extend(shared.drain(..));
+        }
+    }
+
+    /// Notes one upstream message; returns bytes to send instead of it.
+    fn observe(&mut self, tag: u8, body: &[u8]) -> Option<BytesMut> {
+        match tag {
+            b'D' | b'd' => {
+                if let Some(t) = self.current_tracker() {
+                    t.bytes += body.len() as u64;
+                }
+                None
+            }
+            b'C' => {
+                self.complete(command_rows(body), None);
+                None
+            }
+            b'I' | b's' => {
+                self.complete(None, None);
+                None
+            }
+            b'E' => self.on_error(body),
+            b'Z' => {
+                self.on_ready();
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn current_tracker(&mut self) -> Option<&mut Tracker> {
+        self.pull();
+        self.local.iter_mut().find_map(|e| match e {
+            Expect::Statement(t) if !t.completed => Some(t),
+            _ => None,
+        })
+    }
+
+    fn complete(&mut self, rows: Option<u64>, error: Option<String>) {
+        let Some(t) = self.current_tracker() else {
+            return;
+        };
+        t.rows += rows.unwrap_or(0);
+        if error.is_some() {
+            t.error = error;
+        }
+        if !t.whole_query {
+            t.completed = true;
+        }
+        self.retire_completed_front();
+    }
+
+    fn on_error(&mut self, body: &[u8]) -> Option<BytesMut> {
+        self.pull();
+        let fields = parse_error_fields(body).ok()?;
+        let code = error_field(&fields, b'C');
+        let message = error_field(&fields, b'M').unwrap_or_default();
+        if code.as_deref() == Some(sqlstate::INVALID_SQL_STATEMENT_NAME) {
+            if let Some(replacement) = self.take_poison(&message) {
+                return Some(replacement.encode(BytesMut::new()));
+            }
+        }
+        let error = format!("{message} (SQLSTATE {})", code.unwrap_or_default());
+        if let Some(t) = self.current_tracker() {
+            t.error = Some(error);
+            t.completed = true;
+        }
+        self.retire_completed_front();
+        None
+    }
+
+    fn take_poison(&mut self, message: &str) -> Option<ErrorFields> {
+        let index = self.local.iter().position(
+            |e| matches!(e, Expect::Poison { name, .. } if message.contains(name.as_str())),
+        )?;
+        match self.local.remove(index) {
+            Some(Expect::Poison { error, name }) => {
+                self.current_poison = Some(name);
+                Some(error)
+            }
+            _ => None,
+        }
+    }
+
+    /// ReadyForQuery ends the group up to the first SyncPoint: whatever did
+    /// not complete there was skipped by the upstream after an error.
+    fn on_ready(&mut self) {
+        self.pull();
+        self.current_poison = None;
+        while let Some(e) = self.local.pop_front() {
+            match e {
+                Expect::SyncPoint => break,
+                Expect::Statement(mut t) => {
+                    if !t.completed && !t.whole_query && t.error.is_none() {
+                        t.error =
+                            Some("not executed: an earlier message in the batch failed".into());
+                    }
+                    self.record_result(t);
+                }
+                Expect::Poison { .. } => {}
+            }
+        }
+    }
+
+    fn retire_completed_front(&mut self) {
+        while matches!(self.local.front(), Some(Expect::Statement(t)) if t.completed) {
+            if let Some(Expect::Statement(t)) = self.local.pop_front() {
+                self.record_result(t);
+            }
+        }
+    }
+
+    fn record_result(&self, t: Tracker) {
+        let record = NewRecord::new(RecordKind::StatementResult)
+            .session_id(self.session_id)
+            .connection(self.gw.name.clone())
+            .decision(if t.error.is_some() { "fail" } else { "ok" })
+            .detail(json!({
+                "statement": t.record_id,
+                "duration_us": t.started.elapsed().as_micros() as u64,
+                "rows": t.rows,
+                "bytes": t.bytes,
+                "error": t.error,
+            }));
+        self.gw.store.append_detached(record);
+    }
+}
+
+async fn write(client: &mut WriteHalf<MaybeTls>, bytes: &[u8]) -> Result<(), End> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    client.write_all(bytes).await.map_err(|_| End::ClientGone)
+}

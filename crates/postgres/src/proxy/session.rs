@@ -1,0 +1,401 @@
+//! One client connection from the first byte to the relay: TLS, startup,
+//! token authentication, policy admission, upstream login. Every attempt,
+//! failed or not, leaves a `connection_attempt` record with its reason.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use portcullis_identity::Principal;
+use portcullis_records::{NewRecord, RecordKind};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::codec::backend::{self, sqlstate, ErrorFields};
+use crate::codec::frontend::password_text;
+use crate::codec::startup::{decode_startup, StartupPacket};
+use crate::codec::{decode_frame, Frame, MAX_STARTUP_LEN};
+
+use super::stream::MaybeTls;
+use super::upstream::{self, Upstream};
+use super::{relay, PgGateway};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Startup parameters passed on to the upstream. Anything else is dropped:
+/// `options` could carry `-c role=...`, and `replication` is refused outright.
+const FORWARDED_PARAMS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "extra_float_digits",
+    "search_path",
+];
+
+/// Why a connection did not become a session; each becomes the client's
+/// FATAL error and the attempt's recorded reason.
+struct Refusal {
+    error: ErrorFields,
+    principal: Option<String>,
+}
+
+impl Refusal {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorFields::fatal(code, message),
+            principal: None,
+        }
+    }
+
+    fn of(mut self, principal: &Principal) -> Self {
+        self.principal = Some(principal.name.clone());
+        self
+    }
+}
+
+pub(crate) struct Client {
+    pub stream: MaybeTls,
+    pub buf: BytesMut,
+    pub peer: SocketAddr,
+}
+
+pub(crate) async fn run(gw: Arc<PgGateway>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let mut client = Client {
+        stream: MaybeTls::Plain(tcp),
+        buf: BytesMut::with_capacity(8192),
+        peer,
+    };
+    let session_id = uuid::Uuid::new_v4().to_string();
+    let outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&gw, &mut client)).await;
+    let admitted = match outcome {
+        Ok(Ok(Some(admitted))) => admitted,
+        Ok(Ok(None)) => return,
+        Ok(Err(refusal)) => return refuse(&gw, &mut client, &session_id, refusal).await,
+        Err(_) => {
+            let refusal = Refusal::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                "startup did not complete within 30 s",
+            );
+            return refuse(&gw, &mut client, &session_id, refusal).await;
+        }
+    };
+    let Admitted {
+        principal,
+        upstream,
+        client_params,
+    } = admitted;
+    if let Err(refusal) =
+        record_admission(&gw, &client, &session_id, &principal, &client_params).await
+    {
+        return refuse(&gw, &mut client, &session_id, refusal).await;
+    }
+    tracing::info!(
+        session = %session_id, connection = %gw.name, principal = %principal.name,
+        token = %principal.token_fingerprint, client = %peer, "session started"
+    );
+    relay::run(gw, client, upstream, principal, session_id).await;
+}
+
+struct Admitted {
+    principal: Principal,
+    upstream: Upstream,
+    client_params: Vec<(String, String)>,
+}
+
+async fn handshake(gw: &PgGateway, client: &mut Client) -> Result<Option<Admitted>, Refusal> {
+    let Some(params) = read_startup(gw, client).await? else {
+        return Ok(None);
+    };
+    if !client.stream.is_tls() && !gw.allow_plaintext {
+        return Err(Refusal::new(
+            sqlstate::INVALID_AUTHORIZATION,
+            "this gateway requires TLS: connect with sslmode=require (the token is sent as the password)",
+        ));
+    }
+    if StartupPacket::param(&params, "replication").is_some_and(|v| v != "false" && v != "0") {
+        return Err(Refusal::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "replication connections are not allowed through the gateway",
+        ));
+    }
+    let token = read_token(client).await?;
+    let principal =
+        gw.verifier.verify(&token).await.map_err(|e| {
+            Refusal::new(sqlstate::INVALID_PASSWORD, format!("token rejected: {e}"))
+        })?;
+    admit(gw, &principal).map_err(|r| r.of(&principal))?;
+    let forwarded: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| FORWARDED_PARAMS.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    let upstream = upstream::connect(&gw.upstream, &forwarded)
+        .await
+        .map_err(|e| {
+            tracing::warn!(connection = %gw.name, error = %e, "upstream login failed");
+            Refusal::new(
+                sqlstate::UNABLE_TO_CONNECT,
+                format!("upstream unavailable: {e}"),
+            )
+            .of(&principal)
+        })?;
+    check_upstream_parameters(&upstream).map_err(|r| r.of(&principal))?;
+    Ok(Some(Admitted {
+        principal,
+        upstream,
+        client_params: params,
+    }))
+}
+
+fn admit(gw: &PgGateway, principal: &Principal) -> Result<(), Refusal> {
+    let applicable = gw.policies.applicable(principal, &gw.name);
+    if applicable.is_empty() {
+        return Err(Refusal::new(
+            sqlstate::INVALID_AUTHORIZATION,
+            format!(
+                "principal \"{}\" has no access to connection \"{}\": no policy matches (default deny)",
+                principal.name, gw.name
+            ),
+        ));
+    }
+    if applicable.access() != Some(&portcullis_config::Access::Standing) {
+        return Err(Refusal::new(
+            sqlstate::INVALID_AUTHORIZATION,
+            format!(
+                "principal \"{}\" has just-in-time access to connection \"{}\" and no active grant",
+                principal.name, gw.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Our statement classifier lexes strings the way PostgreSQL does only with
+/// standard_conforming_strings on; refuse an upstream configured otherwise.
+fn check_upstream_parameters(upstream: &Upstream) -> Result<(), Refusal> {
+    let scs = upstream
+        .parameters
+        .iter()
+        .find(|(k, _)| k == "standard_conforming_strings");
+    match scs {
+        Some((_, v)) if v != "on" => Err(Refusal::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "upstream has standard_conforming_strings off, which the gateway cannot analyse safely",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Handles SSLRequest / GSSENCRequest / CancelRequest until the real
+/// StartupMessage arrives. `None` when the connection was only a cancel.
+async fn read_startup(
+    gw: &PgGateway,
+    client: &mut Client,
+) -> Result<Option<Vec<(String, String)>>, Refusal> {
+    loop {
+        let packet = loop {
+            match decode_startup(&mut client.buf) {
+                Ok(Some(p)) => break p,
+                Ok(None) => read_more(client, MAX_STARTUP_LEN).await?,
+                Err(e) => return Err(Refusal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+            }
+        };
+        match packet {
+            StartupPacket::SslRequest => start_tls(gw, client).await?,
+            StartupPacket::GssEncRequest => write(client, b"N").await?,
+            StartupPacket::Cancel {
+                process_id,
+                secret_key,
+            } => {
+                gw.cancels.cancel(process_id, secret_key).await;
+                return Ok(None);
+            }
+            StartupPacket::Startup { params } => return Ok(Some(params)),
+            StartupPacket::UnsupportedVersion { major, minor } => {
+                return Err(Refusal::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "unsupported frontend protocol {major}.{minor}: the gateway speaks 3.0"
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+async fn start_tls(gw: &PgGateway, client: &mut Client) -> Result<(), Refusal> {
+    let tls = match (&gw.tls, client.stream.is_tls()) {
+        (Some(tls), false) => tls.clone(),
+        (_, true) => {
+            return Err(Refusal::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                "SSLRequest inside TLS",
+            ))
+        }
+        (None, false) => return write(client, b"N").await,
+    };
+    // Bytes sent before the handshake would be read as if they came through
+    // TLS (CVE-2021-23214); PostgreSQL refuses them, so do we.
+    if !client.buf.is_empty() {
+        return Err(Refusal::new(
+            sqlstate::PROTOCOL_VIOLATION,
+            "received unencrypted data after SSL request",
+        ));
+    }
+    write(client, b"S").await?;
+    let MaybeTls::Plain(tcp) = MaybeTls::take(&mut client.stream) else {
+        return Err(Refusal::new(
+            sqlstate::PROTOCOL_VIOLATION,
+            "SSLRequest inside TLS",
+        ));
+    };
+    let accepted = tokio_rustls::TlsAcceptor::from(tls)
+        .accept(tcp)
+        .await
+        .map_err(|e| {
+            Refusal::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("TLS handshake failed: {e}"),
+            )
+        })?;
+    client.stream = MaybeTls::ServerTls(Box::new(accepted));
+    Ok(())
+}
+
+async fn read_token(client: &mut Client) -> Result<String, Refusal> {
+    write(client, &backend::encode_auth_cleartext(BytesMut::new())).await?;
+    let frame = read_frame(client).await?;
+    if frame.tag != b'p' {
+        return Err(Refusal::new(
+            sqlstate::PROTOCOL_VIOLATION,
+            "expected a password message",
+        ));
+    }
+    let token = password_text(&frame.body)
+        .map_err(|e| Refusal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string()))?;
+    if token.is_empty() {
+        return Err(Refusal::new(
+            sqlstate::INVALID_PASSWORD,
+            "no token: pass your OIDC token as the password (PGPASSWORD)",
+        ));
+    }
+    Ok(token.to_string())
+}
+
+async fn read_frame(client: &mut Client) -> Result<Frame, Refusal> {
+    loop {
+        match decode_frame(&mut client.buf, 64 * 1024) {
+            Ok(Some(f)) => return Ok(f),
+            Ok(None) => read_more(client, 64 * 1024).await?,
+            Err(e) => return Err(Refusal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+        }
+    }
+}
+
+async fn read_more(client: &mut Client, limit: usize) -> Result<(), Refusal> {
+    if client.buf.len() > limit {
+        return Err(Refusal::new(
+            sqlstate::PROTOCOL_VIOLATION,
+            "startup packet too large",
+        ));
+    }
+    match client.stream.read_buf(&mut client.buf).await {
+        Ok(0) => Err(Refusal::new(
+            sqlstate::PROTOCOL_VIOLATION,
+            "client closed the connection during startup",
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(Refusal::new(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("read failed: {e}"),
+        )),
+    }
+}
+
+async fn write(client: &mut Client, bytes: &[u8]) -> Result<(), Refusal> {
+    client
+        .stream
+        .write_all(bytes)
+        .await
+        .map_err(|e| Refusal::new(sqlstate::CONNECTION_FAILURE, format!("write failed: {e}")))
+}
+
+async fn record_admission(
+    gw: &PgGateway,
+    client: &Client,
+    session_id: &str,
+    principal: &Principal,
+    params: &[(String, String)],
+) -> Result<(), Refusal> {
+    let attempt = attempt_record(gw, client, session_id, "ok", None)
+        .principal(principal.name.clone())
+        .detail(json!({
+            "client_addr": client.peer.to_string(),
+            "tls": client.stream.is_tls(),
+            "issuer": principal.issuer,
+            "token": principal.token_fingerprint,
+            "groups": principal.groups,
+        }));
+    let start = NewRecord::new(RecordKind::SessionStart)
+        .session_id(session_id)
+        .principal(principal.name.clone())
+        .connection(gw.name.clone())
+        .detail(json!({
+            "client_addr": client.peer.to_string(),
+            "protocol": "postgres",
+            "application_name": StartupPacket::param(params, "application_name"),
+            "client_user": StartupPacket::param(params, "user"),
+            "client_database": StartupPacket::param(params, "database"),
+        }));
+    for record in [attempt, start] {
+        gw.store.append(record).await.map_err(|e| {
+            Refusal::new(
+                sqlstate::SYSTEM_ERROR,
+                format!("audit store unavailable, so the session cannot be recorded: {e}"),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn attempt_record(
+    gw: &PgGateway,
+    client: &Client,
+    session_id: &str,
+    decision: &str,
+    reason: Option<&str>,
+) -> NewRecord {
+    NewRecord::new(RecordKind::ConnectionAttempt)
+        .session_id(session_id)
+        .connection(gw.name.clone())
+        .decision(decision)
+        .detail(json!({ "client_addr": client.peer.to_string(), "reason": reason }))
+}
+
+async fn refuse(gw: &PgGateway, client: &mut Client, session_id: &str, refusal: Refusal) {
+    let reason = refusal.error.message.clone();
+    let mut record = attempt_record(gw, client, session_id, "deny", Some(&reason));
+    if let Some(p) = &refusal.principal {
+        record = record.principal(p.clone());
+    }
+    tracing::info!(
+        session = %session_id, connection = %gw.name, client = %client.peer,
+        principal = refusal.principal.as_deref().unwrap_or("-"), reason = %reason,
+        "connection refused"
+    );
+    // The refusal is sent whether or not the record lands: nothing runs
+    // either way, and the client deserves to know why.
+    if let Err(e) = gw.store.append(record).await {
+        tracing::error!(error = %e, "could not record refused connection");
+    }
+    let _ = client
+        .stream
+        .write_all(&refusal.error.encode(BytesMut::new()))
+        .await;
+    let _ = client.stream.shutdown().await;
+}

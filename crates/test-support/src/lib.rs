@@ -1,0 +1,130 @@
+//! The shared integration-test harness for Portcullis.
+//!
+//! Integration tests drive the real `portcullis` binary against real servers,
+//! and every test gets its own: an isolated PostgreSQL server on a free port
+//! ([`PgServer`]), child processes that cannot outlive the test ([`Process`]),
+//! and commands that cannot hang CI ([`run`]). Everything binds 127.0.0.1 only.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use test_support::{PgServer, Process, free_port, run, wait_for_port};
+//!
+//! let pg = PgServer::start();
+//! pg.sql("app", "create table t (id int)");
+//! let port = free_port();
+//! let mut cmd = std::process::Command::new("target/debug/portcullis");
+//! cmd.args(["dev-idp", "--listen", &format!("127.0.0.1:{port}")]);
+//! let idp = Process::spawn(cmd, "dev-idp");
+//! wait_for_port(&format!("127.0.0.1:{port}"), Some(&idp));
+//! let out = run(&mut pg.psql("app_scram", "app"), Duration::from_secs(30));
+//! ```
+//!
+//! Works as root (CI) and as an ordinary user: as root, PostgreSQL runs as the
+//! `postgres` OS user, which is why its files live under `/tmp`.
+
+mod os;
+mod pg;
+mod process;
+mod watchdog;
+
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+pub use pg::{
+    psql, PgServer, APP_DB, MD5_PASSWORD, MD5_USER, SCRAM_PASSWORD, SCRAM_USER, SUPERUSER,
+};
+pub use process::{run, run_with_input, Output, Process};
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it).
+/// Another process may still take it before you bind it; [`PgServer::start`]
+/// retries for that reason.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// Waits until a TCP connect to `addr` succeeds, polling every 20 ms for up to
+/// 30 s. If `proc_` is given and exits first, or time runs out, panics with
+/// its log, which is usually the only clue why a gateway did not come up.
+pub fn wait_for_port(addr: &str, proc_: Option<&Process>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if can_connect(addr) {
+            return;
+        }
+        if let Some(p) = proc_ {
+            if let Some(status) = p.try_wait() {
+                panic!(
+                    "{addr} never opened: process exited ({status}); {}",
+                    p.describe()
+                );
+            }
+        }
+        if Instant::now() >= deadline {
+            let why = proc_.map(Process::describe).unwrap_or_default();
+            panic!("{addr} did not accept connections within 30 s; {why}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn can_connect(addr: &str) -> bool {
+    let Ok(addrs) = addr.to_socket_addrs() else {
+        panic!("wait_for_port: {addr:?} is not a host:port address");
+    };
+    addrs
+        .into_iter()
+        .any(|a| TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok())
+}
+
+/// A fresh temp dir for one test, deleted (with its contents) on drop.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("portcullis-test-")
+        .tempdir()
+        .expect("create temp dir")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_port_is_bindable() {
+        let port = free_port();
+        assert_ne!(port, 0);
+        TcpListener::bind(("127.0.0.1", port)).expect("port should be free");
+    }
+
+    #[test]
+    fn wait_for_port_returns_once_listening() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        wait_for_port(&addr, None);
+    }
+
+    #[test]
+    fn wait_for_port_fails_fast_with_the_log_when_the_process_dies() {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "echo no listener here; exit 1"]);
+        let p = Process::spawn(cmd, "dies");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let started = Instant::now();
+        // Caught here so `p` is dropped outside the panic and its log removed.
+        let panic = std::panic::catch_unwind(|| wait_for_port(&addr, Some(&p)))
+            .expect_err("wait_for_port should panic");
+        let message = panic.downcast_ref::<String>().expect("a formatted message");
+        assert!(message.contains("process exited"), "{message}");
+        assert!(message.contains("no listener here"), "{message}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn temp_dir_is_created_and_removed() {
+        let dir = temp_dir();
+        let path = dir.path().to_path_buf();
+        assert!(path.is_dir());
+        drop(dir);
+        assert!(!path.exists());
+    }
+}

@@ -65,12 +65,21 @@ fn unknown_field_names_line_and_field() {
     assert!(err.starts_with("p.yaml:"), "{err}");
     assert!(err.contains("denny"), "{err}");
     let line: usize = err.split(':').nth(1).unwrap().parse().unwrap();
-    assert_eq!(bad.lines().nth(line - 1).map(|l| l.contains("name: ci-reads") || l.contains("denny")), Some(true), "{err}");
+    assert_eq!(
+        bad.lines()
+            .nth(line - 1)
+            .map(|l| l.contains("name: ci-reads") || l.contains("denny")),
+        Some(true),
+        "{err}"
+    );
 }
 
 #[test]
 fn dangling_policy_connection_is_located() {
-    let bad = GOOD.replace("connection: orders-db\n    access", "connection: nope-db\n    access");
+    let bad = GOOD.replace(
+        "connection: orders-db\n    access",
+        "connection: nope-db\n    access",
+    );
     let err = Config::parse("p.yaml", &bad).unwrap_err().to_string();
     assert!(err.contains("policies[1].connection"), "{err}");
     assert!(err.contains("nope-db"), "{err}");

@@ -11,5 +11,7 @@
 pub mod classify;
 pub mod decide;
 
-pub use classify::{classify, normalize, Classification, Classifier, ClassifyError, Statement, StatementClass};
+pub use classify::{
+    classify, normalize, Classification, Classifier, ClassifyError, Statement, StatementClass,
+};
 pub use decide::{Applicable, Decision, PolicyError, PolicySet, Verdict};

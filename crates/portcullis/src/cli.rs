@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "Identity-aware access gateway for automation")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Identity-aware access gateway for automation"
+)]
 pub struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true)]

@@ -35,7 +35,13 @@ fn load(cert_path: &Path, key_path: &Path) -> anyhow::Result<Arc<rustls::ServerC
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .with_context(|| format!("{} does not match {}", key_path.display(), cert_path.display()))?;
+        .with_context(|| {
+            format!(
+                "{} does not match {}",
+                key_path.display(),
+                cert_path.display()
+            )
+        })?;
     Ok(Arc::new(config))
 }
 
@@ -45,11 +51,11 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
 
 fn generate_dev_cert(cert: &Path, key: &Path) -> anyhow::Result<()> {
     if let Some(dir) = cert.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    let generated = rcgen::generate_simple_self_signed(names).context("cannot generate dev certificate")?;
+    let generated =
+        rcgen::generate_simple_self_signed(names).context("cannot generate dev certificate")?;
     std::fs::write(cert, generated.cert.pem())?;
     write_private(key, generated.key_pair.serialize_pem().as_bytes())?;
     Ok(())

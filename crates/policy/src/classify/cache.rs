@@ -41,7 +41,11 @@ impl Classifier {
             return analyze(sql).map(|a| Arc::new(a.classification));
         };
         let shard = self.shard(&key);
-        if let Some(hit) = shard.read().unwrap_or_else(PoisonError::into_inner).get(&key) {
+        if let Some(hit) = shard
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
             return Ok(Arc::clone(hit));
         }
         let analysis = analyze(sql)?;

@@ -195,9 +195,11 @@ fn set(v: &VariableSetStmt) -> Kind {
             command,
             "changes how the server reads string literals, which the gateway's lexer relies on",
         ),
-        _ if is_privileged_setting(&name) => {
-            raised(Admin, command, "changes a setting reserved to administrators")
-        }
+        _ if is_privileged_setting(&name) => raised(
+            Admin,
+            command,
+            "changes a setting reserved to administrators",
+        ),
         _ => kind(Session, command),
     }
 }
@@ -213,7 +215,8 @@ fn client_encoding(v: &VariableSetStmt, set_kind: VariableSetKind, command: &str
         let json = serde_json::to_value(a).ok()?;
         string_constant(&json).map(str::to_ascii_lowercase)
     });
-    let utf8 = value.is_some_and(|e| matches!(e.replace(['-', '_'], "").as_str(), "utf8" | "unicode"));
+    let utf8 =
+        value.is_some_and(|e| matches!(e.replace(['-', '_'], "").as_str(), "utf8" | "unicode"));
     let decided = if utf8 {
         kind(Session, command)
     } else {
@@ -233,9 +236,21 @@ fn admin(node: &N) -> Option<Kind> {
     let command = match node {
         N::GrantStmt(g) => return Some(kind(Admin, if g.is_grant { "GRANT" } else { "REVOKE" })),
         N::GrantRoleStmt(g) => {
-            return Some(kind(Admin, if g.is_grant { "GRANT ROLE" } else { "REVOKE ROLE" }))
+            return Some(kind(
+                Admin,
+                if g.is_grant {
+                    "GRANT ROLE"
+                } else {
+                    "REVOKE ROLE"
+                },
+            ))
         }
-        N::VacuumStmt(v) => return Some(kind(Admin, if v.is_vacuumcmd { "VACUUM" } else { "ANALYZE" })),
+        N::VacuumStmt(v) => {
+            return Some(kind(
+                Admin,
+                if v.is_vacuumcmd { "VACUUM" } else { "ANALYZE" },
+            ))
+        }
         N::CheckPointStmt(_) => "CHECKPOINT",
         N::LoadStmt(_) => "LOAD",
         N::DoStmt(_) => "DO",
@@ -247,11 +262,13 @@ fn admin(node: &N) -> Option<Kind> {
         N::DropOwnedStmt(_) => "DROP OWNED",
         N::ReassignOwnedStmt(_) => "REASSIGN OWNED",
         N::AlterDefaultPrivilegesStmt(_) => "ALTER DEFAULT PRIVILEGES",
-        N::AlterOwnerStmt(o) => return Some(kind(Admin, format!("ALTER {}", object_name(o.object_type)))),
-        N::CreatedbStmt(_) => "CREATE DATABASE",
-        N::AlterDatabaseStmt(_) | N::AlterDatabaseSetStmt(_) | N::AlterDatabaseRefreshCollStmt(_) => {
-            "ALTER DATABASE"
+        N::AlterOwnerStmt(o) => {
+            return Some(kind(Admin, format!("ALTER {}", object_name(o.object_type))))
         }
+        N::CreatedbStmt(_) => "CREATE DATABASE",
+        N::AlterDatabaseStmt(_)
+        | N::AlterDatabaseSetStmt(_)
+        | N::AlterDatabaseRefreshCollStmt(_) => "ALTER DATABASE",
         N::DropdbStmt(_) => "DROP DATABASE",
         N::CreateTableSpaceStmt(_) => "CREATE TABLESPACE",
         N::DropTableSpaceStmt(_) => "DROP TABLESPACE",
@@ -409,7 +426,11 @@ fn alter_table(a: &AlterTableStmt) -> Kind {
         _ => false,
     });
     if privileged {
-        raised(Admin, command, "changes the owner or row-level security of a table")
+        raised(
+            Admin,
+            command,
+            "changes the owner or row-level security of a table",
+        )
     } else {
         kind(Ddl, command)
     }

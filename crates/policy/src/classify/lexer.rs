@@ -258,7 +258,11 @@ impl Lexer<'_> {
     /// break the continuation in the scanner `pg_query` builds in).
     fn continuation(&self) -> Option<usize> {
         let mut i = self.pos;
-        while self.src.get(i).is_some_and(|&b| matches!(b, b' ' | b'\t' | b'\x0c' | b'\x0b')) {
+        while self
+            .src
+            .get(i)
+            .is_some_and(|&b| matches!(b, b' ' | b'\t' | b'\x0c' | b'\x0b'))
+        {
             i += 1;
         }
         if !self.src.get(i).is_some_and(|&b| b == b'\n' || b == b'\r') {
@@ -336,7 +340,10 @@ impl Lexer<'_> {
     /// decimals and exponents, per PostgreSQL 16+.
     fn number(&mut self) {
         let start = self.pos;
-        let radix = match (self.src[start], self.peek(1).map(|b| b.to_ascii_lowercase())) {
+        let radix = match (
+            self.src[start],
+            self.peek(1).map(|b| b.to_ascii_lowercase()),
+        ) {
             (b'0', Some(b'x')) => Some(16),
             (b'0', Some(b'o')) => Some(8),
             (b'0', Some(b'b')) => Some(2),
@@ -359,7 +366,11 @@ impl Lexer<'_> {
                 Some(b'_') => end + 1,
                 _ => end,
             };
-            if !self.src.get(digit_at).is_some_and(|&b| char::from(b).is_digit(radix)) {
+            if !self
+                .src
+                .get(digit_at)
+                .is_some_and(|&b| char::from(b).is_digit(radix))
+            {
                 break;
             }
             end = digit_at + 1;

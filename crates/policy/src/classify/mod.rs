@@ -183,14 +183,14 @@ fn statement_text(sql: &str, location: i32, len: i32) -> &str {
     sql.get(start..end).unwrap_or(sql)
 }
 
-fn statement(
-    node: &pg_query::NodeEnum,
-    text: &str,
-) -> Result<(Statement, bool), ClassifyError> {
+fn statement(node: &pg_query::NodeEnum, text: &str) -> Result<(Statement, bool), ClassifyError> {
     let kind = kinds::kind_of(node);
     let tree = serde_json::to_value(node).map_err(|e| ClassifyError::Internal(e.to_string()))?;
     // Below the statement's own tag, so that a DELETE is not "nested" in itself.
-    let body = tree.as_object().and_then(|o| o.values().next()).unwrap_or(&tree);
+    let body = tree
+        .as_object()
+        .and_then(|o| o.values().next())
+        .unwrap_or(&tree);
     let facts = walk::walk(body);
     let (class, why) = match facts.raise {
         Some((raised, why)) if raised > kind.class => (raised, Some(why)),

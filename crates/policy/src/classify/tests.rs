@@ -12,26 +12,62 @@ const TABLE: &[(&str, StatementClass, &str)] = &[
     // Reads.
     ("SELECT 1", Read, "SELECT"),
     ("VALUES (1), (2)", Read, "SELECT"),
-    ("SELECT * FROM orders WHERE id = 42 ORDER BY 1", Read, "SELECT"),
-    ("SELECT lower(name), count(*) FROM t GROUP BY 1", Read, "SELECT"),
+    (
+        "SELECT * FROM orders WHERE id = 42 ORDER BY 1",
+        Read,
+        "SELECT",
+    ),
+    (
+        "SELECT lower(name), count(*) FROM t GROUP BY 1",
+        Read,
+        "SELECT",
+    ),
     ("COPY t TO STDOUT", Read, "COPY TO"),
-    ("COPY (SELECT 1) TO STDOUT WITH (FORMAT csv)", Read, "COPY TO"),
+    (
+        "COPY (SELECT 1) TO STDOUT WITH (FORMAT csv)",
+        Read,
+        "COPY TO",
+    ),
     ("EXPLAIN SELECT 1", Read, "EXPLAIN SELECT"),
     ("PREPARE q AS SELECT 1", Read, "PREPARE SELECT"),
-    ("DECLARE c CURSOR FOR SELECT * FROM t", Read, "DECLARE SELECT"),
+    (
+        "DECLARE c CURSOR FOR SELECT * FROM t",
+        Read,
+        "DECLARE SELECT",
+    ),
     ("FETCH 10 FROM c", Read, "FETCH"),
     // Writes.
     ("INSERT INTO t VALUES (1)", Write, "INSERT"),
     ("UPDATE t SET a = 1", Write, "UPDATE"),
     ("DELETE FROM t", Write, "DELETE"),
-    ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE", Write, "MERGE"),
+    (
+        "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+        Write,
+        "MERGE",
+    ),
     ("SELECT * FROM t FOR UPDATE", Write, "SELECT"),
-    ("SELECT * FROM (SELECT * FROM t FOR SHARE) s", Write, "SELECT"),
-    ("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", Write, "SELECT"),
+    (
+        "SELECT * FROM (SELECT * FROM t FOR SHARE) s",
+        Write,
+        "SELECT",
+    ),
+    (
+        "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+        Write,
+        "SELECT",
+    ),
     ("COPY t FROM STDIN", Write, "COPY FROM"),
-    ("COPY (DELETE FROM t RETURNING *) TO STDOUT", Write, "COPY TO"),
+    (
+        "COPY (DELETE FROM t RETURNING *) TO STDOUT",
+        Write,
+        "COPY TO",
+    ),
     ("EXPLAIN ANALYZE DELETE FROM t", Write, "EXPLAIN DELETE"),
-    ("PREPARE q (int) AS DELETE FROM t WHERE id = $1", Write, "PREPARE DELETE"),
+    (
+        "PREPARE q (int) AS DELETE FROM t WHERE id = $1",
+        Write,
+        "PREPARE DELETE",
+    ),
     ("EXECUTE q(1)", Write, "EXECUTE"),
     ("NOTIFY ch", Write, "NOTIFY"),
     ("CALL p()", Write, "CALL"),
@@ -41,7 +77,11 @@ const TABLE: &[(&str, StatementClass, &str)] = &[
     ("SELECT pg_advisory_lock(1)", Write, "SELECT"),
     ("SELECT pg_notify('c', 'x')", Write, "SELECT"),
     ("SELECT lo_unlink(1)", Write, "SELECT"),
-    ("SELECT set_config('search_path', 'x', false)", Write, "SELECT"),
+    (
+        "SELECT set_config('search_path', 'x', false)",
+        Write,
+        "SELECT",
+    ),
     // Schema changes.
     ("CREATE TABLE t (id int)", Ddl, "CREATE TABLE"),
     ("ALTER TABLE t ADD COLUMN x int", Ddl, "ALTER TABLE"),
@@ -52,11 +92,23 @@ const TABLE: &[(&str, StatementClass, &str)] = &[
     ("CREATE INDEX i ON t (a)", Ddl, "CREATE INDEX"),
     ("CREATE VIEW v AS SELECT 1", Ddl, "CREATE VIEW"),
     ("TRUNCATE t", Ddl, "TRUNCATE"),
-    ("REFRESH MATERIALIZED VIEW mv", Ddl, "REFRESH MATERIALIZED VIEW"),
+    (
+        "REFRESH MATERIALIZED VIEW mv",
+        Ddl,
+        "REFRESH MATERIALIZED VIEW",
+    ),
     ("COMMENT ON TABLE t IS 'x'", Ddl, "COMMENT ON TABLE"),
-    ("CREATE FUNCTION f() RETURNS int AS 'select 1' LANGUAGE sql", Ddl, "CREATE FUNCTION"),
+    (
+        "CREATE FUNCTION f() RETURNS int AS 'select 1' LANGUAGE sql",
+        Ddl,
+        "CREATE FUNCTION",
+    ),
     ("CREATE TABLE t2 AS SELECT * FROM t", Ddl, "CREATE TABLE AS"),
-    ("CREATE MATERIALIZED VIEW mv AS SELECT 1", Ddl, "CREATE MATERIALIZED VIEW"),
+    (
+        "CREATE MATERIALIZED VIEW mv AS SELECT 1",
+        Ddl,
+        "CREATE MATERIALIZED VIEW",
+    ),
     ("CREATE SEQUENCE s", Ddl, "CREATE SEQUENCE"),
     ("CREATE TYPE mood AS ENUM ('a', 'b')", Ddl, "CREATE TYPE"),
     ("CREATE SCHEMA s", Ddl, "CREATE SCHEMA"),
@@ -80,7 +132,11 @@ const TABLE: &[(&str, StatementClass, &str)] = &[
     ("CREATE DATABASE d", Admin, "CREATE DATABASE"),
     ("DROP DATABASE d", Admin, "DROP DATABASE"),
     ("CREATE POLICY p ON t USING (true)", Admin, "CREATE POLICY"),
-    ("ALTER TABLE t ENABLE ROW LEVEL SECURITY", Admin, "ALTER TABLE"),
+    (
+        "ALTER TABLE t ENABLE ROW LEVEL SECURITY",
+        Admin,
+        "ALTER TABLE",
+    ),
     ("ALTER TABLE t OWNER TO bob", Admin, "ALTER TABLE"),
     ("REINDEX TABLE t", Admin, "REINDEX"),
     ("COMMIT PREPARED 'x'", Admin, "COMMIT PREPARED"),
@@ -102,21 +158,69 @@ const TABLE: &[(&str, StatementClass, &str)] = &[
     ("SELECT * FROM pg_read_file('/etc/passwd')", Admin, "SELECT"),
     ("SELECT lo_import('/etc/passwd')", Admin, "SELECT"),
     ("SELECT lo_export(1, '/tmp/x')", Admin, "SELECT"),
-    ("SELECT * FROM dblink('host=x', 'select 1') AS t(a int)", Admin, "SELECT"),
-    ("SELECT query_to_xml('delete from t returning 1', true, true, '')", Admin, "SELECT"),
-    ("SELECT pg_create_logical_replication_slot('s', 'pgoutput')", Admin, "SELECT"),
-    ("SELECT set_config('role', 'postgres', false)", Admin, "SELECT"),
+    (
+        "SELECT * FROM dblink('host=x', 'select 1') AS t(a int)",
+        Admin,
+        "SELECT",
+    ),
+    (
+        "SELECT query_to_xml('delete from t returning 1', true, true, '')",
+        Admin,
+        "SELECT",
+    ),
+    (
+        "SELECT pg_create_logical_replication_slot('s', 'pgoutput')",
+        Admin,
+        "SELECT",
+    ),
+    (
+        "SELECT set_config('role', 'postgres', false)",
+        Admin,
+        "SELECT",
+    ),
     ("SELECT set_config($1, 'x', false)", Admin, "SELECT"),
-    ("SELECT 1 LIMIT (SELECT pg_terminate_backend(1))::int", Admin, "SELECT"),
-    ("SELECT * FROM t WHERE id IN (SELECT pg_cancel_backend(pid) FROM pg_stat_activity)", Admin, "SELECT"),
-    ("WITH x AS (SELECT pg_terminate_backend(1)) SELECT * FROM x", Admin, "SELECT"),
-    ("SELECT CAST(pg_catalog.pg_terminate_backend(1) AS text)", Admin, "SELECT"),
-    ("SELECT CASE WHEN true THEN pg_promote() END", Admin, "SELECT"),
-    ("INSERT INTO t SELECT pg_terminate_backend(1)", Admin, "INSERT"),
-    ("EXPLAIN ANALYZE SELECT pg_terminate_backend(1)", Admin, "EXPLAIN SELECT"),
+    (
+        "SELECT 1 LIMIT (SELECT pg_terminate_backend(1))::int",
+        Admin,
+        "SELECT",
+    ),
+    (
+        "SELECT * FROM t WHERE id IN (SELECT pg_cancel_backend(pid) FROM pg_stat_activity)",
+        Admin,
+        "SELECT",
+    ),
+    (
+        "WITH x AS (SELECT pg_terminate_backend(1)) SELECT * FROM x",
+        Admin,
+        "SELECT",
+    ),
+    (
+        "SELECT CAST(pg_catalog.pg_terminate_backend(1) AS text)",
+        Admin,
+        "SELECT",
+    ),
+    (
+        "SELECT CASE WHEN true THEN pg_promote() END",
+        Admin,
+        "SELECT",
+    ),
+    (
+        "INSERT INTO t SELECT pg_terminate_backend(1)",
+        Admin,
+        "INSERT",
+    ),
+    (
+        "EXPLAIN ANALYZE SELECT pg_terminate_backend(1)",
+        Admin,
+        "EXPLAIN SELECT",
+    ),
     // Session.
     ("BEGIN", Session, "BEGIN"),
-    ("START TRANSACTION ISOLATION LEVEL SERIALIZABLE", Session, "START TRANSACTION"),
+    (
+        "START TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        Session,
+        "START TRANSACTION",
+    ),
     ("COMMIT", Session, "COMMIT"),
     ("ROLLBACK", Session, "ROLLBACK"),
     ("SAVEPOINT s", Session, "SAVEPOINT"),
@@ -158,14 +262,21 @@ fn classification_table() {
 #[test]
 fn raised_classes_say_why() {
     assert_eq!(
-        one("SELECT pg_terminate_backend(pid) FROM pg_stat_activity").why.as_deref(),
+        one("SELECT pg_terminate_backend(pid) FROM pg_stat_activity")
+            .why
+            .as_deref(),
         Some("calls pg_terminate_backend")
     );
     assert_eq!(
-        one("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d").why.as_deref(),
+        one("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d")
+            .why
+            .as_deref(),
         Some("contains a data-modifying DELETE")
     );
-    assert!(one("COPY t FROM PROGRAM 'x'").why.unwrap().contains("PROGRAM"));
+    assert!(one("COPY t FROM PROGRAM 'x'")
+        .why
+        .unwrap()
+        .contains("PROGRAM"));
     assert!(one("SET ROLE postgres").why.unwrap().contains("role"));
     // Not raised: the command itself is what it is.
     assert_eq!(one("DELETE FROM t").why, None);
@@ -208,7 +319,13 @@ fn empty_queries_have_no_statements() {
 
 #[test]
 fn syntax_errors_are_errors() {
-    for sql in ["SELEC 1", "SELECT 'unterminated", "SELECT * FROM", "DROP", "SELECT 1; DELET FROM t"] {
+    for sql in [
+        "SELEC 1",
+        "SELECT 'unterminated",
+        "SELECT * FROM",
+        "DROP",
+        "SELECT 1; DELET FROM t",
+    ] {
         assert!(
             matches!(classify(sql), Err(ClassifyError::Syntax(_))),
             "{sql}"
@@ -234,11 +351,18 @@ fn relations_are_listed_as_written_without_ctes() {
     );
     assert_eq!(one("DROP TABLE a.b, c").relations, vec!["a.b", "c"]);
     assert_eq!(
-        one("INSERT INTO audit SELECT * FROM events WHERE id IN (SELECT id FROM flagged)").relations,
+        one("INSERT INTO audit SELECT * FROM events WHERE id IN (SELECT id FROM flagged)")
+            .relations,
         vec!["audit", "events", "flagged"]
     );
-    assert_eq!(one("DELETE FROM t USING u WHERE t.id = u.id").relations, vec!["t", "u"]);
-    assert_eq!(one("SELECT * FROM \"Mixed\".\"Case\"").relations, vec!["Mixed.Case"]);
+    assert_eq!(
+        one("DELETE FROM t USING u WHERE t.id = u.id").relations,
+        vec!["t", "u"]
+    );
+    assert_eq!(
+        one("SELECT * FROM \"Mixed\".\"Case\"").relations,
+        vec!["Mixed.Case"]
+    );
 }
 
 #[test]
@@ -266,15 +390,24 @@ fn normalize_replaces_every_literal_form() {
     let cases = [
         ("SELECT 'abc', 'it''s'", "SELECT ?, ?"),
         (r"SELECT E'a\'b', e'\\'", "SELECT ?, ?"),
-        (r"SELECT U&'d\0061t', u&'x' UESCAPE '!'", "SELECT ?, ? UESCAPE ?"),
+        (
+            r"SELECT U&'d\0061t', u&'x' UESCAPE '!'",
+            "SELECT ?, ? UESCAPE ?",
+        ),
         ("SELECT B'101', b'0', X'FF', x'00'", "SELECT ?, ?, ?, ?"),
         ("SELECT N'national'", "SELECT N?"),
         ("SELECT $$dollar 'quoted'$$", "SELECT ?"),
         ("SELECT $tag$ has $$ and $other$ inside $tag$", "SELECT ?"),
         ("SELECT $_$x$_$", "SELECT ?"),
         ("SELECT 'a'\n  'b', 1", "SELECT ?, ?"),
-        ("SELECT 1, 1.5, .5, 5., 1e10, 1.5E-3, 2e+4", "SELECT ?, ?, ?, ?, ?, ?, ?"),
-        ("SELECT 0x1F, 0o17, 0b101, 1_000_000, 0x_FF", "SELECT ?, ?, ?, ?, ?"),
+        (
+            "SELECT 1, 1.5, .5, 5., 1e10, 1.5E-3, 2e+4",
+            "SELECT ?, ?, ?, ?, ?, ?, ?",
+        ),
+        (
+            "SELECT 0x1F, 0o17, 0b101, 1_000_000, 0x_FF",
+            "SELECT ?, ?, ?, ?, ?",
+        ),
         ("SELECT -1, +2", "SELECT -?, +?"),
         ("SELECT a[1:2], 1..2", "SELECT a[?:?], ?..?"),
     ];
@@ -286,11 +419,20 @@ fn normalize_replaces_every_literal_form() {
 #[test]
 fn normalize_keeps_identifiers_parameters_and_operators() {
     let cases = [
-        ("SELECT $1, $2::int FROM t WHERE a = $10", "SELECT $1, $2::int FROM t WHERE a = $10"),
+        (
+            "SELECT $1, $2::int FROM t WHERE a = $10",
+            "SELECT $1, $2::int FROM t WHERE a = $10",
+        ),
         ("SELECT a$b$, c$ FROM t$1", "SELECT a$b$, c$ FROM t$1"),
-        ("SELECT \"it's\", \"a\"\"b\" FROM \"T\"", "SELECT \"it's\", \"a\"\"b\" FROM \"T\""),
+        (
+            "SELECT \"it's\", \"a\"\"b\" FROM \"T\"",
+            "SELECT \"it's\", \"a\"\"b\" FROM \"T\"",
+        ),
         ("SELECT U&\"d\\0061t\"", "SELECT U&\"d\\0061t\""),
-        ("SELECT e1, x2, b_3, n4 FROM t", "SELECT e1, x2, b_3, n4 FROM t"),
+        (
+            "SELECT e1, x2, b_3, n4 FROM t",
+            "SELECT e1, x2, b_3, n4 FROM t",
+        ),
         ("SELECT a+b, a + b, a<>b", "SELECT a+b, a + b, a<>b"),
         ("SELECT ü'x' FROM tä", "SELECT ü? FROM tä"),
     ];
@@ -348,9 +490,15 @@ fn statements_with_equal_keys_classify_equally() {
             "SELECT * FROM t WHERE id = E'\\''",
             "SELECT * FROM t WHERE id = 1.5e3",
         ],
-        &["DELETE FROM t WHERE a = 1 -- one", "DELETE FROM t WHERE a = /* two */ 2"],
+        &[
+            "DELETE FROM t WHERE a = 1 -- one",
+            "DELETE FROM t WHERE a = /* two */ 2",
+        ],
         &["COPY t FROM '/a'", "COPY t FROM $$/b$$"],
-        &["SELECT pg_terminate_backend(1)", "SELECT pg_terminate_backend(0x10)"],
+        &[
+            "SELECT pg_terminate_backend(1)",
+            "SELECT pg_terminate_backend(0x10)",
+        ],
         &["SET statement_timeout = 5", "SET statement_timeout = '5s'"],
     ];
     for group in groups {
@@ -359,7 +507,10 @@ fn statements_with_equal_keys_classify_equally() {
         for sql in &group[1..] {
             assert_eq!(normalize(sql), normalize(group[0]), "{sql}");
             assert_eq!(classify(sql).unwrap(), *first, "{sql}");
-            assert!(Arc::ptr_eq(&classifier.classify(sql).unwrap(), &first), "{sql}");
+            assert!(
+                Arc::ptr_eq(&classifier.classify(sql).unwrap(), &first),
+                "{sql}"
+            );
         }
     }
 }
@@ -379,7 +530,10 @@ fn literal_dependent_classifications_are_not_cached() {
     assert_eq!(role.statements[0].class, Admin);
     let utf8 = classifier.classify("SET client_encoding = 'UTF8'").unwrap();
     let sjis = classifier.classify("SET client_encoding = 'SJIS'").unwrap();
-    assert_eq!((utf8.statements[0].class, sjis.statements[0].class), (Session, Admin));
+    assert_eq!(
+        (utf8.statements[0].class, sjis.statements[0].class),
+        (Session, Admin)
+    );
     assert!(classifier.is_empty());
 }
 
@@ -387,7 +541,9 @@ fn literal_dependent_classifications_are_not_cached() {
 fn classifier_caches_and_stays_bounded() {
     let classifier = Classifier::new(32);
     let a = classifier.classify("SELECT * FROM t WHERE id = 1").unwrap();
-    let b = classifier.classify("SELECT  *  FROM t WHERE id = 2").unwrap();
+    let b = classifier
+        .classify("SELECT  *  FROM t WHERE id = 2")
+        .unwrap();
     assert!(Arc::ptr_eq(&a, &b));
     assert_eq!(classifier.len(), 1);
     for i in 0..500 {
@@ -436,13 +592,98 @@ mod properties {
     /// neighbours (prefix letters, `$` in identifiers, operators that
     /// contain comment starts, lone quotes and backslashes).
     const FRAGMENTS: &[&str] = &[
-        "select", "from", "t", "a", "e", "E", "x", "X", "b", "B", "n", "N", "u", "U", "U&", "u&",
-        "a$b$", "_x1", "ü", "uescape", " ", " ", "\n", "\t", "\r\n", "'", "'abc'", "''", "'it''s'",
-        "E'a\\'b'", "e'\\\\'", "\\", "'\n'", "\"", "\"q\"", "\"a\"\"b\"", "$", "$$", "$$x$$",
-        "$t$", "$t$ $$ $t$", "$1", "$12", "$a", "0", "1", "42", "1.5", ".5", "5.", "1e10", "1E-3",
-        "2e+4", "0x1F", "0o17", "0b101", "1_000", "..", ".", ",", ";", "(", ")", "[", "]", "+",
-        "-", "*", "/", "<", ">", "=", "::", ":", "&", "|", "!", "~", "@", "#", "%", "^", "?",
-        "--", "--c\n", "/*", "*/", "/*c*/", "/* /* */ */", "+--", "*/*", "-/*x*/-",
+        "select",
+        "from",
+        "t",
+        "a",
+        "e",
+        "E",
+        "x",
+        "X",
+        "b",
+        "B",
+        "n",
+        "N",
+        "u",
+        "U",
+        "U&",
+        "u&",
+        "a$b$",
+        "_x1",
+        "ü",
+        "uescape",
+        " ",
+        " ",
+        "\n",
+        "\t",
+        "\r\n",
+        "'",
+        "'abc'",
+        "''",
+        "'it''s'",
+        "E'a\\'b'",
+        "e'\\\\'",
+        "\\",
+        "'\n'",
+        "\"",
+        "\"q\"",
+        "\"a\"\"b\"",
+        "$",
+        "$$",
+        "$$x$$",
+        "$t$",
+        "$t$ $$ $t$",
+        "$1",
+        "$12",
+        "$a",
+        "0",
+        "1",
+        "42",
+        "1.5",
+        ".5",
+        "5.",
+        "1e10",
+        "1E-3",
+        "2e+4",
+        "0x1F",
+        "0o17",
+        "0b101",
+        "1_000",
+        "..",
+        ".",
+        ",",
+        ";",
+        "(",
+        ")",
+        "[",
+        "]",
+        "+",
+        "-",
+        "*",
+        "/",
+        "<",
+        ">",
+        "=",
+        "::",
+        ":",
+        "&",
+        "|",
+        "!",
+        "~",
+        "@",
+        "#",
+        "%",
+        "^",
+        "?",
+        "--",
+        "--c\n",
+        "/*",
+        "*/",
+        "/*c*/",
+        "/* /* */ */",
+        "+--",
+        "*/*",
+        "-/*x*/-",
     ];
 
     fn sqlish() -> impl Strategy<Value = String> {
@@ -540,8 +781,26 @@ mod properties {
     ];
 
     const LITERALS: &[&str] = &[
-        "1", "0", "42", "1.5", ".5", "1e3", "0x1F", "1_000", "'x'", "''", "'it''s'", "E'\\''",
-        "$$x$$", "$q$ ; DROP TABLE t; $q$", "'; DROP TABLE t; --'", "B'1'", "X'ff'", "U&'x'",
-        "'a'\n'b'", "'role'", "'off'",
+        "1",
+        "0",
+        "42",
+        "1.5",
+        ".5",
+        "1e3",
+        "0x1F",
+        "1_000",
+        "'x'",
+        "''",
+        "'it''s'",
+        "E'\\''",
+        "$$x$$",
+        "$q$ ; DROP TABLE t; $q$",
+        "'; DROP TABLE t; --'",
+        "B'1'",
+        "X'ff'",
+        "U&'x'",
+        "'a'\n'b'",
+        "'role'",
+        "'off'",
     ];
 }

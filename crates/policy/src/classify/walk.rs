@@ -110,7 +110,10 @@ fn inspect(object: &Map<String, Value>, found: &mut Found) {
     if is_select(object) {
         inspect_select(object, facts);
     }
-    if let Some(funcname) = object.get("funcname").filter(|_| object.contains_key("agg_star")) {
+    if let Some(funcname) = object
+        .get("funcname")
+        .filter(|_| object.contains_key("agg_star"))
+    {
         let name = dotted(funcname);
         call(&name, object, facts);
         found.functions.push((location(object), name));
@@ -142,7 +145,10 @@ fn is_select(object: &Map<String, Value>) -> bool {
 
 fn inspect_select(select: &Map<String, Value>, facts: &mut Facts) {
     if select.get("locking_clause").is_some_and(non_empty) {
-        facts.raise_to(StatementClass::Write, "locks rows (FOR UPDATE/SHARE)".into());
+        facts.raise_to(
+            StatementClass::Write,
+            "locks rows (FOR UPDATE/SHARE)".into(),
+        );
     }
     // `SELECT .. INTO t UNION ..` keeps its INTO on the first branch.
     if select.get("into_clause").is_some_and(|v| !v.is_null()) {

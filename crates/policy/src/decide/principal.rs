@@ -38,8 +38,10 @@ impl Matcher {
                 .get(name)
                 .is_some_and(|value| claim_matches(glob, value))
         });
-        let groups = self.groups.is_empty() || self.groups.iter().any(|g| principal.groups.contains(g));
-        let principals = self.principals.is_empty() || self.principals.iter().any(|g| g.matches(&principal.name));
+        let groups =
+            self.groups.is_empty() || self.groups.iter().any(|g| principal.groups.contains(g));
+        let principals = self.principals.is_empty()
+            || self.principals.iter().any(|g| g.matches(&principal.name));
         claims && groups && principals
     }
 }
@@ -51,7 +53,9 @@ fn claim_matches(glob: &Glob, value: &Value) -> bool {
         Value::String(s) => glob.matches(s),
         Value::Number(n) => glob.matches(&n.to_string()),
         Value::Bool(b) => glob.matches(if *b { "true" } else { "false" }),
-        Value::Array(items) => items.iter().any(|item| !item.is_array() && claim_matches(glob, item)),
+        Value::Array(items) => items
+            .iter()
+            .any(|item| !item.is_array() && claim_matches(glob, item)),
         Value::Object(_) | Value::Null => false,
     }
 }

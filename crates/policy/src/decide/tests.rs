@@ -57,12 +57,19 @@ fn decide(policies: &PolicySet, who: &Principal, sql: &str) -> Decision {
 
 #[test]
 fn allow_rule_allows_its_class() {
-    let d = decide(&set(vec![ci_reads()]), &ci(), "SELECT * FROM orders WHERE id = 1");
+    let d = decide(
+        &set(vec![ci_reads()]),
+        &ci(),
+        "SELECT * FROM orders WHERE id = 1",
+    );
     assert_eq!(d.verdict, Verdict::Allow);
     assert_eq!(d.policy.as_deref(), Some("ci-reads"));
     assert_eq!(d.rule, "read");
     assert_eq!(d.statement_index, None);
-    assert_eq!(d.reason, r#"statement "SELECT" matches allow rule "read" of policy "ci-reads""#);
+    assert_eq!(
+        d.reason,
+        r#"statement "SELECT" matches allow rule "read" of policy "ci-reads""#
+    );
 }
 
 #[test]
@@ -91,11 +98,19 @@ fn deny_beats_allow() {
 
 #[test]
 fn require_approval_holds() {
-    let d = decide(&set(vec![ci_reads()]), &ci(), "DELETE FROM orders WHERE id = 3");
+    let d = decide(
+        &set(vec![ci_reads()]),
+        &ci(),
+        "DELETE FROM orders WHERE id = 3",
+    );
     assert_eq!(d.verdict, Verdict::Hold);
     assert_eq!(d.rule, "write");
     assert_eq!(d.statement_index, Some(0));
-    assert!(d.reason.contains("require_approval rule \"write\""), "{}", d.reason);
+    assert!(
+        d.reason.contains("require_approval rule \"write\""),
+        "{}",
+        d.reason
+    );
 }
 
 #[test]
@@ -109,9 +124,18 @@ fn hold_beats_allow_and_deny_beats_hold() {
         "deny": ["DELETE FROM audit*"],
     })]);
     let alice = principal("alice", &[], json!({}));
-    assert_eq!(decide(&policies, &alice, "UPDATE t SET a = 1").verdict, Verdict::Allow);
-    assert_eq!(decide(&policies, &alice, "DELETE FROM t").verdict, Verdict::Hold);
-    assert_eq!(decide(&policies, &alice, "DELETE FROM audit_log").verdict, Verdict::Deny);
+    assert_eq!(
+        decide(&policies, &alice, "UPDATE t SET a = 1").verdict,
+        Verdict::Allow
+    );
+    assert_eq!(
+        decide(&policies, &alice, "DELETE FROM t").verdict,
+        Verdict::Hold
+    );
+    assert_eq!(
+        decide(&policies, &alice, "DELETE FROM audit_log").verdict,
+        Verdict::Deny
+    );
 }
 
 #[test]
@@ -130,21 +154,39 @@ fn patterns_match_normalized_text_case_insensitively() {
     assert_eq!(d.verdict, Verdict::Allow);
     assert_eq!(d.rule, "UPDATE orders SET status = ? WHERE id = ?");
     // Another shape of update is not covered by the pattern.
-    let d = decide(&policies, &ci(), "UPDATE orders SET total = 0 WHERE id = 42");
-    assert_eq!((d.verdict, d.rule.as_str()), (Verdict::Deny, "default deny"));
+    let d = decide(
+        &policies,
+        &ci(),
+        "UPDATE orders SET total = 0 WHERE id = 42",
+    );
+    assert_eq!(
+        (d.verdict, d.rule.as_str()),
+        (Verdict::Deny, "default deny")
+    );
     // require_approval is consulted before allow: the design example holds
     // every write, its allowed pattern included.
-    let d = decide(&set(vec![ci_reads()]), &ci(), "UPDATE orders SET status = 'x' WHERE id = 1");
+    let d = decide(
+        &set(vec![ci_reads()]),
+        &ci(),
+        "UPDATE orders SET status = 'x' WHERE id = 1",
+    );
     assert_eq!((d.verdict, d.rule.as_str()), (Verdict::Hold, "write"));
 }
 
 #[test]
 fn unmatched_classes_are_denied_by_default() {
-    let d = decide(&set(vec![ci_reads()]), &ci(), "GRANT SELECT ON orders TO mallory");
+    let d = decide(
+        &set(vec![ci_reads()]),
+        &ci(),
+        "GRANT SELECT ON orders TO mallory",
+    );
     assert_eq!(d.verdict, Verdict::Deny);
     assert_eq!(d.policy, None);
     assert_eq!(d.rule, "default deny");
-    assert_eq!(d.reason, "no policy allows admin statements on this connection");
+    assert_eq!(
+        d.reason,
+        "no policy allows admin statements on this connection"
+    );
     assert_eq!(d.statement_index, Some(0));
 }
 
@@ -182,18 +224,35 @@ fn session_statements_need_only_an_applicable_policy() {
     assert_eq!(d.rule, "session");
     assert_eq!(d.policy.as_deref(), Some("ci-reads"));
     // Privileged SETs are admin, not session.
-    assert_eq!(decide(&policies, &ci(), "SET ROLE postgres").verdict, Verdict::Deny);
+    assert_eq!(
+        decide(&policies, &ci(), "SET ROLE postgres").verdict,
+        Verdict::Deny
+    );
     // Without an applicable policy nothing is allowed.
-    let stranger = principal("mallory", &["ci-fake"], json!({ "sub": "repo:evil/x:ref:refs/heads/main" }));
+    let stranger = principal(
+        "mallory",
+        &["ci-fake"],
+        json!({ "sub": "repo:evil/x:ref:refs/heads/main" }),
+    );
     let d = decide(&policies, &stranger, "BEGIN");
-    assert_eq!((d.verdict, d.rule.as_str(), d.policy), (Verdict::Deny, "default deny", None));
-    assert_eq!(d.reason, "no policy applies to this principal on this connection");
+    assert_eq!(
+        (d.verdict, d.rule.as_str(), d.policy),
+        (Verdict::Deny, "default deny", None)
+    );
+    assert_eq!(
+        d.reason,
+        "no policy applies to this principal on this connection"
+    );
 }
 
 #[test]
 fn one_denied_statement_denies_the_query_and_names_it() {
     let policies = set(vec![ci_reads()]);
-    let d = decide(&policies, &ci(), "BEGIN; SELECT 1; DROP TABLE orders; DELETE FROM t; COMMIT");
+    let d = decide(
+        &policies,
+        &ci(),
+        "BEGIN; SELECT 1; DROP TABLE orders; DELETE FROM t; COMMIT",
+    );
     assert_eq!(d.verdict, Verdict::Deny);
     assert_eq!(d.statement_index, Some(2));
     assert_eq!(d.rule, "DROP *");
@@ -202,13 +261,19 @@ fn one_denied_statement_denies_the_query_and_names_it() {
     assert_eq!((d.verdict, d.statement_index), (Verdict::Hold, Some(1)));
     // All allowed: the first statement's allow speaks.
     let d = decide(&policies, &ci(), "BEGIN; SELECT 1; COMMIT");
-    assert_eq!((d.verdict, d.rule.as_str(), d.statement_index), (Verdict::Allow, "session", None));
+    assert_eq!(
+        (d.verdict, d.rule.as_str(), d.statement_index),
+        (Verdict::Allow, "session", None)
+    );
 }
 
 #[test]
 fn empty_queries_are_allowed() {
     let d = decide(&set(vec![ci_reads()]), &ci(), " -- nothing ");
-    assert_eq!((d.verdict, d.rule.as_str(), d.policy), (Verdict::Allow, "empty", None));
+    assert_eq!(
+        (d.verdict, d.rule.as_str(), d.policy),
+        (Verdict::Allow, "empty", None)
+    );
 }
 
 #[test]
@@ -221,7 +286,10 @@ fn claims_match_by_glob_and_any_array_element() {
     })]);
     let with = |claims: Value| principal("x", &[], claims);
     let ok = with(json!({ "repository_owner": "acme", "aud": ["other", "portcullis"] }));
-    assert_eq!(policies.applicable(&ok, "orders-db").policy_names(), vec!["owners"]);
+    assert_eq!(
+        policies.applicable(&ok, "orders-db").policy_names(),
+        vec!["owners"]
+    );
     for claims in [
         json!({ "repository_owner": "acme" }),
         json!({ "repository_owner": "acme-evil", "aud": "portcullis" }),
@@ -229,7 +297,12 @@ fn claims_match_by_glob_and_any_array_element() {
         json!({ "repository_owner": { "acme": true }, "aud": "portcullis" }),
         json!({ "repository_owner": null, "aud": "portcullis" }),
     ] {
-        assert!(policies.applicable(&with(claims.clone()), "orders-db").is_empty(), "{claims}");
+        assert!(
+            policies
+                .applicable(&with(claims.clone()), "orders-db")
+                .is_empty(),
+            "{claims}"
+        );
     }
     let numeric = set(vec![json!({
         "name": "n",
@@ -252,7 +325,10 @@ fn groups_and_principals_must_all_hold() {
     assert_eq!(names(&principal("ann@acme.com", &["dba"], json!({}))), 1);
     assert_eq!(names(&principal("ann@acme.com", &["dev"], json!({}))), 0);
     assert_eq!(names(&principal("ann@evil.com", &["sre"], json!({}))), 0);
-    assert_eq!(names(&principal("ann@acme.com.evil", &["sre"], json!({}))), 0);
+    assert_eq!(
+        names(&principal("ann@acme.com.evil", &["sre"], json!({}))),
+        0
+    );
 }
 
 #[test]
@@ -317,7 +393,9 @@ fn bad_rules_are_refused_at_compile_time() {
             "deny": [rule],
         }));
         match PolicySet::compile(&[config]) {
-            Err(PolicyError::Rule { problem: p, list, .. }) => {
+            Err(PolicyError::Rule {
+                problem: p, list, ..
+            }) => {
                 assert_eq!((p, list), (problem, "deny"), "{rule:?}");
             }
             Ok(_) => panic!("{rule:?} compiled"),
@@ -353,7 +431,11 @@ fn globs_are_anchored() {
         ("exact", "exactly", false),
     ];
     for (pattern, text, want) in cases {
-        assert_eq!(Glob::new(pattern).matches(text), want, "{pattern:?} ~ {text:?}");
+        assert_eq!(
+            Glob::new(pattern).matches(text),
+            want,
+            "{pattern:?} ~ {text:?}"
+        );
     }
 }
 

@@ -16,7 +16,9 @@ pub async fn dev_idp(listen: &str, alg: &str) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let issuer = format!("http://{addr}");
-    eprintln!("portcullis dev-idp: DEVELOPMENT ONLY issuer at {issuer} — never trust it in production");
+    eprintln!(
+        "portcullis dev-idp: DEVELOPMENT ONLY issuer at {issuer} — never trust it in production"
+    );
     dev_idp::serve(listener, DevIdpOptions { issuer, alg }).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -34,11 +34,12 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             command: AuditCommand::Verify { store },
         } => records::verify(&store),
         Command::Audit {
-            command: AuditCommand::Export {
-                format,
-                since,
-                store,
-            },
+            command:
+                AuditCommand::Export {
+                    format,
+                    since,
+                    store,
+                },
         } => records::export(&store, format, since.map(Into::into)),
     }
 }

@@ -14,7 +14,8 @@ use crate::cli::{ExportFormat, StoreArgs};
 
 fn open(args: &StoreArgs) -> anyhow::Result<Store> {
     let config = super::load_config(&args.config)?;
-    Store::open_read_only(&config.store).with_context(|| format!("cannot open store {}", config.store))
+    Store::open_read_only(&config.store)
+        .with_context(|| format!("cannot open store {}", config.store))
 }
 
 fn since(ago: Option<Duration>) -> Option<SystemTime> {
@@ -71,7 +72,12 @@ pub fn replay(args: &StoreArgs, session: &str) -> anyhow::Result<ExitCode> {
     let results: HashMap<i64, &Record> = records
         .iter()
         .filter(|r| r.kind == RecordKind::StatementResult)
-        .filter_map(|r| r.detail.get("statement").and_then(Value::as_i64).map(|id| (id, r)))
+        .filter_map(|r| {
+            r.detail
+                .get("statement")
+                .and_then(Value::as_i64)
+                .map(|id| (id, r))
+        })
         .collect();
     for record in &records {
         if let Some(line) = replay_line(record, &results) {
@@ -90,9 +96,16 @@ fn replay_line(r: &Record, results: &HashMap<i64, &Record>) -> Option<String> {
             "connect {} by {who} from {}{}",
             r.decision.as_deref().unwrap_or("?"),
             text("client_addr"),
-            d.get("reason").and_then(Value::as_str).map(|x| format!(": {x}")).unwrap_or_default()
+            d.get("reason")
+                .and_then(Value::as_str)
+                .map(|x| format!(": {x}"))
+                .unwrap_or_default()
         ),
-        RecordKind::SessionStart => format!("session start on {} ({})", r.connection.as_deref().unwrap_or("-"), text("protocol")),
+        RecordKind::SessionStart => format!(
+            "session start on {} ({})",
+            r.connection.as_deref().unwrap_or("-"),
+            text("protocol")
+        ),
         RecordKind::SessionEnd => format!("session end: {}", text("reason")),
         RecordKind::Statement => statement_line(r, results.get(&r.id).copied()),
         RecordKind::Error => format!("error: {}", d),
@@ -107,7 +120,12 @@ fn statement_line(r: &Record, result: Option<&Record>) -> String {
     let classes: Vec<String> = d
         .get("classes")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default();
     let rule = match (&r.policy, &r.rule) {
         (Some(p), Some(rule)) => format!("policy {p:?}, rule {rule:?}"),
@@ -160,7 +178,11 @@ pub fn verify(args: &StoreArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-pub fn export(args: &StoreArgs, format: ExportFormat, ago: Option<Duration>) -> anyhow::Result<ExitCode> {
+pub fn export(
+    args: &StoreArgs,
+    format: ExportFormat,
+    ago: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
     let store = open(args)?;
     let records = store.records(since(ago))?;
     match format {

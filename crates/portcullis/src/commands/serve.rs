@@ -37,7 +37,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         verifier: Verifier::new(&config.identity.oidc),
         policies: Arc::new(PolicySet::compile(&config.policies).context("policies")?),
         classifier: Arc::new(Classifier::new(10_000)),
-        store: Store::open(&config.store).with_context(|| format!("cannot open store {}", config.store))?,
+        store: Store::open(&config.store)
+            .with_context(|| format!("cannot open store {}", config.store))?,
         tls: crate::tls::server_config(&config)?,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -48,9 +49,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
                 let gateway = postgres_gateway(&services, pg)?;
                 let listener = tokio::net::TcpListener::bind(&pg.listen)
                     .await
-                    .with_context(|| format!("connection {:?}: cannot listen on {}", pg.name, pg.listen))?;
+                    .with_context(|| {
+                        format!("connection {:?}: cannot listen on {}", pg.name, pg.listen)
+                    })?;
                 tracing::info!(connection = %pg.name, listen = %pg.listen, upstream = %format!("{}:{}", pg.upstream.host, pg.upstream.port), "postgres listener ready");
-                tasks.push(tokio::spawn(portcullis_postgres::serve(listener, gateway, stop_rx.clone())));
+                tasks.push(tokio::spawn(portcullis_postgres::serve(
+                    listener,
+                    gateway,
+                    stop_rx.clone(),
+                )));
             }
             other => bail!(
                 "connection {:?}: type {} is not supported by this build yet (postgres is)",
@@ -66,11 +73,18 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     for task in tasks {
         let _ = task.await;
     }
-    services.store.flush().await.context("flushing audit records")?;
+    services
+        .store
+        .flush()
+        .await
+        .context("flushing audit records")?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn postgres_gateway(services: &Services, pg: &PostgresConnection) -> anyhow::Result<Arc<PgGateway>> {
+fn postgres_gateway(
+    services: &Services,
+    pg: &PostgresConnection,
+) -> anyhow::Result<Arc<PgGateway>> {
     let password = pg
         .upstream
         .resolve_password()
@@ -99,12 +113,15 @@ fn postgres_gateway(services: &Services, pg: &PostgresConnection) -> anyhow::Res
 
 fn upstream_tls(pg: &PostgresConnection) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     if pg.upstream.tls != UpstreamTls::VerifyFull {
-        return Ok(portcullis_postgres::proxy::stream::upstream_tls_config(None));
+        return Ok(portcullis_postgres::proxy::stream::upstream_tls_config(
+            None,
+        ));
     }
     let mut roots = rustls::RootCertStore::empty();
     match &pg.upstream.ca_file {
         Some(path) => {
-            let pem = std::fs::read(path).with_context(|| format!("cannot read ca_file {}", path.display()))?;
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read ca_file {}", path.display()))?;
             for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
                 roots
                     .add(cert.with_context(|| format!("{}: bad PEM", path.display()))?)
@@ -113,20 +130,23 @@ fn upstream_tls(pg: &PostgresConnection) -> anyhow::Result<Arc<rustls::ClientCon
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
-    Ok(portcullis_postgres::proxy::stream::upstream_tls_config(Some(roots)))
+    Ok(portcullis_postgres::proxy::stream::upstream_tls_config(
+        Some(roots),
+    ))
 }
 
 async fn wait_for_shutdown() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -82,7 +82,11 @@ impl Env {
         wait_for_port(&format!("127.0.0.1:{idp_port}"), Some(&idp));
         let gw_port = free_port();
         let config = dir.path().join("portcullis.yaml");
-        std::fs::write(&config, config_text(&opts, &issuer, &pg, gw_port, dir.path())).expect("write config");
+        std::fs::write(
+            &config,
+            config_text(&opts, &issuer, &pg, gw_port, dir.path()),
+        )
+        .expect("write config");
         let mut env = Env {
             pg,
             issuer,
@@ -141,7 +145,10 @@ impl Env {
     }
 
     pub fn conninfo(&self, sslmode: &str) -> String {
-        format!("host=127.0.0.1 port={} dbname=app user=ci sslmode={sslmode}", self.gw_port)
+        format!(
+            "host=127.0.0.1 port={} dbname=app user=ci sslmode={sslmode}",
+            self.gw_port
+        )
     }
 
     /// psql through the gateway with `token` as the password; `sql` on stdin.

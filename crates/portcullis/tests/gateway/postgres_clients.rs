@@ -47,8 +47,17 @@ fn pgbench_runs_in_simple_extended_and_prepared_modes() {
             let mut args = vec!["-M", mode];
             args.extend_from_slice(workload);
             let out = pgbench(&env, &token, &args);
-            assert!(out.success(), "pgbench {args:?}: {}\n{}", out.stderr, env.gateway_log());
-            assert!(out.stdout.contains("number of failed transactions: 0"), "{}", out.stdout);
+            assert!(
+                out.success(),
+                "pgbench {args:?}: {}\n{}",
+                out.stderr,
+                env.gateway_log()
+            );
+            assert!(
+                out.stdout.contains("number of failed transactions: 0"),
+                "{}",
+                out.stdout
+            );
             assert!(out.stdout.contains("200/200"), "{}", out.stdout);
         }
     }
@@ -102,32 +111,64 @@ with psycopg.connect(os.environ["DSN"]) as conn:
     assert!(out.stdout.contains("COUNT 11"), "{}", out.stdout);
 }
 
-#[test]
-fn pipelined_batch_with_a_denied_statement_fails_where_postgres_would() {
-    let env = Env::start();
-    let token = env.token("deployer", &[]);
-    let out = python(
-        &env,
-        &token,
-        r#"
+const PIPELINE: &str = r#"
 import os, psycopg
 with psycopg.connect(os.environ["DSN"], autocommit=True) as conn:
-    results = []
     try:
         with conn.pipeline():
             conn.execute("insert into items values (600, 'pipelined')")
-            conn.execute("truncate items")
+            conn.execute(os.environ["MIDDLE"])
             conn.execute("insert into items values (601, 'skipped')")
-    except psycopg.errors.InsufficientPrivilege as e:
-        print("DENIED", e)
+    except psycopg.Error as e:
+        print("FAILED", type(e).__name__, e.sqlstate)
     print("COUNT", conn.execute("select count(*) from items where id >= 600").fetchone()[0])
-"#,
+"#;
+
+#[test]
+fn pipelined_batch_with_a_denied_statement_fails_where_postgres_would() {
+    let env = Env::start();
+    // What PostgreSQL itself does when the middle statement fails...
+    let mut direct = Command::new("python3");
+    direct
+        .args(["-c", PIPELINE])
+        .env("DSN", env.pg.conninfo(test_support::SCRAM_USER, "app"))
+        .env("PGPASSWORD", test_support::SCRAM_PASSWORD)
+        .env("MIDDLE", "select 1/0");
+    let direct = run(&mut direct, TIMEOUT);
+    assert!(direct.success(), "{}", direct.stderr);
+    assert!(
+        direct.stdout.contains("FAILED DivisionByZero 22012"),
+        "{}",
+        direct.stdout
     );
+    env.pg.sql("app", "delete from items where id >= 600");
+
+    // ...is what happens when the gateway refuses it.
+    let token = env.token("deployer", &[]);
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", PIPELINE])
+        .env("DSN", env.conninfo("require"))
+        .env("PGPASSWORD", &token)
+        .env("MIDDLE", "truncate items");
+    let out = run(&mut cmd, TIMEOUT);
     assert!(out.success(), "{}\n{}", out.stderr, env.gateway_log());
-    assert!(out.stdout.contains("DENIED"), "{}", out.stdout);
-    // In autocommit pipeline mode each statement has its own Sync; the first
-    // insert committed before the refusal, the one after it never ran.
-    assert!(out.stdout.contains("COUNT 1"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("FAILED InsufficientPrivilege 42501"),
+        "{}",
+        out.stdout
+    );
+    let count = |s: &str| {
+        s.lines()
+            .find(|l| l.starts_with("COUNT"))
+            .map(str::to_string)
+    };
+    assert_eq!(
+        count(&out.stdout),
+        count(&direct.stdout),
+        "gateway {} vs direct {}",
+        out.stdout,
+        direct.stdout
+    );
 }
 
 #[test]
@@ -144,9 +185,15 @@ fn psql_copy_in_and_out() {
     );
     let out = env.psql(&token, &script);
     assert!(out.success(), "{}\n{}", out.stderr, env.gateway_log());
-    assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "700,copied a\n701,copied b\n");
+    assert_eq!(
+        std::fs::read_to_string(&out_file).unwrap(),
+        "700,copied a\n701,copied b\n"
+    );
     let copy = env.wait_for_record(|r| {
-        r["kind"] == "statement" && r["detail"]["text"].as_str().is_some_and(|t| t.starts_with("COPY  items FROM STDIN") || t.to_lowercase().contains("from stdin"))
+        r["kind"] == "statement"
+            && r["detail"]["text"].as_str().is_some_and(|t| {
+                t.starts_with("COPY  items FROM STDIN") || t.to_lowercase().contains("from stdin")
+            })
     });
     assert_eq!(copy["decision"], "allow");
 }
@@ -157,9 +204,16 @@ fn copy_from_stdin_is_a_write_and_refused_for_readers() {
     let token = env.token("ci-job", &["ci"]);
     let csv = env.dir().join("in.csv");
     std::fs::write(&csv, "800,nope\n").unwrap();
-    let out = env.psql(&token, &format!("\\copy items from '{}' with (format csv)\n", csv.display()));
+    let out = env.psql(
+        &token,
+        &format!("\\copy items from '{}' with (format csv)\n", csv.display()),
+    );
     assert!(out.stderr.contains("permission denied"), "{}", out.stderr);
-    assert_eq!(env.pg.sql("app", "select count(*) from items where id = 800"), "0");
+    assert_eq!(
+        env.pg
+            .sql("app", "select count(*) from items where id = 800"),
+        "0"
+    );
 }
 
 #[test]
@@ -209,7 +263,11 @@ fn notices_and_notify_pass_through() {
     cmd.arg(env.conninfo("require"))
         .args(["-X", "-At", "-f", "-"])
         .env("PGPASSWORD", &writer);
-    let out = run_with_input(&mut cmd, Some(b"listen jobs;\nnotify jobs, 'payload-2';\nselect 1;\n"), TIMEOUT);
+    let out = run_with_input(
+        &mut cmd,
+        Some(b"listen jobs;\nnotify jobs, 'payload-2';\nselect 1;\n"),
+        TIMEOUT,
+    );
     assert!(out.success(), "{}", out.stderr);
     assert!(out.stdout.contains("payload-2"), "{}", out.stdout);
 }

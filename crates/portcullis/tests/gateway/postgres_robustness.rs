@@ -56,7 +56,11 @@ fn logged_in(env: &Env, token: &str) -> TcpStream {
     let mut chunk = [0u8; 4096];
     while !seen.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
         let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "closed during login: {}", String::from_utf8_lossy(&seen));
+        assert!(
+            n > 0,
+            "closed during login: {}",
+            String::from_utf8_lossy(&seen)
+        );
         seen.extend_from_slice(&chunk[..n]);
     }
     s
@@ -72,7 +76,12 @@ fn plaintext_env() -> Env {
 fn still_serves(env: &Env) {
     let token = env.token("ci-job", &["ci"]);
     let out = env.psql(&token, "select count(*) from items;");
-    assert!(out.success(), "gateway stopped serving: {}\n{}", out.stderr, env.gateway_log());
+    assert!(
+        out.success(),
+        "gateway stopped serving: {}\n{}",
+        out.stderr,
+        env.gateway_log()
+    );
     assert_eq!(out.stdout.trim(), "10");
 }
 
@@ -80,9 +89,9 @@ fn still_serves(env: &Env) {
 fn malformed_startup_packets_get_errors_and_hurt_no_one() {
     let env = plaintext_env();
     let cases: Vec<Vec<u8>> = vec![
-        vec![0, 0, 0, 2],                         // length below the minimum
-        vec![0xff, 0xff, 0xff, 0xff],             // negative length
-        vec![0x7f, 0, 0, 0, 0, 3, 0, 0],          // oversized
+        vec![0, 0, 0, 2],                          // length below the minimum
+        vec![0xff, 0xff, 0xff, 0xff],              // negative length
+        vec![0x7f, 0, 0, 0, 0, 3, 0, 0],           // oversized
         vec![0, 0, 0, 12, 0, 3, 0, 0, b'u', b's'], // truncated, then closed
         {
             let mut p = startup_packet("ci");
@@ -98,7 +107,10 @@ fn malformed_startup_packets_get_errors_and_hurt_no_one() {
         let _ = s.shutdown(std::net::Shutdown::Write);
         let reply = read_all(s);
         if !reply.is_empty() {
-            assert_eq!(reply[0], b'E', "expected ErrorResponse for {case:?}, got {reply:?}");
+            assert_eq!(
+                reply[0], b'E',
+                "expected ErrorResponse for {case:?}, got {reply:?}"
+            );
         }
     }
     still_serves(&env);
@@ -109,12 +121,12 @@ fn malformed_messages_after_login_get_a_protocol_error() {
     let env = plaintext_env();
     let token = env.token("ci-job", &["ci"]);
     let cases: Vec<Vec<u8>> = vec![
-        b"Q\0\0\0\x02".to_vec(),                          // lying short length
-        b"Q\x7f\xff\xff\xffselect".to_vec(),              // oversized
-        message(b'Q', b"select 1"),                       // no NUL terminator
-        message(b'P', b"s\0select 1\0\0\x09"),            // parameter count lies
-        message(b'B', b"\0s\0\0\0\0\x01\0\0\0\x40ab\0\0"),  // parameter length lies
-        message(b'!', b""),                               // unknown type
+        b"Q\0\0\0\x02".to_vec(),                           // lying short length
+        b"Q\x7f\xff\xff\xffselect".to_vec(),               // oversized
+        message(b'Q', b"select 1"),                        // no NUL terminator
+        message(b'P', b"s\0select 1\0\0\x09"),             // parameter count lies
+        message(b'B', b"\0s\0\0\0\0\x01\0\0\0\x40ab\0\0"), // parameter length lies
+        message(b'!', b""),                                // unknown type
     ];
     for case in cases {
         let mut s = logged_in(&env, &token);
@@ -144,7 +156,11 @@ fn unreachable_upstream_gives_a_native_error() {
     let token = env.token("ci-job", &["ci"]);
     let out = env.psql(&token, "select 1;");
     assert!(!out.success());
-    assert!(out.stderr.contains("upstream unavailable"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("upstream unavailable"),
+        "{}",
+        out.stderr
+    );
     let _ = env.gateway();
 }
 
@@ -161,7 +177,13 @@ fn kill_9_loses_no_record_of_a_forwarded_statement() {
     let inserts = env
         .records()
         .into_iter()
-        .filter(|r| r["kind"] == "statement" && r["detail"]["text"].as_str().unwrap_or("").starts_with("insert"))
+        .filter(|r| {
+            r["kind"] == "statement"
+                && r["detail"]["text"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("insert")
+        })
         .count();
     assert_eq!(inserts, 2);
     let verify = env.cli(&["audit", "verify"]);

@@ -4,7 +4,10 @@ use crate::env::Env;
 
 fn run_session(env: &Env) -> String {
     let token = env.token("ci-job-7", &["ci"]);
-    let out = env.psql(&token, "select name from items where id = 3;\ndrop table items;\n");
+    let out = env.psql(
+        &token,
+        "select name from items where id = 3;\ndrop table items;\n",
+    );
     assert!(out.stdout.contains("item 3"), "{}", out.stderr);
     let list = env.cli(&["sessions", "list", "--json"]);
     assert!(list.success(), "{}", list.stderr);
@@ -29,7 +32,9 @@ fn sessions_list_and_replay_show_the_session_in_order() {
     let replay = env.cli(&["replay", &id]);
     assert!(replay.success(), "{}", replay.stderr);
     let text = replay.stdout;
-    let select = text.find("select name from items").expect("select replayed");
+    let select = text
+        .find("select name from items")
+        .expect("select replayed");
     let drop = text.find("drop table items").expect("drop replayed");
     assert!(select < drop, "{text}");
     assert!(text.contains("ALLOW"), "{text}");
@@ -39,7 +44,7 @@ fn sessions_list_and_replay_show_the_session_in_order() {
 }
 
 #[test]
-fn audit_verify_names_an_edited_and_a_deleted_record() {
+fn audit_verify_names_an_edited_record() {
     let env = Env::start();
     run_session(&env);
     env.wait_for_record(|r| r["kind"] == "session_end");
@@ -48,11 +53,23 @@ fn audit_verify_names_an_edited_and_a_deleted_record() {
 
     let db = env.dir().join("portcullis.db");
     let records = env.records();
-    let target = records.iter().find(|r| r["kind"] == "statement").unwrap()["id"].as_i64().unwrap();
-    sqlite(&db, &format!("update records set detail = replace(detail, 'drop', 'DROP') where id = {target}"));
+    let target = records
+        .iter()
+        .find(|r| r["kind"] == "statement" && r["decision"] == "deny")
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    sqlite(
+        &db,
+        &format!("update records set detail = replace(detail, 'drop', 'DROP') where id = {target}"),
+    );
     let broken = env.cli(&["audit", "verify"]);
     assert!(!broken.success());
-    assert!(broken.stdout.contains(&format!("record {target}")), "{}", broken.stdout);
+    assert!(
+        broken.stdout.contains(&format!("record {target}")),
+        "{}",
+        broken.stdout
+    );
 }
 
 #[test]

@@ -180,6 +180,20 @@ impl Applicable<'_> {
             .or_else(|| self.policies.first().map(|p| &p.access))
     }
 
+    /// Only the standing policies: what applies when the principal holds no
+    /// just-in-time grant. A `jit` policy's rules must not leak into a
+    /// session that was admitted through another, standing policy.
+    pub fn standing_only(&self) -> Self {
+        Self {
+            policies: self
+                .policies
+                .iter()
+                .copied()
+                .filter(|p| p.access == Access::Standing)
+                .collect(),
+        }
+    }
+
     /// The mask settings of the applicable policies that have any.
     pub fn masks(&self) -> impl Iterator<Item = (&str, &MaskConfig)> {
         self.policies

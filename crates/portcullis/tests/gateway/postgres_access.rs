@@ -252,3 +252,41 @@ fn unsigned_token(issuer: &str) -> String {
         )
     )
 }
+
+const JIT_POLICIES: &str = r#"
+  - name: oncall-reads
+    match: { principals: ["oncall"] }
+    connection: app-db
+    allow: [read]
+  - name: oncall-emergency-writes
+    match: { principals: ["oncall", "jit-only"] }
+    connection: app-db
+    access: { jit: { max: 1h, approval: required } }
+    allow: [read, write]
+"#;
+
+#[test]
+fn just_in_time_policies_grant_nothing_without_a_grant() {
+    let env = Env::with(Options {
+        policies: JIT_POLICIES.into(),
+        ..Options::default()
+    });
+    let jit_only = env.token("jit-only", &[]);
+    let out = env.psql(&jit_only, "select 1;");
+    assert!(!out.success());
+    assert!(out.stderr.contains("no active grant"), "{}", out.stderr);
+
+    // Admitted through the standing policy, the jit policy's write rule must not apply.
+    let oncall = env.token("oncall", &[]);
+    let out = env.psql(
+        &oncall,
+        "select count(*) from items;\ninsert into items values (77, 'x');\n",
+    );
+    assert_eq!(out.stdout.trim(), "10", "{}", out.stderr);
+    assert!(out.stderr.contains("default deny"), "{}", out.stderr);
+    assert_eq!(
+        env.pg
+            .sql("app", "select count(*) from items where id = 77"),
+        "0"
+    );
+}

@@ -73,7 +73,7 @@ pub(crate) async fn run(
     }
 
     let expectations = Mutex::new(VecDeque::new());
-    let applicable = gw.policies.applicable(&principal, &gw.name);
+    let applicable = gw.policies.applicable(&principal, &gw.name).standing_only();
     let mut decider = ClientSide {
         gw: &gw,
         applicable,

@@ -163,7 +163,9 @@ fn admit(gw: &PgGateway, principal: &Principal) -> Result<(), Refusal> {
             ),
         ));
     }
-    if applicable.access() != Some(&portcullis_config::Access::Standing) {
+    // Grants do not exist yet (they come with just-in-time access), so only
+    // standing policies admit anyone.
+    if applicable.standing_only().is_empty() {
         return Err(Refusal::new(
             sqlstate::INVALID_AUTHORIZATION,
             format!(

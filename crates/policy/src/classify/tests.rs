@@ -714,7 +714,7 @@ mod properties {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(300000))]
+        #![proptest_config(ProptestConfig::with_cases(3000))]
 
         /// The cache is only sound if our literals and comments are exactly
         /// the ones PostgreSQL's scanner finds.

@@ -88,11 +88,10 @@ fn audit_verify_detects_a_deleted_record() {
 
 /// Edits the store behind the gateway's back, as an attacker with file access would.
 fn sqlite(db: &std::path::Path, sql: &str) {
-    let script = format!(
-        "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1])\nc.execute(sys.argv[2])\nc.commit()\n"
-    );
+    let script =
+        "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1])\nc.execute(sys.argv[2])\nc.commit()\n";
     let mut cmd = std::process::Command::new("python3");
-    cmd.args(["-c", &script]).arg(db).arg(sql);
+    cmd.args(["-c", script]).arg(db).arg(sql);
     let out = test_support::run(&mut cmd, crate::env::TIMEOUT);
     assert!(out.success(), "{}", out.stderr);
 }

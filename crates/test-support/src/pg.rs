@@ -104,7 +104,7 @@ impl PgServer {
     /// by `|`, one row per line, trailing newline trimmed; command tags are
     /// suppressed). Panics with psql's stderr on any error.
     pub fn sql(&self, db: &str, sql: &str) -> String {
-        let mut cmd = clean_psql(&self.bin);
+        let mut cmd = clean_psql(Some(&self.bin));
         cmd.arg("-h").arg(self.socket_dir()).args([
             "-p",
             &self.port.to_string(),
@@ -253,7 +253,7 @@ impl Drop for PgServer {
 /// timeout, and every inherited `PG*` variable removed so the host environment
 /// cannot change what is tested. Add `-c SQL` or feed stdin, then [`crate::run`].
 pub fn psql(conninfo: &str, password: Option<&str>) -> Command {
-    let mut cmd = clean_psql(&bindir());
+    let mut cmd = clean_psql(find_bindir().as_deref());
     cmd.arg("-d").arg(conninfo);
     if let Some(password) = password {
         cmd.env("PGPASSWORD", password);
@@ -262,14 +262,13 @@ pub fn psql(conninfo: &str, password: Option<&str>) -> Command {
 }
 
 /// psql with no startup file, stop-on-error, unaligned tuples-only output, and
-/// no `PG*` settings from our environment.
-fn clean_psql(bin: &Path) -> Command {
-    let local = bin.join("psql");
-    let mut cmd = Command::new(if local.exists() {
-        local
-    } else {
-        PathBuf::from("psql")
-    });
+/// no `PG*` settings from our environment. Prefers the server's own psql.
+fn clean_psql(bin: Option<&Path>) -> Command {
+    let program = bin
+        .map(|dir| dir.join("psql"))
+        .filter(|psql| psql.is_file())
+        .unwrap_or_else(|| PathBuf::from("psql"));
+    let mut cmd = Command::new(program);
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("PG") {
             cmd.env_remove(key);
@@ -348,18 +347,21 @@ fn new_server_dir() -> TempDir {
 /// PostgreSQL's server binaries: `$PORTCULLIS_PG_BIN`, else the newest
 /// `/usr/lib/postgresql/*/bin` (Debian's layout), else `pg_config --bindir`.
 fn bindir() -> PathBuf {
+    find_bindir().unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL server binaries (initdb, postgres) not found; \
+             run ./scripts/install-deps or set PORTCULLIS_PG_BIN"
+        )
+    })
+}
+
+fn find_bindir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("PORTCULLIS_PG_BIN") {
-        return PathBuf::from(dir);
+        return Some(PathBuf::from(dir));
     }
     newest_debian_bindir()
         .or_else(pg_config_bindir)
         .filter(|dir| dir.join("initdb").is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "PostgreSQL server binaries (initdb, postgres) not found; \
-                 run ./scripts/install-deps or set PORTCULLIS_PG_BIN"
-            )
-        })
 }
 
 fn newest_debian_bindir() -> Option<PathBuf> {

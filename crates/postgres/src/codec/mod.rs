@@ -210,7 +210,7 @@ mod tests {
 
     #[test]
     fn incomplete_frames_wait_for_more() {
-        let mut buf = BytesMut::from(&b"Q\0\0\0\x09SEL"[..]);
+        let mut buf = BytesMut::from(&b"Q\0\0\0\x08SEL"[..]);
         assert_eq!(decode_frame(&mut buf, MAX_MESSAGE_LEN), Ok(None));
         buf.extend_from_slice(b"\0");
         let f = decode_frame(&mut buf, MAX_MESSAGE_LEN).unwrap().unwrap();

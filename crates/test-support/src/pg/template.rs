@@ -126,13 +126,27 @@ fn build(bin: &Path, dir: &Path, stamp: &str) {
         );
     }
 
+    remove_stale_staging(dir);
     let staging: PathBuf = dir.with_extension(format!("staging-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).expect("create template staging dir");
     copy_tree(&data, &staging.join("data"));
     std::fs::write(staging.join("stamp"), stamp).expect("write template stamp");
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&staging, dir).expect("publish PostgreSQL template");
+}
+
+/// Staging dirs left by builders that were killed mid-copy. Only called under
+/// the exclusive lock, so none of them is in use.
+fn remove_stale_staging(dir: &Path) {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.staging-", name.to_string_lossy());
+    for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn initdb(bin: &Path, work: &Path, data: &Path) {

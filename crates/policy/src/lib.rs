@@ -2,9 +2,9 @@
 //!
 //! Two halves, both free of I/O so they can be tested exhaustively and
 //! called from any protocol driver:
-//! - [`classify`]: what a SQL query does (PostgreSQL's own parser, plus a
+//! - [`classify`](mod@classify): what a SQL query does (PostgreSQL's own parser, plus a
 //!   cache keyed by a literal-stripping lexer);
-//! - [`decide`]: whether the policies that apply to a principal on a
+//! - [`decide`](mod@decide): whether the policies that apply to a principal on a
 //!   connection allow it, hold it for approval, or deny it. This is where
 //!   the decision is made.
 

@@ -454,3 +454,36 @@ fn decisions_serialize_for_records() {
     assert_eq!(v["rule"], "TRUNCATE *");
     assert_eq!(v["statement_index"], 0);
 }
+
+#[test]
+fn standing_only_drops_the_rules_of_jit_policies() {
+    let policies = set(vec![
+        ci_reads(),
+        json!({
+            "name": "ci-jit-writes",
+            "match": { "groups": ["ci"] },
+            "connection": "orders-db",
+            "access": { "jit": { "max": "15m" } },
+            "allow": ["write"],
+        }),
+    ]);
+    let all = policies.applicable(&ci(), "orders-db");
+    assert_eq!(all.policy_names(), vec!["ci-reads", "ci-jit-writes"]);
+    let standing = all.standing_only();
+    assert_eq!(standing.policy_names(), vec!["ci-reads"]);
+    let insert = classify("INSERT INTO t VALUES (1)").unwrap();
+    assert_eq!(standing.decide(&insert).verdict, Verdict::Hold);
+    let jit_only = set(vec![json!({
+        "name": "jit",
+        "match": { "groups": ["ci"] },
+        "connection": "orders-db",
+        "access": { "jit": { "max": "15m" } },
+        "allow": ["read"],
+    })]);
+    let standing = jit_only.applicable(&ci(), "orders-db").standing_only();
+    assert!(standing.is_empty());
+    assert_eq!(
+        standing.decide(&classify("SELECT 1").unwrap()).verdict,
+        Verdict::Deny
+    );
+}

@@ -613,6 +613,9 @@ impl ServerSide<'_> {
             .map_err(|e: CodecError| End::UpstreamProtocol(e.to_string()))?
         {
             let frame = &buf[pos..pos + len];
+            if frame[0] == b'S' {
+                check_parameter(&frame[5..])?;
+            }
             if let Some(replacement) = self.observe(frame[0], &frame[5..]) {
                 write(client, &buf[run_start..pos]).await?;
                 write(client, &replacement).await?;
@@ -752,6 +755,19 @@ impl ServerSide<'_> {
                 "error": t.error,
             }));
         self.gw.store.append_detached(record);
+    }
+}
+
+/// The classifier lexes strings as PostgreSQL does with
+/// standard_conforming_strings on; if a session turns it off (only an
+/// `admin` statement can), the gateway can no longer read statements
+/// reliably, so the session ends before the next one.
+fn check_parameter(body: &[u8]) -> Result<(), End> {
+    match backend::parse_parameter_status(body) {
+        Ok(("standard_conforming_strings", value)) if value != "on" => Err(End::UpstreamProtocol(
+            "standard_conforming_strings was turned off; the gateway cannot analyse statements safely, so the session ends".into(),
+        )),
+        _ => Ok(()),
     }
 }
 

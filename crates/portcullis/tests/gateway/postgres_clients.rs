@@ -93,7 +93,7 @@ with psycopg.connect(os.environ["DSN"]) as conn:
             cur.execute("select id, name from items where id = %s", (i + 1,), prepare=True)
             row = cur.fetchone()
             assert row == (i + 1, f"item {i + 1}"), row
-        cur.execute("insert into items values (%s, %s) returning id", (500, "bin"), prepare=True)
+        cur.execute("insert into items values (%s, %s) returning id", (500, "secret-param-value"), prepare=True)
         assert cur.fetchone() == (500,)
     conn.commit()
     try:
@@ -109,6 +109,19 @@ with psycopg.connect(os.environ["DSN"]) as conn:
     assert!(out.success(), "{}\n{}", out.stderr, env.gateway_log());
     assert!(out.stdout.contains("DENIED"), "{}", out.stdout);
     assert!(out.stdout.contains("COUNT 11"), "{}", out.stdout);
+    let insert = env.wait_for_record(|r| {
+        r["kind"] == "statement"
+            && r["detail"]["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("insert"))
+    });
+    assert_eq!(insert["detail"]["params"], 2, "{insert:#}");
+    assert_eq!(insert["detail"]["protocol"], "extended");
+    let export = env.cli(&["audit", "export", "--format", "jsonl"]).stdout;
+    assert!(
+        !export.contains("secret-param-value"),
+        "parameter values never reach records"
+    );
 }
 
 const PIPELINE: &str = r#"
@@ -240,6 +253,46 @@ print("AFTER", conn.execute("select 1").fetchone()[0])
     assert!(out.success(), "{}\n{}", out.stderr, env.gateway_log());
     assert!(out.stdout.contains("CANCELLED"), "{}", out.stdout);
     assert!(out.stdout.contains("AFTER 1"), "{}", out.stdout);
+}
+
+#[test]
+fn psql_cancels_a_running_pg_sleep_on_sigint() {
+    let env = Env::start();
+    let token = env.token("ci-job", &["ci"]);
+    let mut cmd = Command::new("psql");
+    cmd.arg(env.conninfo("require"))
+        .args(["-X", "-At", "-c", "select pg_sleep(30)"])
+        .env("PGPASSWORD", &token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().expect("spawn psql");
+    let pid = child.id().to_string();
+    // Wait until the sleep is really running upstream, then interrupt psql
+    // as a user pressing Ctrl-C would; psql sends a CancelRequest.
+    for _ in 0..100 {
+        let running = env.pg.sql(
+            "app",
+            "select count(*) from pg_stat_activity where query = 'select pg_sleep(30)'",
+        );
+        if running == "1" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let started = std::time::Instant::now();
+    let kill = run(Command::new("kill").args(["-INT", &pid]), TIMEOUT);
+    assert!(kill.success(), "{}", kill.stderr);
+    let out = child.wait_with_output().expect("psql output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("canceling statement due to user request"),
+        "{stderr}\n{}",
+        env.gateway_log()
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "cancel did not interrupt the sleep"
+    );
 }
 
 #[test]

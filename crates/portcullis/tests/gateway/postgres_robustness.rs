@@ -140,6 +140,22 @@ fn malformed_messages_after_login_get_a_protocol_error() {
 }
 
 #[test]
+fn gssapi_encryption_is_declined_and_startup_continues() {
+    let env = plaintext_env();
+    let mut s = connect(&env);
+    // GSSENCRequest: length 8, code 80877104.
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]).unwrap();
+    let mut answer = [0u8; 1];
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"N");
+    // The client may go on with a plain startup on the same connection.
+    s.write_all(&startup_packet("ci")).unwrap();
+    let mut buf = [0u8; 9];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(buf[0], b'R');
+}
+
+#[test]
 fn truncated_message_then_disconnect_is_harmless() {
     let env = plaintext_env();
     let token = env.token("ci-job", &["ci"]);

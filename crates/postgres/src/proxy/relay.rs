@@ -212,6 +212,16 @@ struct Tracker {
     error: Option<String>,
 }
 
+/// How a statement arrived, for its record.
+#[derive(Clone, Copy)]
+enum Via<'a> {
+    Simple,
+    Extended {
+        portal: Option<&'a str>,
+        params: usize,
+    },
+}
+
 /// A prepared statement as decided at Parse time; Bind and Execute reuse it.
 #[derive(Debug)]
 struct Prepared {
@@ -227,7 +237,8 @@ struct ClientSide<'a> {
     session_id: &'a str,
     expectations: &'a Mutex<VecDeque<Expect>>,
     prepared: HashMap<String, Arc<Prepared>>,
-    portals: HashMap<String, Arc<Prepared>>,
+    /// Portal → its statement and the number of parameters bound (values are never kept).
+    portals: HashMap<String, (Arc<Prepared>, usize)>,
     /// Extended-protocol messages held until Sync/Flush.
     batch: BytesMut,
     /// After a refusal inside a batch, the rest up to Sync is dropped, as
@@ -293,10 +304,12 @@ impl ClientSide<'_> {
                 self.parse(&frame, name, query)?;
             }
             FrontendMessage::Bind {
-                portal, statement, ..
+                portal,
+                statement,
+                params,
             } => {
                 if let Some(p) = self.prepared.get(statement).cloned() {
-                    self.portals.insert(portal.to_string(), p);
+                    self.portals.insert(portal.to_string(), (p, params));
                 }
                 frame.encode_into(&mut self.batch);
             }
@@ -305,10 +318,11 @@ impl ClientSide<'_> {
                 self.execute(&frame, &portal).await?;
             }
             FrontendMessage::Close { kind, name } => {
-                match kind {
-                    b'S' => self.prepared.remove(name),
-                    _ => self.portals.remove(name),
-                };
+                if kind == b'S' {
+                    self.prepared.remove(name);
+                } else {
+                    self.portals.remove(name);
+                }
                 frame.encode_into(&mut self.batch);
             }
             FrontendMessage::Describe { .. } => frame.encode_into(&mut self.batch),
@@ -349,7 +363,7 @@ impl ClientSide<'_> {
 
     async fn simple_query(&mut self, frame: &Frame, sql: &str) -> Result<(), End> {
         let (classification, decision) = self.decide(sql);
-        let record = self.statement_record(sql, &classification, &decision, "simple", None);
+        let record = self.statement_record(sql, &classification, &decision, Via::Simple);
         self.statements += 1;
         if decision.verdict != Verdict::Allow {
             self.denied += 1;
@@ -383,8 +397,10 @@ impl ClientSide<'_> {
                 &prepared.text,
                 &prepared.classification,
                 &prepared.decision,
-                "extended",
-                None,
+                Via::Extended {
+                    portal: None,
+                    params: 0,
+                },
             );
             // Recorded before the refusal is visible; a refused statement
             // never runs, so the record need not be awaited here.
@@ -398,18 +414,21 @@ impl ClientSide<'_> {
     }
 
     async fn execute(&mut self, frame: &Frame, portal: &str) -> Result<(), End> {
-        let Some(prepared) = self.portals.get(portal).cloned() else {
+        let Some((prepared, params)) = self.portals.get(portal).cloned() else {
             // Unknown to us means unknown upstream too (it will say so), or
             // a cursor opened by DECLARE, which was decided when declared.
             return self.execute_cursor(frame, portal).await;
         };
         self.statements += 1;
+        let via = Via::Extended {
+            portal: Some(portal),
+            params,
+        };
         let record = self.statement_record(
             &prepared.text,
             &prepared.classification,
             &prepared.decision,
-            "extended",
-            Some(portal),
+            via,
         );
         match self.gw.store.append(record).await {
             Ok(id) => {
@@ -431,7 +450,15 @@ impl ClientSide<'_> {
         };
         let empty = Classification { statements: vec![] };
         let text = format!("FETCH FROM PORTAL \"{portal}\"");
-        let record = self.statement_record(&text, &empty, &decision, "extended", Some(portal));
+        let record = self.statement_record(
+            &text,
+            &empty,
+            &decision,
+            Via::Extended {
+                portal: Some(portal),
+                params: 0,
+            },
+        );
         self.statements += 1;
         match self.gw.store.append(record).await {
             Ok(id) => {
@@ -461,9 +488,12 @@ impl ClientSide<'_> {
         text: &str,
         c: &Classification,
         d: &Decision,
-        protocol: &str,
-        portal: Option<&str>,
+        via: Via<'_>,
     ) -> NewRecord {
+        let (protocol, portal, params) = match via {
+            Via::Simple => ("simple", None, 0),
+            Via::Extended { portal, params } => ("extended", portal, params),
+        };
         let mut r = NewRecord::new(RecordKind::Statement)
             .session_id(self.session_id)
             .principal(self.principal.name.clone())
@@ -474,6 +504,7 @@ impl ClientSide<'_> {
                 "text": text,
                 "protocol": protocol,
                 "portal": portal,
+                "params": params,
                 "classes": c.statements.iter().map(|s| s.class).collect::<Vec<_>>(),
                 "commands": c.statements.iter().map(|s| s.command.as_str()).collect::<Vec<_>>(),
                 "relations": c.statements.iter().flat_map(|s| s.relations.iter()).collect::<Vec<_>>(),

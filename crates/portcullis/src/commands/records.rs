@@ -69,16 +69,7 @@ pub fn replay(args: &StoreArgs, session: &str) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&records)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let results: HashMap<i64, &Record> = records
-        .iter()
-        .filter(|r| r.kind == RecordKind::StatementResult)
-        .filter_map(|r| {
-            r.detail
-                .get("statement")
-                .and_then(Value::as_i64)
-                .map(|id| (id, r))
-        })
-        .collect();
+    let results = results_by_statement(&records);
     for record in &records {
         if let Some(line) = replay_line(record, &results) {
             println!("{line}");
@@ -87,7 +78,23 @@ pub fn replay(args: &StoreArgs, session: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn replay_line(r: &Record, results: &HashMap<i64, &Record>) -> Option<String> {
+/// Statement results arrive batched per session (`{"results": [...]}`);
+/// index them by the statement record they describe.
+fn results_by_statement(records: &[Record]) -> HashMap<i64, &Value> {
+    records
+        .iter()
+        .filter(|r| r.kind == RecordKind::StatementResult)
+        .filter_map(|r| r.detail.get("results").and_then(Value::as_array))
+        .flatten()
+        .filter_map(|res| {
+            res.get("statement")
+                .and_then(Value::as_i64)
+                .map(|id| (id, res))
+        })
+        .collect()
+}
+
+fn replay_line(r: &Record, results: &HashMap<i64, &Value>) -> Option<String> {
     let d = &r.detail;
     let text = |key: &str| d.get(key).and_then(Value::as_str).unwrap_or("").to_string();
     let who = r.principal.as_deref().unwrap_or("-");
@@ -114,7 +121,7 @@ fn replay_line(r: &Record, results: &HashMap<i64, &Record>) -> Option<String> {
     Some(format!("{}  {line}", r.time))
 }
 
-fn statement_line(r: &Record, result: Option<&Record>) -> String {
+fn statement_line(r: &Record, result: Option<&Value>) -> String {
     let d = &r.detail;
     let decision = r.decision.as_deref().unwrap_or("?").to_uppercase();
     let classes: Vec<String> = d
@@ -137,8 +144,7 @@ fn statement_line(r: &Record, result: Option<&Record>) -> String {
         classes.join(","),
         d.get("text").and_then(Value::as_str).unwrap_or("")
     );
-    if let Some(res) = result {
-        let rd = &res.detail;
+    if let Some(rd) = result {
         let ms = rd.get("duration_us").and_then(Value::as_u64).unwrap_or(0) as f64 / 1000.0;
         match rd.get("error").and_then(Value::as_str) {
             Some(err) => line.push_str(&format!(" -> error: {err} ({ms:.2} ms)")),

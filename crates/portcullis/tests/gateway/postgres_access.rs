@@ -14,9 +14,11 @@ fn allowed_read_returns_rows_and_is_recorded_under_the_principal() {
     assert_eq!(stmt["decision"], "allow");
     assert_eq!(stmt["policy"], "ci-reads");
     assert_eq!(stmt["detail"]["text"], "select count(*) from items;");
-    let result = env.wait_for_record(|r| r["kind"] == "statement_result");
-    assert_eq!(result["detail"]["statement"], stmt["id"]);
-    assert_eq!(result["detail"]["rows"], 1);
+    let results = env.wait_for_record(|r| r["kind"] == "statement_result");
+    let result = &results["detail"]["results"][0];
+    assert_eq!(result["statement"], stmt["id"]);
+    assert_eq!(result["rows"], 1);
+    assert!(result["error"].is_null(), "{result}");
 }
 
 #[test]

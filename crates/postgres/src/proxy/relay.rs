@@ -93,11 +93,14 @@ pub(crate) async fn run(
         expectations: &expectations,
         local: VecDeque::new(),
         current_poison: None,
+        results: Vec::new(),
+        oldest_result: None,
     };
     let end = tokio::select! {
         end = decider.run(&mut client_read, client_buf, &mut upstream_write) => end,
         end = responder.run(&mut upstream_read, pending, &mut client_write) => end,
     };
+    responder.flush_results();
     finish(
         &gw,
         &session_id,
@@ -610,7 +613,17 @@ struct ServerSide<'a> {
     /// Expectations taken off the shared queue, in response order.
     local: VecDeque<Expect>,
     current_poison: Option<String>,
+    /// Results waiting to be written as one record (see `record_result`).
+    results: Vec<serde_json::Value>,
+    oldest_result: Option<Instant>,
 }
+
+/// Results are written in batches per session: one record per statement
+/// result would double the writer's work on the hot path for facts that are
+/// recorded after the fact anyway (the statement itself was recorded and
+/// committed before it ran).
+const RESULTS_PER_RECORD: usize = 64;
+const RESULTS_MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl ServerSide<'_> {
     async fn run(
@@ -624,7 +637,18 @@ impl ServerSide<'_> {
                 return end;
             }
             buf.reserve(16 * 1024);
-            match upstream.read_buf(&mut buf).await {
+            let read = match self.oldest_result {
+                // An idle session must not sit on its results for ever.
+                Some(oldest) => tokio::select! {
+                    read = upstream.read_buf(&mut buf) => read,
+                    _ = tokio::time::sleep_until((oldest + RESULTS_MAX_DELAY).into()) => {
+                        self.flush_results();
+                        continue;
+                    }
+                },
+                None => upstream.read_buf(&mut buf).await,
+            };
+            match read {
                 Ok(0) | Err(_) => return End::UpstreamGone,
                 Ok(_) => {}
             }
@@ -773,18 +797,32 @@ impl ServerSide<'_> {
         }
     }
 
-    fn record_result(&self, t: Tracker) {
+    fn record_result(&mut self, t: Tracker) {
+        self.results.push(json!({
+            "statement": t.record_id,
+            "duration_us": t.started.elapsed().as_micros() as u64,
+            "rows": t.rows,
+            "bytes": t.bytes,
+            "error": t.error,
+        }));
+        let oldest = *self.oldest_result.get_or_insert_with(Instant::now);
+        if self.results.len() >= RESULTS_PER_RECORD || oldest.elapsed() >= RESULTS_MAX_DELAY {
+            self.flush_results();
+        }
+    }
+
+    fn flush_results(&mut self) {
+        if self.results.is_empty() {
+            return;
+        }
+        let results = std::mem::take(&mut self.results);
+        self.oldest_result = None;
+        let failed = results.iter().filter(|r| !r["error"].is_null()).count();
         let record = NewRecord::new(RecordKind::StatementResult)
             .session_id(self.session_id)
             .connection(self.gw.name.clone())
-            .decision(if t.error.is_some() { "fail" } else { "ok" })
-            .detail(json!({
-                "statement": t.record_id,
-                "duration_us": t.started.elapsed().as_micros() as u64,
-                "rows": t.rows,
-                "bytes": t.bytes,
-                "error": t.error,
-            }));
+            .decision(if failed > 0 { "fail" } else { "ok" })
+            .detail(json!({ "results": results }));
         self.gw.store.append_detached(record);
     }
 }

@@ -20,6 +20,11 @@ pub struct Options {
     pub insecure_plaintext: bool,
     pub leeway: &'static str,
     pub policies: String,
+    /// Trust this already-running issuer instead of starting `portcullis dev-idp`
+    /// (then [`Env::token`] cannot be used).
+    pub issuer: Option<String>,
+    /// The claim that names the principal.
+    pub principal_claim: &'static str,
 }
 
 impl Default for Options {
@@ -31,6 +36,8 @@ impl Default for Options {
             insecure_plaintext: false,
             leeway: "30s",
             policies: DEFAULT_POLICIES.to_string(),
+            issuer: None,
+            principal_claim: "sub",
         }
     }
 }
@@ -54,7 +61,7 @@ pub struct Env {
     pub issuer: String,
     pub gw_port: u16,
     pub config: PathBuf,
-    idp: Process,
+    idp: Option<Process>,
     gateway: Option<Process>,
     dir: tempfile::TempDir,
 }
@@ -74,12 +81,17 @@ impl Env {
              grant all on items to app_md5;",
         );
         let dir = test_support::temp_dir();
-        let idp_port = free_port();
-        let issuer = format!("http://127.0.0.1:{idp_port}");
-        let mut cmd = Command::new(BIN);
-        cmd.args(["dev-idp", "--listen", &format!("127.0.0.1:{idp_port}")]);
-        let idp = Process::spawn(cmd, "dev-idp");
-        wait_for_port(&format!("127.0.0.1:{idp_port}"), Some(&idp));
+        let (issuer, idp) = match &opts.issuer {
+            Some(issuer) => (issuer.clone(), None),
+            None => {
+                let idp_port = free_port();
+                let mut cmd = Command::new(BIN);
+                cmd.args(["dev-idp", "--listen", &format!("127.0.0.1:{idp_port}")]);
+                let idp = Process::spawn(cmd, "dev-idp");
+                wait_for_port(&format!("127.0.0.1:{idp_port}"), Some(&idp));
+                (format!("http://127.0.0.1:{idp_port}"), Some(idp))
+            }
+        };
         let gw_port = free_port();
         let config = dir.path().join("portcullis.yaml");
         std::fs::write(
@@ -205,6 +217,7 @@ identity:
   oidc:
     - issuer: {issuer}
       audience: portcullis
+      principal_claim: {principal_claim}
       groups_claim: groups
       leeway: {leeway}
 connections:
@@ -224,6 +237,7 @@ policies:
 "#,
         dir = dir.display(),
         leeway = opts.leeway,
+        principal_claim = opts.principal_claim,
         plain = opts.insecure_plaintext,
         pg_port = pg.port,
         user = opts.upstream_user,

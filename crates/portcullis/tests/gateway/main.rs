@@ -7,3 +7,4 @@ mod postgres_access;
 mod postgres_clients;
 mod postgres_robustness;
 mod records_cli;
+mod third_party_issuer;

@@ -17,6 +17,8 @@ pub struct Options {
     pub upstream_user: &'static str,
     pub upstream_password: &'static str,
     pub upstream_tls: &'static str,
+    /// CA bundle for `tls: verify-full`.
+    pub upstream_ca: Option<PathBuf>,
     pub insecure_plaintext: bool,
     pub leeway: &'static str,
     pub policies: String,
@@ -33,6 +35,7 @@ impl Default for Options {
             upstream_user: test_support::SCRAM_USER,
             upstream_password: test_support::SCRAM_PASSWORD,
             upstream_tls: "prefer",
+            upstream_ca: None,
             insecure_plaintext: false,
             leeway: "30s",
             policies: DEFAULT_POLICIES.to_string(),
@@ -64,6 +67,7 @@ pub struct Env {
     idp: Option<Process>,
     gateway: Option<Process>,
     dir: tempfile::TempDir,
+    opts: Options,
 }
 
 impl Env {
@@ -107,9 +111,28 @@ impl Env {
             idp,
             gateway: None,
             dir,
+            opts,
         };
         env.start_gateway();
         env
+    }
+
+    /// Rewrites the config with changed options and restarts the gateway on
+    /// the same port and store (for settings that need the server first).
+    pub fn restart_gateway_with(&mut self, change: impl FnOnce(&mut Options)) {
+        change(&mut self.opts);
+        if let Some(mut g) = self.gateway.take() {
+            g.kill9();
+        }
+        let text = config_text(
+            &self.opts,
+            &self.issuer,
+            &self.pg,
+            self.gw_port,
+            self.dir.path(),
+        );
+        std::fs::write(&self.config, text).expect("write config");
+        self.start_gateway();
     }
 
     pub fn start_gateway(&mut self) {
@@ -231,7 +254,7 @@ connections:
       database: app
       user: {user}
       password: {password}
-      tls: {tls}
+      tls: {tls}{ca}
 policies:
 {policies}
 "#,
@@ -243,6 +266,11 @@ policies:
         user = opts.upstream_user,
         password = opts.upstream_password,
         tls = opts.upstream_tls,
+        ca = opts
+            .upstream_ca
+            .as_ref()
+            .map(|p| format!("\n      ca_file: {}", p.display()))
+            .unwrap_or_default(),
         policies = opts.policies,
     )
 }

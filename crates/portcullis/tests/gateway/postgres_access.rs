@@ -236,6 +236,64 @@ fn upstream_tls_require_encrypts_the_upstream_leg() {
     assert_eq!(out.stdout.trim(), "t");
 }
 
+#[test]
+fn upstream_verify_full_checks_the_servers_certificate() {
+    // A certificate for the same names from a key that did not sign ours.
+    let dir = test_support::temp_dir();
+    let wrong_ca = dir.path().join("other.crt");
+    let mut openssl = std::process::Command::new("openssl");
+    openssl
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(dir.path().join("other.key"))
+        .arg("-out")
+        .arg(&wrong_ca);
+    let out = test_support::run(&mut openssl, crate::env::TIMEOUT);
+    assert!(out.success(), "{}", out.stderr);
+    let env = Env::with(Options {
+        upstream_tls: "verify-full",
+        upstream_ca: Some(wrong_ca),
+        ..Options::default()
+    });
+    let token = env.token("ci-job", &["ci"]);
+    let out = env.psql(&token, "select 1;");
+    assert!(!out.success());
+    assert!(
+        out.stderr.contains("upstream unavailable"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("TLS handshake"), "{}", out.stderr);
+}
+
+#[test]
+fn upstream_verify_full_accepts_the_right_ca() {
+    let mut env = Env::start();
+    let ca = env.pg.ca_cert();
+    env.restart_gateway_with(|opts| {
+        opts.upstream_tls = "verify-full";
+        opts.upstream_ca = Some(ca.clone());
+    });
+    let token = env.token("ci-job", &["ci"]);
+    let out = env.psql(
+        &token,
+        "select ssl from pg_stat_ssl where pid = pg_backend_pid();",
+    );
+    assert!(out.success(), "{}\n{}", out.stderr, env.gateway_log());
+    assert_eq!(out.stdout.trim(), "t");
+}
+
 /// A JWT with `alg: none` and no signature, naming the right issuer.
 fn unsigned_token(issuer: &str) -> String {
     use base64::Engine;

@@ -21,7 +21,7 @@ use crate::os;
 use crate::process::run;
 
 /// Bump when the template's contents (settings, roles, databases) change.
-const STAMP: &str = "portcullis test-pg-template v2";
+const STAMP: &str = "portcullis test-pg-template v3";
 
 /// How long initdb, openssl or a copy of the data dir may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -172,6 +172,9 @@ fn make_cert(work: &Path, data: &Path) {
     cmd.args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256"])
         .args(["-days", "3650", "-subj", "/CN=localhost"])
         .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        // A server certificate, not a CA: rustls (webpki) refuses a CA
+        // certificate presented as the server's own, as it should.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
         .arg("-keyout")
         .arg(data.join("server.key"))
         .arg("-out")

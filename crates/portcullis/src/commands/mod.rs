@@ -48,10 +48,10 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     match portcullis_config::Config::load(file) {
         Ok(config) => {
             println!(
-                "{}: ok ({} connections, {} policies)",
+                "{}: ok ({}, {})",
                 file.display(),
-                config.connections.len(),
-                config.policies.len()
+                plural(config.connections.len(), "connection", "connections"),
+                plural(config.policies.len(), "policy", "policies")
             );
             ExitCode::SUCCESS
         }
@@ -65,4 +65,8 @@ fn check_config(file: &std::path::Path) -> ExitCode {
 /// Loads config for commands that need it, exiting 2 with the located error.
 pub fn load_config(path: &std::path::Path) -> anyhow::Result<portcullis_config::Config> {
     portcullis_config::Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }

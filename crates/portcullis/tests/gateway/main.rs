@@ -2,6 +2,7 @@
 //! (psql, pgbench, psycopg, raw sockets) and a real PostgreSQL server.
 //! One test binary, so the workspace links it once.
 
+mod config_cli;
 mod env;
 mod postgres_access;
 mod postgres_clients;

@@ -1,0 +1,73 @@
+//! `portcullis check-config`: a good file passes; a broken one names the
+//! file, the line and the field, and exits 2.
+
+use std::process::Command;
+
+use test_support::run;
+
+use crate::env::{BIN, TIMEOUT};
+
+fn check(text: &str) -> test_support::Output {
+    let dir = test_support::temp_dir();
+    let path = dir.path().join("portcullis.yaml");
+    std::fs::write(&path, text).unwrap();
+    run(Command::new(BIN).arg("check-config").arg(&path), TIMEOUT)
+}
+
+const EXAMPLE: &str = include_str!("../../../../examples/portcullis.yaml");
+
+#[test]
+fn the_example_config_is_valid() {
+    let out = check(EXAMPLE);
+    assert!(out.success(), "{}", out.stderr);
+    assert!(out.stdout.contains("ok"), "{}", out.stdout);
+}
+
+#[test]
+fn a_misspelt_field_is_located_and_exits_2() {
+    let broken = EXAMPLE.replace(
+        "    deny: [\"DROP *\", \"TRUNCATE *\"]\n  # The main",
+        "    denny: [\"DROP *\", \"TRUNCATE *\"]\n  # The main",
+    );
+    assert_ne!(broken, EXAMPLE, "the example changed; update this test");
+    let out = check(&broken);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("portcullis.yaml:"), "{}", out.stderr);
+    assert!(out.stderr.contains("denny"), "{}", out.stderr);
+}
+
+#[test]
+fn a_policy_naming_a_missing_connection_is_located() {
+    let broken = EXAMPLE.replacen("connection: orders-db", "connection: billing-db", 1);
+    let out = check(&broken);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    let line: usize = out
+        .stderr
+        .split(':')
+        .nth(1)
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_else(|| panic!("no line number in {}", out.stderr));
+    assert!(
+        broken.lines().nth(line - 1).unwrap().contains("billing-db"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("policies[0].connection"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn serve_refuses_a_broken_config_with_exit_2() {
+    let dir = test_support::temp_dir();
+    let path = dir.path().join("portcullis.yaml");
+    std::fs::write(&path, "identity: { oidc: [] }\nconnections: 3\n").unwrap();
+    let out = run(
+        Command::new(BIN).arg("serve").arg("--config").arg(&path),
+        TIMEOUT,
+    );
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("connections"), "{}", out.stderr);
+}

@@ -10,6 +10,7 @@ use portcullis_config::{Config, ConnectionConfig, PostgresConnection, UpstreamTl
 use portcullis_identity::Verifier;
 use portcullis_policy::classify::Classifier;
 use portcullis_policy::decide::PolicySet;
+use portcullis_postgres::proxy::SessionGauge;
 use portcullis_postgres::{CancelRegistry, PgGateway, UpstreamTarget};
 use portcullis_records::Store;
 use tokio::sync::watch;
@@ -43,10 +44,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    let mut gauges = Vec::new();
     for connection in &config.connections {
         match connection {
             ConnectionConfig::Postgres(pg) => {
                 let gateway = postgres_gateway(&services, pg)?;
+                gauges.push(gateway.sessions.clone());
                 let listener = tokio::net::TcpListener::bind(&pg.listen)
                     .await
                     .with_context(|| {
@@ -72,6 +75,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let _ = stop_tx.send(true);
     for task in tasks {
         let _ = task.await;
+    }
+    // Sessions end with 57P01 and write their last records; give them a moment.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while gauges.iter().any(|g| g.live() > 0) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     services
         .store
@@ -108,6 +116,7 @@ fn postgres_gateway(
         allow_plaintext: pg.insecure_plaintext,
         upstream,
         cancels: Arc::new(CancelRegistry::default()),
+        sessions: SessionGauge::default(),
     }))
 }
 

@@ -205,3 +205,49 @@ fn kill_9_loses_no_record_of_a_forwarded_statement() {
     let verify = env.cli(&["audit", "verify"]);
     assert!(verify.success(), "{}{}", verify.stdout, verify.stderr);
 }
+
+#[test]
+fn sigterm_ends_sessions_with_57p01_and_keeps_their_records() {
+    let mut env = Env::start();
+    let token = env.token("ci-job", &["ci"]);
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args([
+        "-c",
+        r#"
+import os, sys, time, psycopg
+conn = psycopg.connect(os.environ["DSN"], autocommit=True)
+print(conn.execute("select 1").fetchone()[0], flush=True)
+try:
+    time.sleep(3)
+    conn.execute("select 2")
+    print("STILL OPEN")
+except psycopg.OperationalError as e:
+    print("CLOSED", getattr(e, "sqlstate", None), e)
+"#,
+    ])
+    .env("PGPASSWORD", &token)
+    .env("DSN", env.conninfo("require"))
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().expect("python3");
+    // Wait until the session is established, then stop the gateway.
+    env.wait_for_record(|r| r["kind"] == "statement");
+    env.gateway().terminate();
+    let status = env.gateway().wait_timeout(Duration::from_secs(20));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        env.gateway_log()
+    );
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("CLOSED"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("shutting down"), "{stdout}");
+    let end = env.wait_for_record(|r| r["kind"] == "session_end" && r["principal"] == "ci-job");
+    assert_eq!(end["detail"]["reason"], "the gateway is shutting down");
+}

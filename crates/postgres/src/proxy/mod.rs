@@ -39,6 +39,18 @@ pub struct PgGateway {
     pub allow_plaintext: bool,
     pub upstream: UpstreamTarget,
     pub cancels: Arc<CancelRegistry>,
+    /// Live sessions, so shutdown can wait for their last records.
+    pub sessions: SessionGauge,
+}
+
+/// Counts live sessions: each holds a clone for its lifetime.
+#[derive(Clone, Default)]
+pub struct SessionGauge(Arc<()>);
+
+impl SessionGauge {
+    pub fn live(&self) -> usize {
+        Arc::strong_count(&self.0) - 1
+    }
 }
 
 /// Accepts connections until `shutdown` flips to true. Each session runs on
@@ -53,7 +65,12 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let gateway = gateway.clone();
-                    tokio::spawn(async move { session::run(gateway, tcp, peer).await });
+                    let stop = shutdown.clone();
+                    let gauge = gateway.sessions.clone();
+                    tokio::spawn(async move {
+                        session::run(gateway, tcp, peer, stop).await;
+                        drop(gauge);
+                    });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.

@@ -45,6 +45,7 @@ pub(crate) async fn run(
     upstream: Upstream,
     principal: Principal,
     session_id: String,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let started = Instant::now();
     let Client {
@@ -99,6 +100,7 @@ pub(crate) async fn run(
     let end = tokio::select! {
         end = decider.run(&mut client_read, client_buf, &mut upstream_write) => end,
         end = responder.run(&mut upstream_read, pending, &mut client_write) => end,
+        _ = shutdown.wait_for(|stop| *stop) => End::Shutdown,
     };
     responder.flush_results();
     finish(
@@ -124,6 +126,7 @@ enum End {
     UpstreamGone,
     ClientProtocol(String),
     UpstreamProtocol(String),
+    Shutdown,
 }
 
 impl End {
@@ -134,6 +137,7 @@ impl End {
             Self::UpstreamGone => "upstream closed the connection".into(),
             Self::ClientProtocol(e) => format!("client protocol violation: {e}"),
             Self::UpstreamProtocol(e) => format!("upstream protocol error: {e}"),
+            Self::Shutdown => "the gateway is shutting down".into(),
         }
     }
 
@@ -144,6 +148,7 @@ impl End {
             Self::UpstreamGone => (sqlstate::CONNECTION_FAILURE, self.describe()),
             Self::ClientProtocol(_) => (sqlstate::PROTOCOL_VIOLATION, self.describe()),
             Self::UpstreamProtocol(_) => (sqlstate::CONNECTION_FAILURE, self.describe()),
+            Self::Shutdown => (sqlstate::ADMIN_SHUTDOWN, self.describe()),
         };
         Some(ErrorFields::fatal(code, msg))
     }

@@ -63,7 +63,12 @@ pub(crate) struct Client {
     pub peer: SocketAddr,
 }
 
-pub(crate) async fn run(gw: Arc<PgGateway>, tcp: TcpStream, peer: SocketAddr) {
+pub(crate) async fn run(
+    gw: Arc<PgGateway>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let _ = tcp.set_nodelay(true);
     let mut client = Client {
         stream: MaybeTls::Plain(tcp),
@@ -98,7 +103,7 @@ pub(crate) async fn run(gw: Arc<PgGateway>, tcp: TcpStream, peer: SocketAddr) {
         session = %session_id, connection = %gw.name, principal = %principal.name,
         token = %principal.token_fingerprint, client = %peer, "session started"
     );
-    relay::run(gw, client, upstream, principal, session_id).await;
+    relay::run(gw, client, upstream, principal, session_id, shutdown).await;
 }
 
 struct Admitted {

@@ -128,6 +128,8 @@ fn malformed_messages_after_login_get_a_protocol_error() {
         message(b'B', b"\0s\0\0\0\0\x01\0\0\0\x40ab\0\0"), // parameter length lies
         message(b'!', b""),                                // unknown type
     ];
+    // A session opened before the garbage must keep working through it.
+    let mut bystander = logged_in(&env, &token);
     for case in cases {
         let mut s = logged_in(&env, &token);
         s.write_all(&case).unwrap();
@@ -136,6 +138,21 @@ fn malformed_messages_after_login_get_a_protocol_error() {
         assert!(reply.first() == Some(&b'E'), "{case:?} -> {text}");
         assert!(text.contains("08P01"), "{case:?} -> {text}");
     }
+    bystander
+        .write_all(&message(b'Q', b"select count(*) from items\0"))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !seen.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
+        let n = bystander.read(&mut chunk).unwrap();
+        assert!(n > 0, "bystander session was closed");
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        seen.windows(9).any(|w| w == b"SELECT 1\0"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
     still_serves(&env);
 }
 

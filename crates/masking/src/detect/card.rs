@@ -1,0 +1,158 @@
+//! Payment card numbers: 13–19 digits that pass the Luhn check, written
+//! plain or grouped the way cards are printed (`4111 1111 1111 1111`,
+//! `3782-822463-10005`).
+//!
+//! The Luhn check alone lets one random digit string in ten through, so
+//! the layout is checked too: plain, or one separator kind in a printed
+//! grouping. A run of groups (`12 4111 1111 1111 1111`, or two cards side
+//! by side) is tried from every group so the card inside is still found.
+
+use super::{word_at, word_before, Detector, Finding};
+
+const MIN_DIGITS: usize = 13;
+const MAX_DIGITS: usize = 19;
+
+/// A run of digits, and the separator byte before it (0 for the first).
+#[derive(Debug, Clone, Copy)]
+struct Group {
+    start: usize,
+    end: usize,
+    sep: u8,
+}
+
+impl Group {
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+}
+
+pub(super) fn scan(text: &str, out: &mut Vec<Finding>) {
+    let b = text.as_bytes();
+    // One buffer for the whole scan: digit runs are everywhere in results.
+    let mut groups = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() || word_before(b, i) {
+            i += 1;
+            continue;
+        }
+        groups_from(b, i, &mut groups);
+        let run_end = groups.last().map_or(i + 1, |g| g.end);
+        find_in_groups(b, &groups, out);
+        i = run_end;
+    }
+}
+
+/// Digit groups joined by single spaces or dashes, starting at `i`.
+fn groups_from(b: &[u8], mut i: usize, groups: &mut Vec<Group>) {
+    groups.clear();
+    let mut sep = 0;
+    loop {
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        groups.push(Group { start, end: i, sep });
+        match (b.get(i), b.get(i + 1)) {
+            (Some(&s @ (b' ' | b'-')), Some(d)) if d.is_ascii_digit() => {
+                sep = s;
+                i += 1;
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Pushes the longest card starting at each group, left to right.
+fn find_in_groups(b: &[u8], groups: &[Group], out: &mut Vec<Finding>) {
+    let mut s = 0;
+    while s < groups.len() {
+        match longest_card(b, &groups[s..]) {
+            Some(n) => {
+                let last = &groups[s + n - 1];
+                out.push(Finding::new(
+                    Detector::CreditCard,
+                    groups[s].start,
+                    last.end,
+                ));
+                s += n;
+            }
+            None => s += 1,
+        }
+    }
+}
+
+/// How many groups from the start of `groups` form the longest valid card.
+fn longest_card(b: &[u8], groups: &[Group]) -> Option<usize> {
+    let mut best = None;
+    let mut digits = 0;
+    for n in 1..=groups.len() {
+        // Stop as soon as no longer run can have a printed layout, so long
+        // runs of short numbers (`1 2 3 …`) cost little.
+        if n >= 2 && !(inner_ok(groups, n - 2) && groups[n - 1].sep == groups[1].sep) {
+            break;
+        }
+        digits += groups[n - 1].len();
+        if digits > MAX_DIGITS {
+            break;
+        }
+        // The last group of the run must not be glued to a word.
+        let clean_end = n < groups.len() || !word_at(b, groups[n - 1].end);
+        if digits >= MIN_DIGITS && clean_end && last_ok(&groups[..n]) && luhn(b, &groups[..n]) {
+            best = Some(n);
+        }
+    }
+    best
+}
+
+/// Groups before the last are fours, or 4-6 (American Express, Diners).
+fn inner_ok(groups: &[Group], k: usize) -> bool {
+    groups[k].len() == 4 || (k == 1 && groups[0].len() == 4 && groups[1].len() == 6)
+}
+
+/// The last group fits the layout of the ones before it (plain digits
+/// when there is only one group).
+fn last_ok(groups: &[Group]) -> bool {
+    let last = groups[groups.len() - 1].len();
+    match groups {
+        [_] => true,
+        [first, second, _] if first.len() == 4 && second.len() == 6 => last == 4 || last == 5,
+        _ => (1..=4).contains(&last),
+    }
+}
+
+/// The Luhn mod-10 check over the digits of `groups`.
+fn luhn(b: &[u8], groups: &[Group]) -> bool {
+    let digits = groups
+        .iter()
+        .rev()
+        .flat_map(|g| b[g.start..g.end].iter().rev());
+    let sum: u32 = digits
+        .enumerate()
+        .map(|(i, &c)| {
+            let d = u32::from(c - b'0');
+            if i % 2 == 1 {
+                let dd = d * 2;
+                if dd > 9 {
+                    dd - 9
+                } else {
+                    dd
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+/// Luhn over a plain digit string, for tests and generators.
+#[cfg(test)]
+pub(super) fn luhn_str(s: &str) -> bool {
+    let g = Group {
+        start: 0,
+        end: s.len(),
+        sep: 0,
+    };
+    s.bytes().all(|c| c.is_ascii_digit()) && luhn(s.as_bytes(), &[g])
+}

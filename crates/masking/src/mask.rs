@@ -1,0 +1,247 @@
+//! Maskers: what replaces a sensitive value.
+//!
+//! Three methods, named as in policy rules:
+//! - `redact`: the fixed token [`REDACTED`]; reveals nothing, not even length;
+//! - `partial`: keeps what people need to recognise a value (last four
+//!   characters of a card, IBAN, phone or SSN with separators and length
+//!   kept; first letter and domain of an email; first group of an IP) and
+//!   stars the rest. Secrets and JWTs are redacted: no part of them is safe;
+//! - `hash`: `h:` and 16 hex digits of HMAC-SHA256 under the gateway key.
+//!   Deterministic, so equal values still join and group; keyed, so
+//!   low-entropy values (SSNs, phones) cannot be recovered by hashing every
+//!   candidate without the key. 64 bits keep collisions negligible below
+//!   billions of distinct values.
+//!
+//! Output is built from `char`s, so it is always valid UTF-8, and it never
+//! contains the value it replaces.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::detect::{find, Detector};
+use crate::MaskError;
+
+/// What `redact` puts in place of a value.
+pub const REDACTED: &str = "****";
+
+/// Shortest gateway key accepted for `hash`.
+pub const MIN_KEY_LEN: usize = 16;
+
+/// How many trailing characters `partial` keeps of card-like values.
+const KEEP_LAST: usize = 4;
+
+/// A masking method, as named in policy rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Replace with [`REDACTED`].
+    Redact,
+    /// Keep a recognisable part, star the rest.
+    Partial,
+    /// Keyed deterministic hash, `h:` + 16 hex digits.
+    Hash,
+}
+
+impl Method {
+    /// The name used in config and audit records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Redact => "redact",
+            Method::Partial => "partial",
+            Method::Hash => "hash",
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A method name that is not `redact`, `partial` or `hash`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown masking method {0:?}; expected redact, partial or hash")]
+pub struct UnknownMethod(pub String);
+
+impl FromStr for Method {
+    type Err = UnknownMethod;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "redact" => Ok(Method::Redact),
+            "partial" => Ok(Method::Partial),
+            "hash" => Ok(Method::Hash),
+            _ => Err(UnknownMethod(s.to_string())),
+        }
+    }
+}
+
+/// Masks values under one gateway key.
+#[derive(Clone)]
+pub struct Masker {
+    /// HMAC state after absorbing the key; cloned per value.
+    mac: Hmac<Sha256>,
+}
+
+impl fmt::Debug for Masker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Masker { key: <redacted> }")
+    }
+}
+
+impl Masker {
+    /// A masker keyed with `key` (at least [`MIN_KEY_LEN`] bytes).
+    pub fn new(key: &[u8]) -> Result<Self, MaskError> {
+        if key.len() < MIN_KEY_LEN {
+            return Err(MaskError::KeyTooShort {
+                len: key.len(),
+                min: MIN_KEY_LEN,
+            });
+        }
+        let mac = Hmac::<Sha256>::new_from_slice(key).map_err(|_| MaskError::KeyTooShort {
+            len: key.len(),
+            min: MIN_KEY_LEN,
+        })?;
+        Ok(Self { mac })
+    }
+
+    /// Masks one whole value; `detector` says what it is when known (a
+    /// detector finding), `None` for a declared column.
+    pub fn mask_value(&self, method: Method, detector: Option<Detector>, value: &str) -> String {
+        match method {
+            Method::Redact => REDACTED.to_string(),
+            Method::Partial => partial(detector, value),
+            Method::Hash => self.hash(value),
+        }
+    }
+
+    /// Masks every finding of `detectors` in free text; returns the text
+    /// (borrowed when nothing was found, so clean cells cost no copy) and
+    /// how many values were masked.
+    pub fn mask_text<'a>(
+        &self,
+        detectors: &[Detector],
+        method: Method,
+        text: &'a str,
+    ) -> (Cow<'a, str>, usize) {
+        let findings = find(detectors, text);
+        if findings.is_empty() {
+            return (Cow::Borrowed(text), 0);
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for f in &findings {
+            out.push_str(&text[at..f.start]);
+            out.push_str(&self.mask_value(method, Some(f.detector), &text[f.start..f.end]));
+            at = f.end;
+        }
+        out.push_str(&text[at..]);
+        (Cow::Owned(out), findings.len())
+    }
+
+    /// `h:` + the first 8 bytes of HMAC-SHA256(key, value), in hex.
+    fn hash(&self, value: &str) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(value.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut out = String::with_capacity(18);
+        out.push_str("h:");
+        for byte in &digest[..8] {
+            out.push(hex_digit(byte >> 4));
+            out.push(hex_digit(byte & 0x0f));
+        }
+        out
+    }
+}
+
+fn hex_digit(n: u8) -> char {
+    char::from(b"0123456789abcdef"[usize::from(n & 0x0f)])
+}
+
+/// The `partial` rendering of `value` for what `detector` says it is.
+fn partial(detector: Option<Detector>, value: &str) -> String {
+    match detector {
+        Some(Detector::Email) => {
+            partial_email(value).unwrap_or_else(|| keep_last(value, KEEP_LAST))
+        }
+        Some(Detector::Secret | Detector::Jwt) => REDACTED.to_string(),
+        Some(Detector::Ip) => keep_first_group(value),
+        Some(Detector::CreditCard | Detector::Iban | Detector::Phone | Detector::Ssn) => {
+            keep_last(value, KEEP_LAST)
+        }
+        None => partial_email(value).unwrap_or_else(|| keep_last(value, KEEP_LAST)),
+    }
+}
+
+/// Separators stay so the value keeps its printed shape; anything else
+/// (letters, digits, non-ASCII) is content to be starred.
+fn is_separator(c: char) -> bool {
+    c.is_ascii_punctuation() || c == ' '
+}
+
+/// Stars every content character but the last `keep`; when the value has
+/// fewer than twice that many, keeping any would give away too much, so
+/// all are starred.
+fn keep_last(value: &str, keep: usize) -> String {
+    let content = value.chars().filter(|&c| !is_separator(c)).count();
+    let keep = if content >= 2 * keep { keep } else { 0 };
+    let mut seen = 0;
+    value
+        .chars()
+        .map(|c| {
+            if is_separator(c) {
+                return c;
+            }
+            seen += 1;
+            if seen > content - keep {
+                c
+            } else {
+                '*'
+            }
+        })
+        .collect()
+}
+
+/// `alice@example.com` → `a****@example.com` (`****@…` for one-letter
+/// local parts). `None` when the value is not `local@domain`.
+fn partial_email(value: &str) -> Option<String> {
+    let (local, domain) = value.rsplit_once('@')?;
+    let mut chars = local.chars();
+    let first = chars.next()?;
+    if domain.is_empty() || !domain.contains('.') || domain.contains(char::is_whitespace) {
+        return None;
+    }
+    let shown = if chars.next().is_some() {
+        first.to_string()
+    } else {
+        String::new()
+    };
+    Some(format!("{shown}{REDACTED}@{domain}"))
+}
+
+/// `192.168.1.20` → `192.***.*.**`: the first group locates the network
+/// loosely; the host part is starred.
+fn keep_first_group(value: &str) -> String {
+    let mut in_first = true;
+    value
+        .chars()
+        .map(|c| {
+            if c == '.' || c == ':' {
+                in_first = false;
+                c
+            } else if in_first {
+                c
+            } else {
+                '*'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

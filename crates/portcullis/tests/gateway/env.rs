@@ -19,6 +19,8 @@ pub struct Options {
     pub upstream_tls: &'static str,
     /// CA bundle for `tls: verify-full`.
     pub upstream_ca: Option<PathBuf>,
+    /// Where the audit store lives; the test's temp dir when `None`.
+    pub store_path: Option<PathBuf>,
     pub insecure_plaintext: bool,
     pub leeway: &'static str,
     pub policies: String,
@@ -36,6 +38,7 @@ impl Default for Options {
             upstream_password: test_support::SCRAM_PASSWORD,
             upstream_tls: "prefer",
             upstream_ca: None,
+            store_path: None,
             insecure_plaintext: false,
             leeway: "30s",
             policies: DEFAULT_POLICIES.to_string(),
@@ -234,7 +237,7 @@ impl Env {
 fn config_text(opts: &Options, issuer: &str, pg: &PgServer, gw_port: u16, dir: &Path) -> String {
     format!(
         r#"
-store: sqlite://{dir}/portcullis.db
+store: sqlite://{store}
 data_dir: {dir}/data
 identity:
   oidc:
@@ -259,6 +262,11 @@ policies:
 {policies}
 "#,
         dir = dir.display(),
+        store = opts
+            .store_path
+            .clone()
+            .unwrap_or_else(|| dir.join("portcullis.db"))
+            .display(),
         leeway = opts.leeway,
         principal_claim = opts.principal_claim,
         plain = opts.insecure_plaintext,

@@ -268,3 +268,97 @@ except psycopg.OperationalError as e:
     let end = env.wait_for_record(|r| r["kind"] == "session_end" && r["principal"] == "ci-job");
     assert_eq!(end["detail"]["reason"], "the gateway is shutting down");
 }
+
+/// A tiny tmpfs, unmounted on drop (after the gateway using it is gone).
+struct TinyDisk(std::path::PathBuf);
+
+impl TinyDisk {
+    fn mount() -> Option<TinyDisk> {
+        let dir = std::env::temp_dir().join(format!("portcullis-full-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = test_support::run(
+            std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+                .arg(&dir),
+            Duration::from_secs(10),
+        );
+        out.success().then_some(TinyDisk(dir))
+    }
+
+    fn fill(&self) {
+        let mut dd = std::process::Command::new("dd");
+        dd.args(["if=/dev/zero", "bs=64k", "count=1000"])
+            .arg(format!("of={}", self.0.join("filler").display()));
+        // dd stops with "No space left on device": that is the point.
+        let _ = test_support::run(&mut dd, Duration::from_secs(10));
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.0.join("filler")).unwrap();
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_full_audit_disk_refuses_statements_and_recovers() {
+    let Some(disk) = TinyDisk::mount() else {
+        // Mounting needs root, which CI has; say so rather than pass silently.
+        panic!("cannot mount a tmpfs: run the integration tests as root (CI does)");
+    };
+    let env = Env::with(Options {
+        store_path: Some(disk.0.join("portcullis.db")),
+        ..Options::default()
+    });
+    let token = env.token("deployer", &[]);
+    let ok = env.psql(&token, "insert into items values (1000, 'before');");
+    assert!(ok.success(), "{}", ok.stderr);
+
+    disk.fill();
+    // The last partly used page of a file may still take a few records;
+    // keep writing until the store is really full.
+    let script: String = (2000..2300)
+        .map(|id| format!("insert into items values ({id}, 'while full');\n"))
+        .collect();
+    let out = env.psql(&token, &script);
+    let refused = out
+        .stderr
+        .matches("audit record could not be written")
+        .count();
+    assert!(
+        refused > 0,
+        "no statement was refused on a full disk\n{}\n{}",
+        out.stderr,
+        env.gateway_log()
+    );
+    let ran: usize = env
+        .pg
+        .sql(
+            "app",
+            "select count(*) from items where id between 2000 and 2299",
+        )
+        .parse()
+        .unwrap();
+    assert_eq!(
+        ran + refused,
+        300,
+        "every statement either ran or was refused: {}",
+        out.stderr
+    );
+
+    disk.free();
+    let out = env.psql(&token, "insert into items values (1002, 'after');");
+    assert!(out.success(), "{}\n{}", out.stderr, env.gateway_log());
+    assert_eq!(
+        env.pg
+            .sql("app", "select count(*) from items where id = 1002"),
+        "1"
+    );
+    let verify = env.cli(&["audit", "verify"]);
+    assert!(verify.success(), "{}{}", verify.stdout, verify.stderr);
+}

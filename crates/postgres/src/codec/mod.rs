@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod frontend;
+pub mod rows;
 pub mod startup;
 
 use bytes::{Buf, Bytes, BytesMut};

@@ -1,12 +1,12 @@
-//! Background WAL checkpoints, so the writer thread never pays for them.
+//! Background WAL checkpoints, so the indexer thread never pays for them.
 //!
 //! A checkpoint copies the WAL back into the database file and syncs it, which costs
 //! milliseconds. Left to SQLite's automatic checkpoints, that cost lands inside whichever commit
-//! crosses the threshold, stalling every session waiting on that batch. In WAL mode a checkpoint
-//! on another connection runs beside the writer, so this thread does them instead: after the
-//! writer has committed something, at most once per [`PACE`].
+//! crosses the threshold, delaying indexing (and with it what queries see). In WAL mode a
+//! checkpoint on another connection runs beside the indexer, so this thread does them instead:
+//! after the indexer has committed something, at most once per [`PACE`].
 //!
-//! Durability is unchanged: commits are made durable (or not) by the writer's own `synchronous`
+//! Durability is unchanged: commits are made durable (or not) by the indexer's own `synchronous`
 //! setting, and this connection uses the same setting so the checkpoint syncs the database file
 //! before the WAL can be reused.
 
@@ -33,7 +33,7 @@ pub(crate) fn spawn(conn: Connection) -> std::io::Result<(SyncSender<()>, JoinHa
 fn run(conn: &Connection, rx: &Receiver<()>) {
     while rx.recv().is_ok() {
         checkpoint(conn);
-        // Sleep rather than wait on the channel: the writer nudges after every commit, and
+        // Sleep rather than wait on the channel: the indexer nudges after every commit, and
         // waking for each nudge would cost a context switch per batch on the hot path. A nudge
         // that arrives meanwhile stays in the channel and starts the next checkpoint at once.
         thread::sleep(PACE);

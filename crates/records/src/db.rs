@@ -78,17 +78,26 @@ impl Head {
 /// A separate file, not the database: SQLite's own POSIX locks on the database are dropped when
 /// any descriptor of that file in the process closes, so we must not open it behind its back.
 pub(crate) fn lock_writer(path: &Path) -> Result<File, StoreError> {
-    let mut lock_path = path.as_os_str().to_owned();
-    lock_path.push("-lock");
-    let lock_path = PathBuf::from(lock_path);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            reason: format!("cannot create {}: {e}", parent.display()),
+        })?;
+    }
+    try_lock_writer(path)?.ok_or_else(|| StoreError::InUse {
+        path: path.display().to_string(),
+        lock: lock_path(path).display().to_string(),
+    })
+}
+
+/// Takes the writer lock if no process holds it (`None` if one does). Readers use this to find
+/// out whether a writer is running, and to keep one from starting while they recover.
+pub(crate) fn try_lock_writer(path: &Path) -> Result<Option<File>, StoreError> {
+    let lock_path = lock_path(path);
     let open_err = |reason: String| StoreError::Open {
         path: path.display().to_string(),
         reason,
     };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| open_err(format!("cannot create {}: {e}", parent.display())))?;
-    }
     let file = File::options()
         .create(true)
         .truncate(false)
@@ -96,11 +105,8 @@ pub(crate) fn lock_writer(path: &Path) -> Result<File, StoreError> {
         .open(&lock_path)
         .map_err(|e| open_err(format!("cannot open {}: {e}", lock_path.display())))?;
     match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(StoreError::InUse {
-            path: path.display().to_string(),
-            lock: lock_path.display().to_string(),
-        }),
+        Ok(()) => Ok(Some(file)),
+        Err(TryLockError::WouldBlock) => Ok(None),
         Err(TryLockError::Error(e)) => Err(open_err(format!(
             "cannot lock {}: {e}",
             lock_path.display()
@@ -108,26 +114,43 @@ pub(crate) fn lock_writer(path: &Path) -> Result<File, StoreError> {
     }
 }
 
-/// Opens (creating if needed) the database the writer thread will own. Call after
+fn lock_path(path: &Path) -> PathBuf {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push("-lock");
+    PathBuf::from(lock_path)
+}
+
+/// Opens (creating if needed) the database the indexer thread will own. Call after
 /// [`lock_writer`], which also creates the parent directories.
 pub(crate) fn open_writer(loc: &Location) -> Result<Connection, StoreError> {
+    let mut conn = open_read_write(loc, OpenFlags::SQLITE_OPEN_CREATE)?;
+    ensure_schema(&mut conn, &loc.path)?;
+    Ok(conn)
+}
+
+/// Opens an existing store read-write without creating anything: a reader indexing the
+/// journal a dead writer left behind. Call after [`open_reader`] checked it is a store.
+pub(crate) fn open_recovery(loc: &Location) -> Result<Connection, StoreError> {
+    open_read_write(loc, OpenFlags::empty())
+}
+
+fn open_read_write(loc: &Location, extra: OpenFlags) -> Result<Connection, StoreError> {
     let path = &loc.path;
     let open_err = |reason: String| StoreError::Open {
         path: path.display().to_string(),
         reason,
     };
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let mut conn = Connection::open_with_flags(path, flags).map_err(|e| open_err(describe(&e)))?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | extra;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| open_err(describe(&e)))?;
     configure_writer(&conn, loc).map_err(open_err)?;
-    ensure_schema(&mut conn, path)?;
     Ok(conn)
 }
 
 fn configure_writer(conn: &Connection, loc: &Location) -> Result<(), String> {
     conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| describe(&e))?;
     // WAL lets CLI readers run beside the gateway, and makes a commit one append to the log.
+    // The indexer syncs as the journal does: under `synchronous=full` the journal is emptied
+    // only of records whose SQLite commit was synced, so power loss cannot take them from both.
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
         .map_err(|e| describe(&e))?;

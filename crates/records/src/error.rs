@@ -57,6 +57,9 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// SQLite errors no longer reach appends (the journal is the commit point); kept for the
+    /// wording test.
+    #[cfg(test)]
     pub(crate) fn unavailable(err: &rusqlite::Error) -> Self {
         StoreError::Unavailable {
             reason: describe(err),
@@ -67,6 +70,20 @@ impl StoreError {
         StoreError::Read {
             reason: describe(err),
         }
+    }
+}
+
+/// A journal write or sync that failed: the batch is not committed.
+pub(crate) fn journal(path: &std::path::Path, err: &std::io::Error) -> StoreError {
+    use std::io::ErrorKind;
+    let cause = match err.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => "disk full",
+        ErrorKind::ReadOnlyFilesystem => "store is read-only",
+        ErrorKind::PermissionDenied => "permission denied",
+        _ => "I/O error",
+    };
+    StoreError::Unavailable {
+        reason: format!("{cause} (writing {}: {err})", path.display()),
     }
 }
 

@@ -1,42 +1,70 @@
 //! The tamper-evident audit store.
 //!
 //! Every connection attempt, session, statement, decision and error the gateway handles becomes
-//! one [`Record`]. Records are appended to an SQLite database by a single writer thread and form
+//! one [`Record`]. Records are committed by a single writer thread to an append-only journal
+//! file, indexed into an SQLite database (which every query reads) by a second thread, and form
 //! a SHA-256 hash chain, so `portcullis audit verify` can show that none was edited or removed.
 //!
 //! # When a record counts as written
 //!
-//! [`Store::append`] resolves only after the SQLite transaction holding the record has
-//! committed. The gateway forwards a statement only after that, and refuses the statement if
-//! `append` fails (disk full, store unavailable): no record, no statement.
+//! [`Store::append`] resolves only after the record is **committed: appended to the journal**
+//! (`PATH-records.journal` beside the database `PATH`) by one `write` call for its whole batch,
+//! and, under `synchronous=full`, synced with `fdatasync`. The gateway forwards a statement only
+//! after that, and refuses the statement if `append` fails (disk full, store unavailable): no
+//! record, no statement.
+//!
+//! SQLite is the index, not the commit point: the indexer thread inserts committed batches
+//! milliseconds later, many per transaction, and no append waits for it. If indexing fails (SQLite's disk full, a
+//! lock held too long) it is logged and retried; the records stay in the journal meanwhile.
 //!
 //! # What survives a crash
 //!
-//! The store runs in WAL mode.
-//!
 //! - **The gateway process dies (`kill -9`, panic, OOM kill):** no committed record is lost,
-//!   whatever the `synchronous` setting. Before `append` resolves, the commit has handed the
-//!   record to the operating system in the WAL file; the OS keeps it when the process dies, and
-//!   SQLite replays it when the store is next opened. Records whose `append` had not yet
-//!   resolved may or may not be present; their statements were not forwarded.
-//! - **Power loss or an OS crash, with `synchronous=normal` (the default):** the database stays
-//!   consistent and the chain stays valid, but transactions committed since the WAL was last
-//!   synced to disk may be lost — including records of statements that were forwarded. The WAL
-//!   is synced by the background checkpoint that follows writes within about 250 ms, so this is
-//!   usually the last fraction of a second of records, but no bound is promised.
-//! - **Power loss or an OS crash, with `sqlite://PATH?synchronous=full`:** each commit is synced
+//!   whatever the `synchronous` setting. Before `append` resolves, the record is in the
+//!   operating system's page cache as part of the journal file; the OS keeps it when the process
+//!   dies. The next [`Store::open`] (the gateway restarting) or [`Store::open_read_only`] (the
+//!   CLI, when no gateway is running) indexes every journal record SQLite lacks before doing
+//!   anything else, so `audit export` and `audit verify` right after the crash see them all.
+//!   Records whose `append` had not yet resolved may or may not be present; their statements
+//!   were not forwarded. A batch whose write the crash cut short fails its frame checksum and
+//!   is cut off.
+//! - **Power loss or an OS crash, with `synchronous=normal` (the default):** the journal and the
+//!   database are written to disk by the OS in its own time (SQLite's WAL is synced by the
+//!   background checkpoint within about 250 ms of indexing), so records committed in the last
+//!   moments may be lost — including records of statements that were forwarded. No bound is
+//!   promised. What remains is a valid chain, except in the unlucky case where the disk kept
+//!   newer journal records but lost older SQLite ones: recovery indexes them anyway and
+//!   `audit verify` names the gap.
+//! - **Power loss or an OS crash, with `sqlite://PATH?synchronous=full`:** each batch is synced
 //!   to disk before `append` resolves, so no committed record is lost, provided the disk honours
-//!   flushes. Group commit shares one sync among every session in the batch.
+//!   flushes. Group commit shares one sync among every session in the batch. The indexer syncs
+//!   its SQLite commits too, and the journal is only emptied of records whose commit was synced.
 //!
-//! All of this assumes a local filesystem; SQLite's locking and syncing are not reliable on
-//! network filesystems.
+//! All of this assumes a local filesystem; locking and syncing are not reliable on network
+//! filesystems. The journal belongs to its database as SQLite's `-wal` file does: copy, move or
+//! delete them together (and the writer must be stopped to take a consistent copy).
+//!
+//! # Reading while the gateway runs
+//!
+//! Queries read SQLite, which lags the journal by the indexing delay: the indexer commits at
+//! most every 10 ms, so usually 10–20 ms, longer if indexing is failing. To hide that:
+//!
+//! - [`Store::open_read_only`] in another process while the gateway runs (the CLI) first waits
+//!   until SQLite holds the last record the journal held when it opened, so `audit export` run
+//!   right after a statement shows its record. Records committed after the open appear in later
+//!   queries once indexed.
+//! - Queries in the writer's own process, through the writing [`Store`] or a read-only one
+//!   opened beside it, first wait for every record committed before the query.
+//!
+//! Both waits give up after two seconds (indexing failing: the writer logs why) and then read
+//! SQLite as it is.
 //!
 //! # The hash chain
 //!
 //! Each record's hash is SHA-256 over an unambiguous encoding of its id, time, kind, session,
 //! principal, connection, decision, policy, rule, canonical JSON detail and the previous
 //! record's hash (64 zeros for record 1); see `chain.rs`. Ids and times are assigned by the
-//! writer inside the transaction, so the chain order is the commit order and ids run 1, 2, 3…
+//! writer as it commits each batch, so the chain order is the commit order and ids run 1, 2, 3…
 //! without gaps.
 //!
 //! [`Store::verify`] walks the records in id order and names the first that is broken: a record
@@ -52,18 +80,29 @@
 //!
 //! # Concurrency and cost
 //!
-//! One writer thread owns the write connection. It blocks for the first queued record, takes
-//! everything else already queued (group commit across sessions), writes the batch in one
-//! transaction, commits, then wakes each waiter. A failed batch is rolled back and every waiter
-//! in it gets the error; the chain head is re-read from the database, and later appends succeed
-//! once the cause (say, a full disk) is gone. WAL checkpoints (which sync the database file) run
-//! on a separate thread so they do not stall commits. Queries and verification use their own
-//! read-only connections, which WAL lets run beside the writer.
+//! One writer thread owns the chain head and the journal. It blocks for the first queued
+//! record, takes everything else already queued (group commit across sessions), assigns ids and
+//! times, hashes the chain, appends the batch as one journal frame, then wakes each waiter and
+//! hands the batch to the indexer. So the hot path costs one `write` per batch (plus one
+//! `fdatasync` under `synchronous=full`), not SQLite's page writes, locks and WAL resets. A
+//! failed append is cut back off the journal and every waiter in the batch gets the error; the
+//! chain head stays where the journal ends, and later appends succeed once the cause (say, a
+//! full disk) is gone.
+//!
+//! The indexer inserts whatever batches have queued in one SQLite transaction. WAL checkpoints
+//! (which sync the database file) run on a third thread. Queries and verification use their own
+//! read-only connections, which WAL lets run beside the indexer. Between batches, once the
+//! journal is over 16 MiB and the indexer has everything in it in SQLite, the writer empties it;
+//! under steady load that means waiting a moment for the indexer about once per 16 MiB. While
+//! indexing fails the journal is never emptied, and batches the indexer has not yet inserted
+//! are held in its memory.
 
 mod chain;
 mod checkpoint;
 mod db;
 mod error;
+mod indexer;
+mod journal;
 mod location;
 mod query;
 mod record;

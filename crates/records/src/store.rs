@@ -1,21 +1,33 @@
-//! [`Store`]: the handle the gateway and the CLI hold. It ties the writer thread (appends) to
-//! per-call reader connections (queries and verification).
+//! [`Store`]: the handle the gateway and the CLI hold. It ties the writer thread (appends), the
+//! indexer and checkpointer behind it, and per-call reader connections (queries and
+//! verification).
 
 use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use crate::indexer::{self, Progress};
+use crate::journal::{self, Journal};
+use crate::location::{self, Location, Synchronous};
 use crate::query::{self, SessionFilter, SessionSummary};
 use crate::verify::{self, VerifyReport};
 use crate::writer::{self, Job, Stats};
-use crate::{checkpoint, db, location, NewRecord, Record, StoreError};
+use crate::{checkpoint, db, NewRecord, Record, StoreError};
+
+/// How long a reader waits for the indexer to catch up with what was already committed, before
+/// reading SQLite as it is (indexing is failing; the writer has logged why).
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(2);
+
+/// Writers open in this process, by canonical database path, so a read-only store opened beside
+/// one (the admin API, tests) sees every record already committed, not a lagging index.
+static WRITERS: Mutex<Vec<(PathBuf, Weak<Progress>)>> = Mutex::new(Vec::new());
 
 /// The audit store. Cloning is cheap and every clone shares the one writer thread; the writer
 /// stops (after writing everything queued) when the last clone is dropped.
@@ -28,23 +40,31 @@ struct Inner {
     path: PathBuf,
     /// `None` for read-only stores.
     writer: Option<WriterHandle>,
+    /// The writer of this store in this process, if any: queries wait for it to index what it
+    /// has committed.
+    progress: Option<Arc<Progress>>,
 }
 
 struct WriterHandle {
     /// Always `Some` until drop; an `Option` so drop can close the channel before joining.
     jobs: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
-    /// Stops by itself once the writer (which holds its nudge channel) has stopped.
+    /// Stops by itself once the writer (which holds its channel) has stopped.
+    indexer: Option<JoinHandle<()>>,
+    /// Stops by itself once the indexer (which holds its nudge channel) has stopped.
     checkpointer: Option<JoinHandle<()>>,
+    progress: Arc<Progress>,
+    journal: PathBuf,
     #[cfg_attr(not(test), allow(dead_code))]
     stats: Arc<Stats>,
-    /// Released (closed) only after both threads have stopped.
+    /// Released (closed) only after every thread has stopped.
     _lock: File,
 }
 
 impl Drop for WriterHandle {
-    /// Closing the channel lets the writer finish what is queued; joining means records queued
-    /// with `append_detached` are on disk before the process goes on to exit.
+    /// Closing the channel lets the writer finish what is queued and the indexer index it;
+    /// joining means records queued with `append_detached` are committed before the process goes
+    /// on to exit.
     fn drop(&mut self) {
         drop(self.jobs.take());
         if let Some(thread) = self.thread.take() {
@@ -52,8 +72,24 @@ impl Drop for WriterHandle {
                 tracing::error!("audit writer thread had panicked");
             }
         }
+        if let Some(thread) = self.indexer.take() {
+            if thread.join().is_err() {
+                tracing::error!("audit indexer thread had panicked");
+            }
+        }
         if let Some(thread) = self.checkpointer.take() {
             let _ = thread.join();
+        }
+        // Everything is in SQLite: leave no journal for the next open (or a CLI) to scan.
+        if self.progress.indexed()
+            >= self
+                .progress
+                .written
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
+            if let Ok(file) = File::options().write(true).open(&self.journal) {
+                let _ = file.set_len(0);
+            }
         }
     }
 }
@@ -69,42 +105,79 @@ impl fmt::Debug for Store {
 
 impl Store {
     /// Opens `sqlite://PATH[?synchronous=full|normal]`, creating parent directories and the
-    /// schema if needed, and starts the writer thread. Only one process may have a store open
-    /// for writing ([`StoreError::InUse`]); it holds `PATH-lock` while it does.
+    /// schema if needed, indexes whatever the journal (`PATH-records.journal`) holds that SQLite
+    /// does not, and starts the writer. Only one process may have a store open for writing
+    /// ([`StoreError::InUse`]); it holds `PATH-lock` while it does.
     pub fn open(url: &str) -> Result<Store, StoreError> {
         let loc = location::parse(url)?;
         let lock = db::lock_writer(&loc.path)?;
-        let conn = db::open_writer(&loc)?;
-        let thread_err = |e: std::io::Error| StoreError::Open {
+        let mut conn = db::open_writer(&loc)?;
+        let head = journal::recover(&mut conn, &loc.path)?;
+        let open_err = |reason: String| StoreError::Open {
             path: loc.path.display().to_string(),
-            reason: format!("cannot start a store thread: {e}"),
+            reason,
         };
+        let journal_path = journal::path(&loc.path);
+        let journal = Journal::open(journal_path.clone(), loc.synchronous == Synchronous::Full)
+            .map_err(|e| open_err(format!("cannot open {}: {e}", journal_path.display())))?;
+        let thread_err = |e: std::io::Error| open_err(format!("cannot start a store thread: {e}"));
         let (nudge, checkpointer) =
             checkpoint::spawn(db::open_checkpointer(&loc)?).map_err(thread_err)?;
+        let progress = Arc::new(Progress::new(head.id));
+        let (index_tx, index_rx) = mpsc::channel();
+        let indexer =
+            indexer::spawn(conn, index_rx, nudge, Arc::clone(&progress)).map_err(thread_err)?;
         let stats = Arc::new(Stats::default());
-        let (jobs, thread) = writer::spawn(conn, nudge, Arc::clone(&stats)).map_err(thread_err)?;
+        let (jobs, thread) = writer::spawn(
+            journal,
+            head,
+            index_tx,
+            Arc::clone(&progress),
+            Arc::clone(&stats),
+        )
+        .map_err(thread_err)?;
+        register(&loc.path, &progress);
         let writer = WriterHandle {
             jobs: Some(jobs),
             thread: Some(thread),
+            indexer: Some(indexer),
             checkpointer: Some(checkpointer),
+            progress: Arc::clone(&progress),
+            journal: journal_path,
             stats,
             _lock: lock,
         };
-        Ok(Store::with(loc.path, Some(writer)))
+        Ok(Store::with(loc.path, Some(writer), Some(progress)))
     }
 
     /// Opens an existing store for queries only (the CLI, with the gateway running or stopped).
     /// Never creates anything; appends fail with [`StoreError::ReadOnly`].
+    ///
+    /// If no writer is running (the gateway stopped or was killed), this first indexes the
+    /// records its journal holds that SQLite does not, so they are all visible; that needs write
+    /// access to the store's directory. If a writer is running in another process, this waits
+    /// (up to two seconds) until SQLite holds every record the journal held at the open; queries
+    /// then read SQLite as it is, so records committed after the open may be missing until they
+    /// are indexed (usually 10–20 ms later).
     pub fn open_read_only(url: &str) -> Result<Store, StoreError> {
         let loc = location::parse(url)?;
         // Opening once now reports a missing or foreign file here rather than at first query.
         db::open_reader(&loc.path)?;
-        Ok(Store::with(loc.path, None))
+        let writer_running = !recover_abandoned(&loc)?;
+        let progress = running_writer(&loc.path);
+        if writer_running && progress.is_none() {
+            catch_up_with_journal(&loc.path);
+        }
+        Ok(Store::with(loc.path, None, progress))
     }
 
-    fn with(path: PathBuf, writer: Option<WriterHandle>) -> Store {
+    fn with(path: PathBuf, writer: Option<WriterHandle>, progress: Option<Arc<Progress>>) -> Store {
         Store {
-            inner: Arc::new(Inner { path, writer }),
+            inner: Arc::new(Inner {
+                path,
+                writer,
+                progress,
+            }),
         }
     }
 
@@ -113,8 +186,8 @@ impl Store {
         &self.inner.path
     }
 
-    /// Appends a record and resolves once the transaction containing it has committed, with its
-    /// id. An error means the record is not stored: the statement it describes must be refused.
+    /// Appends a record and resolves once it is committed (in the journal), with its id. An
+    /// error means the record is not stored: the statement it describes must be refused.
     pub async fn append(&self, record: NewRecord) -> Result<i64, StoreError> {
         let (ack, done) = oneshot::channel();
         self.send(Job::Append {
@@ -186,10 +259,76 @@ impl Store {
     }
 
     /// A fresh connection per query: queries are rare next to appends, and this keeps the handle
-    /// free of locks shared with the hot path.
+    /// free of locks shared with the hot path. With the writer in this process, first waits until
+    /// SQLite holds everything committed so far.
     fn reader(&self) -> Result<Connection, StoreError> {
+        if let Some(progress) = &self.inner.progress {
+            if !progress.wait_indexed(CATCH_UP_LIMIT) {
+                tracing::warn!("audit indexing is behind; this query may miss the newest records");
+            }
+        }
         db::open_reader(&self.inner.path)
     }
+}
+
+/// Indexes the journal of a store whose writer is gone, holding the writer lock meanwhile (a
+/// gateway starting at that moment gets [`StoreError::InUse`]). Nothing to do if the journal is
+/// empty or a writer is running. Returns `false` if a writer is running.
+fn recover_abandoned(loc: &Location) -> Result<bool, StoreError> {
+    let journal = journal::path(&loc.path);
+    if std::fs::metadata(&journal).map_or(true, |m| m.len() == 0) {
+        return Ok(true);
+    }
+    let Some(_lock) = db::try_lock_writer(&loc.path)? else {
+        return Ok(false);
+    };
+    let mut conn = db::open_recovery(loc)?;
+    journal::recover(&mut conn, &loc.path)?;
+    Ok(true)
+}
+
+/// With a writer running in another process: waits (at most [`CATCH_UP_LIMIT`]) until SQLite
+/// holds the last record in the journal now, so a query right after a statement sees its record.
+/// Errors are left for the queries to report.
+fn catch_up_with_journal(path: &Path) {
+    let Ok(bytes) = std::fs::read(journal::path(path)) else {
+        return;
+    };
+    let Some(target) = journal::last_id(&bytes) else {
+        return;
+    };
+    let Ok(conn) = db::open_reader(path) else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + CATCH_UP_LIMIT;
+    while db::read_head(&conn).is_ok_and(|head| head.id < target) {
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(
+                "audit indexing is behind the running gateway; the newest records may be missing"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| path.to_owned())
+}
+
+fn register(path: &Path, progress: &Arc<Progress>) {
+    let mut writers = WRITERS.lock().unwrap_or_else(|p| p.into_inner());
+    writers.retain(|(_, w)| w.strong_count() > 0);
+    writers.push((canonical(path), Arc::downgrade(progress)));
+}
+
+fn running_writer(path: &Path) -> Option<Arc<Progress>> {
+    let path = canonical(path);
+    let writers = WRITERS.lock().unwrap_or_else(|p| p.into_inner());
+    writers
+        .iter()
+        .filter(|(p, _)| *p == path)
+        .find_map(|(_, w)| w.upgrade())
 }
 
 #[cfg(test)]
@@ -210,17 +349,38 @@ impl Store {
         })
     }
 
-    /// Runs `f` on the writer thread with the writer's own connection, between batches.
-    pub(crate) async fn with_writer_connection<T: Send + 'static>(
+    /// Runs `f` on the writer thread, between batches.
+    pub(crate) async fn with_writer<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut writer::Writer) -> T + Send + 'static,
+    ) -> T {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Run(Box::new(move |w| {
+            let _ = tx.send(f(w));
+        })))
+        .expect("writer running");
+        rx.await.expect("writer answered")
+    }
+
+    /// Runs `f` on the indexer's SQLite connection, once everything committed before has been
+    /// handed to SQLite (or has failed to be).
+    pub(crate) async fn with_index_connection<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> T + Send + 'static,
     ) -> T {
         let (tx, rx) = oneshot::channel();
-        self.send(Job::Run(Box::new(move |conn| {
-            let _ = tx.send(f(conn));
-        })))
-        .expect("writer running");
-        rx.await.expect("writer answered")
+        self.with_writer(move |w| {
+            w.on_index_connection(Box::new(move |conn| {
+                let _ = tx.send(f(conn));
+            }));
+        })
+        .await;
+        rx.await.expect("indexer answered")
+    }
+
+    /// The last id SQLite holds, as far as the indexer has reported.
+    pub(crate) fn indexed(&self) -> i64 {
+        self.inner.progress.as_ref().map_or(0, |p| p.indexed())
     }
 }
 

@@ -1,33 +1,47 @@
 //! The single writer thread: every record of every session goes through it, in order, with
 //! group commit.
 //!
-//! Why one thread: the chain needs a total order (each record hashes the one before it), and
-//! SQLite allows one writer at a time anyway. Why group commit: a commit is the expensive part
-//! (a WAL append, plus an fsync under `synchronous=full`); while one batch commits, the next
-//! batch piles up in the channel and is written by the next single transaction, so the cost per
-//! statement falls as load rises instead of serialising sessions behind each other's commits.
+//! Why one thread: the chain needs a total order (each record hashes the one before it). Why
+//! group commit: the commit is the expensive part (a `write` to the journal, plus an
+//! `fdatasync` under `synchronous=full`); while one batch commits, the next batch piles up in
+//! the channel and is committed by the next single write, so the cost per statement falls as
+//! load rises instead of serialising sessions behind each other's commits.
 //!
-//! Ids and times are assigned here, inside the transaction, so chain order is commit order. If a
-//! batch fails, its transaction is rolled back, every waiter gets the error (and refuses its
-//! statement), and the in-memory head is forgotten and re-read from the database before the next
-//! batch, so a failed batch never leaves a hole or a fork in the chain.
+//! Per batch the writer assigns ids and times (so chain order is commit order), hashes the
+//! chain, appends the batch to the journal as one frame, acknowledges every waiter, and hands
+//! the records to the indexer thread for SQLite. If the append fails, the journal is cut back
+//! to what it held, every waiter gets the error (and refuses its statement), and the chain head
+//! stays where the journal ends, so a failed batch never leaves a hole or a fork in the chain.
+//! Between batches, once the journal is large and the indexer has everything in it in SQLite,
+//! the writer empties it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
-use rusqlite::{params, Connection, TransactionBehavior};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
-use crate::chain::{canonical_json, Link};
+use crate::chain::canonical_json;
 use crate::db::{self, Head};
+use crate::indexer::{IndexJob, Progress};
+use crate::journal::{self, Entry, Journal};
 use crate::{NewRecord, RecordKind, StoreError};
 
-/// Most records written by one transaction. Bounds how long the first waiter of a large batch
-/// waits, and the memory of one batch.
+/// Most records committed by one journal write. Bounds how long the first waiter of a large
+/// batch waits, and the memory of one batch.
 const MAX_BATCH: usize = 1024;
+
+/// Journal size above which the writer empties it, once everything in it is indexed.
+const JOURNAL_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// Under steady load the indexer is always a batch or two behind, so the journal is never
+/// fully indexed at the moment the writer looks. Past twice the limit the writer therefore
+/// waits (once, at most this long) for the indexer to catch up: a pause of a few milliseconds
+/// every 16 MiB of records. If indexing is failing it gives up and tries again a limit later.
+const CATCH_UP_WAIT: Duration = Duration::from_millis(250);
 
 pub(crate) type AppendAck = oneshot::Sender<Result<i64, StoreError>>;
 pub(crate) type FlushAck = oneshot::Sender<Result<(), StoreError>>;
@@ -41,13 +55,13 @@ pub(crate) enum Job {
     },
     /// Acknowledge once everything queued before it is committed.
     Flush(FlushAck),
-    /// Tests reach the writer's own connection (connection-scoped pragmas, panics).
+    /// Tests reach the writer itself (failure hooks, stalls, panics), between batches.
     #[cfg(test)]
-    Run(Box<dyn FnOnce(&mut Connection) + Send>),
+    Run(Box<dyn FnOnce(&mut Writer) + Send>),
 }
 
 /// A record ready for the writer: the detail is already canonical JSON text, serialised on the
-/// caller's thread so the serial writer only hashes and inserts.
+/// caller's thread so the serial writer only hashes and appends.
 #[derive(Debug)]
 pub(crate) struct Pending {
     kind: RecordKind,
@@ -75,28 +89,10 @@ impl From<NewRecord> for Pending {
     }
 }
 
-impl Pending {
-    fn link<'a>(&'a self, id: i64, time: &'a str, prev_hash: &'a str) -> Link<'a> {
-        Link {
-            id,
-            time,
-            kind: self.kind.as_str(),
-            session_id: self.session_id.as_deref(),
-            principal: self.principal.as_deref(),
-            connection: self.connection.as_deref(),
-            decision: self.decision.as_deref(),
-            policy: self.policy.as_deref(),
-            rule: self.rule.as_deref(),
-            detail: &self.detail,
-            prev_hash,
-        }
-    }
-}
-
 /// Counters the tests use to prove batching happens.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
-    /// Transactions attempted (one per batch that held at least one append).
+    /// Journal appends attempted (one per batch that held at least one append).
     pub(crate) batches: AtomicU64,
     /// Jobs handed to the writer's channel, so tests can tell when work has queued up.
     #[cfg(test)]
@@ -110,31 +106,48 @@ struct Lost {
     reason: String,
 }
 
-struct Writer {
-    conn: Connection,
-    /// `None` after a failed batch (or before the first): re-read from the database.
-    head: Option<Head>,
+pub(crate) struct Writer {
+    journal: Journal,
+    /// The last record in the journal (or, when it is empty, in SQLite).
+    head: Head,
+    /// Reused for every frame.
+    frame: Vec<u8>,
+    index: Sender<IndexJob>,
+    progress: Arc<Progress>,
     lost: Lost,
     failing: bool,
-    /// Tells the checkpointer there is WAL to copy back.
-    checkpoint: SyncSender<()>,
     stats: Arc<Stats>,
+    journal_limit: u64,
+    /// Journal size past which the writer waits for the indexer before emptying the journal.
+    wait_at: u64,
+    /// Test hook: the next journal appends fail, as on a full disk.
+    #[cfg(test)]
+    fail_appends: bool,
 }
 
-/// Starts the writer thread. It stops when every sender is dropped, after writing what is queued.
+/// Starts the writer thread, continuing the chain from `head`. It stops when every sender is
+/// dropped, after committing what is queued; dropping its `index` sender then stops the indexer.
 pub(crate) fn spawn(
-    conn: Connection,
-    checkpoint: SyncSender<()>,
+    journal: Journal,
+    head: Head,
+    index: Sender<IndexJob>,
+    progress: Arc<Progress>,
     stats: Arc<Stats>,
 ) -> std::io::Result<(Sender<Job>, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel();
     let writer = Writer {
-        conn,
-        head: None,
+        journal,
+        head,
+        frame: Vec::new(),
+        index,
+        progress,
         lost: Lost::default(),
         failing: false,
-        checkpoint,
         stats,
+        journal_limit: JOURNAL_LIMIT,
+        wait_at: 2 * JOURNAL_LIMIT,
+        #[cfg(test)]
+        fail_appends: false,
     };
     let handle = thread::Builder::new()
         .name("portcullis-records-writer".into())
@@ -146,76 +159,135 @@ impl Writer {
     fn run(mut self, rx: Receiver<Job>) {
         while let Ok(first) = rx.recv() {
             let batch = drain(first, &rx);
+            self.maybe_empty_journal();
             self.process(batch);
         }
         tracing::debug!("audit writer stopping: every store handle is gone");
     }
 
     fn process(&mut self, batch: Vec<Job>) {
-        let mut appends = Vec::with_capacity(batch.len());
+        let mut records = Vec::with_capacity(batch.len());
+        let mut acks = Vec::with_capacity(batch.len());
         let mut flushes = Vec::new();
         for job in batch {
             match job {
-                Job::Append { record, ack } => appends.push((record, ack)),
+                Job::Append { record, ack } => {
+                    records.push(record);
+                    acks.push(ack);
+                }
                 Job::Flush(ack) => flushes.push(ack),
                 #[cfg(test)]
-                Job::Run(f) => f(&mut self.conn),
+                Job::Run(f) => f(self),
             }
         }
-        let result = if appends.is_empty() {
-            Ok(Vec::new())
+        let result = if records.is_empty() {
+            Ok(0)
         } else {
-            self.commit(appends.iter().map(|(record, _)| record))
+            self.commit(records)
         };
-        self.acknowledge_appends(appends, &result);
+        self.acknowledge_appends(acks, &result);
         self.acknowledge_flushes(flushes, result.map(|_| ()));
     }
 
-    /// Writes one batch in one transaction; on success returns the ids in queue order.
-    fn commit<'a>(
-        &mut self,
-        records: impl Iterator<Item = &'a Pending>,
-    ) -> Result<Vec<i64>, StoreError> {
+    /// Commits one batch with one journal append; on success returns the first id (the batch
+    /// has consecutive ids in queue order) and hands the records to the indexer.
+    fn commit(&mut self, records: Vec<Pending>) -> Result<i64, StoreError> {
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        // Taking the head means any failure below leaves it unknown, forcing a re-read.
-        let head = match self.head.take() {
-            Some(head) => head,
-            None => db::read_head(&self.conn).map_err(|e| StoreError::unavailable(&e))?,
+        let first = self.head.id + 1;
+        let mut prev_hash = self.head.hash.clone();
+        let mut entries = Vec::with_capacity(records.len());
+        for (id, r) in (first..).zip(records) {
+            let mut entry = Entry {
+                id,
+                time: db::format_time(OffsetDateTime::now_utc()),
+                kind: r.kind.as_str().to_owned(),
+                session_id: r.session_id,
+                principal: r.principal,
+                connection: r.connection,
+                decision: r.decision,
+                policy: r.policy,
+                rule: r.rule,
+                detail: r.detail,
+                prev_hash,
+                hash: String::new(),
+            };
+            entry.hash = entry.link().hash();
+            prev_hash = entry.hash.clone();
+            entries.push(entry);
+        }
+        journal::encode_frame(&mut self.frame, &entries);
+        // The head moves only once the frame is in the journal.
+        self.append_frame()?;
+        let last = entries.last().expect("a batch has records");
+        self.head = Head {
+            id: last.id,
+            hash: last.hash.clone(),
         };
-        let (ids, head) =
-            write_batch(&mut self.conn, head, records).map_err(|e| StoreError::unavailable(&e))?;
-        self.head = Some(head);
-        // A full channel means a checkpoint is already due; never wait for it.
-        let _ = self.checkpoint.try_send(());
-        Ok(ids)
+        self.progress.written.store(last.id, Ordering::Release);
+        // The indexer only stops after this thread does, so this cannot fail while we run.
+        let _ = self.index.send(IndexJob::Batch(entries));
+        Ok(first)
+    }
+
+    fn append_frame(&mut self) -> Result<(), StoreError> {
+        #[cfg(test)]
+        if self.fail_appends {
+            return self.journal.append_torn(&self.frame);
+        }
+        self.journal.append(&self.frame)
+    }
+
+    /// Empties the journal once it is large and SQLite holds everything in it. Never while
+    /// indexing is behind (or failing): then the journal is the only copy of some records.
+    fn maybe_empty_journal(&mut self) {
+        let len = self.journal.len();
+        if len <= self.journal_limit {
+            return;
+        }
+        let indexed = self.progress.indexed() >= self.head.id
+            || (len > self.wait_at && self.progress.wait_for(self.head.id, CATCH_UP_WAIT));
+        if !indexed {
+            if len > self.wait_at {
+                self.wait_at = len + self.journal_limit;
+            }
+            return;
+        }
+        match self.journal.truncate() {
+            Ok(()) => {
+                self.wait_at = 2 * self.journal_limit;
+                tracing::trace!("audit journal emptied; SQLite holds every record");
+            }
+            Err(err) => tracing::warn!(error = %err,
+                "cannot empty the audit journal; it keeps growing until this succeeds"),
+        }
     }
 
     fn acknowledge_appends(
         &mut self,
-        appends: Vec<(Pending, Option<AppendAck>)>,
-        result: &Result<Vec<i64>, StoreError>,
+        acks: Vec<Option<AppendAck>>,
+        result: &Result<i64, StoreError>,
     ) {
         match result {
-            Ok(ids) => {
+            Ok(first) => {
                 if std::mem::take(&mut self.failing) {
                     tracing::info!("audit store writable again");
                 }
-                for ((_, ack), id) in appends.into_iter().zip(ids) {
+                for (ack, id) in acks.into_iter().zip(*first..) {
                     if let Some(ack) = ack {
                         // A dropped receiver means the caller stopped waiting; the record stays.
-                        let _ = ack.send(Ok(*id));
+                        let _ = ack.send(Ok(id));
                     }
                 }
             }
-            Err(err) => self.fail_batch(appends, err),
+            Err(err) => self.fail_batch(acks, err),
         }
     }
 
-    fn fail_batch(&mut self, appends: Vec<(Pending, Option<AppendAck>)>, err: &StoreError) {
+    fn fail_batch(&mut self, acks: Vec<Option<AppendAck>>, err: &StoreError) {
         self.failing = true;
-        let total = appends.len();
+        let total = acks.len();
         let mut detached = 0u64;
-        for (_, ack) in appends {
+        for ack in acks {
             match ack {
                 Some(ack) => {
                     let _ = ack.send(Err(err.clone()));
@@ -250,6 +322,32 @@ impl Writer {
     }
 }
 
+/// Test hooks, run on the writer thread through [`Job::Run`].
+#[cfg(test)]
+impl Writer {
+    /// Makes journal appends fail (after writing half the frame) until called with `false`.
+    pub(crate) fn fail_journal_appends(&mut self, fail: bool) {
+        self.fail_appends = fail;
+    }
+
+    pub(crate) fn set_journal_limit(&mut self, bytes: u64) {
+        self.journal_limit = bytes;
+        self.wait_at = 2 * bytes;
+    }
+
+    pub(crate) fn journal_len(&self) -> u64 {
+        self.journal.len()
+    }
+
+    /// Runs `f` on the indexer's connection once everything committed before is attempted.
+    pub(crate) fn on_index_connection(
+        &mut self,
+        f: Box<dyn FnOnce(&mut rusqlite::Connection) + Send>,
+    ) {
+        let _ = self.index.send(IndexJob::Run(f));
+    }
+}
+
 /// Takes the first job plus whatever else is already queued, up to [`MAX_BATCH`].
 fn drain(first: Job, rx: &Receiver<Job>) -> Vec<Job> {
     let mut batch = vec![first];
@@ -260,41 +358,4 @@ fn drain(first: Job, rx: &Receiver<Job>) -> Vec<Job> {
         }
     }
     batch
-}
-
-/// Inserts the records after `head` in one immediate transaction. Dropping the transaction on
-/// any error rolls it back, so either the whole batch is in the chain or none of it is.
-fn write_batch<'a>(
-    conn: &mut Connection,
-    mut head: Head,
-    records: impl Iterator<Item = &'a Pending>,
-) -> rusqlite::Result<(Vec<i64>, Head)> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut ids = Vec::new();
-    {
-        let mut insert = tx.prepare_cached(db::INSERT)?;
-        for r in records {
-            let id = head.id + 1;
-            let time = db::format_time(OffsetDateTime::now_utc());
-            let hash = r.link(id, &time, &head.hash).hash();
-            insert.execute(params![
-                id,
-                time,
-                r.kind.as_str(),
-                r.session_id,
-                r.principal,
-                r.connection,
-                r.decision,
-                r.policy,
-                r.rule,
-                r.detail,
-                head.hash,
-                hash,
-            ])?;
-            head = Head { id, hash };
-            ids.push(id);
-        }
-    }
-    tx.commit()?;
-    Ok((ids, head))
 }

@@ -31,6 +31,50 @@ fn tamper(dir: &TempDir) -> Connection {
     conn
 }
 
+fn journal_bytes(dir: &TempDir) -> Vec<u8> {
+    std::fs::read(dir.path().join("data/audit.db-records.journal")).unwrap()
+}
+
+fn ids_of(entries: &[crate::journal::Entry]) -> Vec<i64> {
+    entries.iter().map(|e| e.id).collect()
+}
+
+/// Stalls the indexer (after it has indexed everything before) until the returned sender is
+/// used or dropped, so the next appends are committed to the journal but not in SQLite.
+async fn stall_indexer(store: &Store) -> std::sync::mpsc::Sender<()> {
+    let (release, stalled) = std::sync::mpsc::channel::<()>();
+    let (started, running) = tokio::sync::oneshot::channel();
+    store
+        .with_writer(move |w| {
+            w.on_index_connection(Box::new(move |_| {
+                let _ = started.send(());
+                let _ = stalled.recv();
+            }));
+        })
+        .await;
+    running.await.unwrap();
+    release
+}
+
+/// The store's files as a `kill -9` would leave them now: a consistent copy of the database
+/// (`VACUUM INTO`) and the journal, in `dir/image`. Returns the copy's URL.
+fn crash_image(dir: &TempDir) -> String {
+    let image = dir.path().join("image/audit.db");
+    std::fs::create_dir_all(image.parent().unwrap()).unwrap();
+    tamper(dir)
+        .execute("VACUUM INTO ?1", [image.to_str().unwrap()])
+        .unwrap();
+    std::fs::write(crate::journal::path(&image), journal_bytes(dir)).unwrap();
+    format!("sqlite://{}", image.display())
+}
+
+fn count_in_sqlite(url: &str) -> i64 {
+    Connection::open(url.strip_prefix("sqlite://").unwrap())
+        .unwrap()
+        .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+        .unwrap()
+}
+
 fn statement(session: &str, decision: &str, sql: &str) -> NewRecord {
     NewRecord::new(RecordKind::Statement)
         .session_id(session)
@@ -48,6 +92,8 @@ async fn store_with(url: &str, n: usize) -> Store {
             .await
             .unwrap();
     }
+    // Tests edit the SQLite file behind the store's back: the records must be there by then.
+    store.with_index_connection(|_| ()).await;
     store
 }
 
@@ -160,25 +206,29 @@ async fn concurrent_appends_get_unique_contiguous_ids() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_appends_share_one_commit() {
-    let (dir, url) = temp_url();
+    let (_dir, url) = temp_url();
     let store = store_with(&url, 1).await;
     let before = store.batches();
     let queued = store.queued();
 
-    // Hold the write lock so the writer stalls on its next batch while the others queue up.
-    let blocker = tamper(&dir);
-    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // Stall the writer between batches while the others queue up.
+    let (release, stalled) = std::sync::mpsc::channel::<()>();
+    store
+        .send(crate::writer::Job::Run(Box::new(move |_| {
+            let _ = stalled.recv();
+        })))
+        .unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..100 {
         let store = store.clone();
         tasks.spawn(async move { store.append(statement("s", "allow", &format!("{i}"))).await });
     }
     let deadline = Instant::now() + Duration::from_secs(3);
-    while store.queued() - queued < 100 {
+    while store.queued() - queued < 101 {
         assert!(Instant::now() < deadline, "appends did not queue");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    blocker.execute_batch("COMMIT").unwrap();
+    release.send(()).unwrap();
 
     let mut ids = BTreeSet::new();
     while let Some(id) = tasks.join_next().await {
@@ -186,7 +236,7 @@ async fn waiting_appends_share_one_commit() {
     }
     assert_eq!(ids, (2..=101).collect());
     let batches = store.batches() - before;
-    // The batch stuck on the lock, then everything that queued behind it.
+    // Everything that queued behind the stall, in at most two writes.
     assert!(
         batches <= 2,
         "100 waiting appends took {batches} transactions"
@@ -352,12 +402,57 @@ async fn truncated_tail_is_invisible_until_the_gateway_writes_again() {
 }
 
 #[tokio::test]
-async fn full_disk_refuses_appends_then_recovers_with_an_intact_chain() {
-    let (_dir, url) = temp_url();
+async fn failed_journal_write_refuses_appends_then_recovers_with_an_intact_chain() {
+    let (dir, url) = temp_url();
     let store = store_with(&url, 3).await;
-    // max_page_count is per connection, so it has to be set on the writer's own connection.
+    let journal_before = store.with_writer(|w| w.journal_len()).await;
+    // Each failing append writes half its frame, then fails as a full disk does.
+    store.with_writer(|w| w.fail_journal_appends(true)).await;
+    let big = "x".repeat(64 * 1024);
+    let err = store
+        .append(statement("s1", "allow", &big))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with("audit store unavailable: disk full (writing ")
+            && text.contains("audit.db-records.journal"),
+        "{text}"
+    );
+    store.append_detached(statement("s1", "allow", &big));
+    let err = store.flush().await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::RecordsLost { count: 1, .. }),
+        "{err}"
+    );
+    // Reported once: the next flush has nothing new to report.
+    store.flush().await.unwrap();
+    // The half-written frames were cut off again.
+    assert_eq!(store.with_writer(|w| w.journal_len()).await, journal_before);
+    assert_eq!(journal_bytes(&dir).len() as u64, journal_before);
+    assert_intact(&store.verify().unwrap(), 3);
+
+    store.with_writer(|w| w.fail_journal_appends(false)).await;
+    let id = store.append(statement("s1", "allow", &big)).await.unwrap();
+    assert_eq!(id, 4, "failed batches must not leave gaps");
+    assert_intact(&store.verify().unwrap(), 4);
+    // The journal holds exactly the committed records, nothing of the failed batches.
+    let scan = crate::journal::scan(&journal_bytes(&dir));
+    assert_eq!(scan.valid_len, journal_bytes(&dir).len() as u64);
+    assert_eq!(ids_of(&scan.entries), [1, 2, 3, 4]);
+    let records = store.records(None).unwrap();
+    assert_eq!(records[3].prev_hash, records[2].hash);
+}
+
+#[tokio::test]
+async fn full_disk_under_sqlite_delays_indexing_but_loses_no_record() {
+    let (dir, url) = temp_url();
+    let store = store_with(&url, 3).await;
+    // Empty the journal whenever it is fully indexed: it must not be while indexing fails.
+    store.with_writer(|w| w.set_journal_limit(1)).await;
+    // max_page_count is per connection, so it has to be set on the indexer's own connection.
     store
-        .with_writer_connection(|conn| {
+        .with_index_connection(|conn| {
             let pages: i64 = conn
                 .query_row("PRAGMA page_count", [], |r| r.get(0))
                 .unwrap();
@@ -368,35 +463,55 @@ async fn full_disk_refuses_appends_then_recovers_with_an_intact_chain() {
         })
         .await;
     let big = "x".repeat(64 * 1024);
-    let err = store
-        .append(statement("s1", "allow", &big))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "audit store unavailable: disk full (database or disk is full)"
-    );
+    // Committed in the journal: SQLite being full does not refuse the statement.
+    let id = store.append(statement("s1", "allow", &big)).await.unwrap();
+    assert_eq!(id, 4);
     store.append_detached(statement("s1", "allow", &big));
-    let err = store.flush().await.unwrap_err();
-    assert!(
-        matches!(err, StoreError::RecordsLost { count: 1, .. }),
-        "{err}"
-    );
-    // Reported once: the next flush has nothing new to report.
     store.flush().await.unwrap();
-    assert_intact(&store.verify().unwrap(), 3);
+    let id = store
+        .append(statement("s1", "allow", "small"))
+        .await
+        .unwrap();
+    assert_eq!(id, 6);
+    // Indexing was attempted and failed; the records are only in the journal, which is kept
+    // (records 1 to 3 were indexed, so the first batch after the limit changed emptied it).
+    store.with_index_connection(|_| ()).await;
+    assert_eq!(store.indexed(), 3);
+    let in_sqlite: i64 = tamper(&dir)
+        .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(in_sqlite, 3);
+    assert_eq!(
+        ids_of(&crate::journal::scan(&journal_bytes(&dir)).entries),
+        [4, 5, 6]
+    );
 
     store
-        .with_writer_connection(|conn| {
+        .with_index_connection(|conn| {
             conn.query_row("PRAGMA max_page_count = 1073741823", [], |r| {
                 r.get::<_, i64>(0)
             })
             .unwrap();
         })
         .await;
-    let id = store.append(statement("s1", "allow", &big)).await.unwrap();
-    assert_eq!(id, 4, "failed batches must not leave gaps");
-    assert_intact(&store.verify().unwrap(), 4);
+    // The retry indexes everything, in order.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.indexed() < 6 {
+        assert!(Instant::now() < deadline, "indexing did not resume");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_intact(&store.verify().unwrap(), 6);
+    assert_eq!(store.records(None).unwrap()[4].detail["sql"], big.as_str());
+    let id = store
+        .append(statement("s1", "allow", "after"))
+        .await
+        .unwrap();
+    assert_eq!(id, 7);
+    // Now fully indexed, the journal was emptied before that append.
+    assert_eq!(
+        ids_of(&crate::journal::scan(&journal_bytes(&dir)).entries),
+        [7]
+    );
 }
 
 #[tokio::test]
@@ -671,7 +786,7 @@ async fn synchronous_and_wal_are_applied() {
         let (_dir, url) = temp_url();
         let store = Store::open(&format!("{url}{query}")).unwrap();
         let (sync, mode) = store
-            .with_writer_connection(|conn| {
+            .with_index_connection(|conn| {
                 let sync: i64 = conn
                     .query_row("PRAGMA synchronous", [], |r| r.get(0))
                     .unwrap();
@@ -686,6 +801,185 @@ async fn synchronous_and_wal_are_applied() {
     }
 }
 
+#[tokio::test]
+async fn read_only_open_after_the_writer_died_indexes_the_journal() {
+    let (dir, url) = temp_url();
+    let store = store_with(&url, 2).await;
+    let release = stall_indexer(&store).await;
+    for i in 0..5 {
+        store
+            .append(statement("s2", "allow", &format!("late {i}")))
+            .await
+            .unwrap();
+    }
+    let image = crash_image(&dir);
+    drop(release);
+    assert_eq!(
+        count_in_sqlite(&image),
+        2,
+        "the image must lack the journal-only records"
+    );
+
+    let reader = Store::open_read_only(&image).unwrap();
+    let records = reader.records(None).unwrap();
+    assert_eq!(
+        records.iter().map(|r| r.id).collect::<Vec<_>>(),
+        (1..=7).collect::<Vec<_>>()
+    );
+    assert_eq!(records[6].detail["sql"], "late 4");
+    assert_intact(&reader.verify().unwrap(), 7);
+    let image_journal = crate::journal::path(std::path::Path::new(
+        image.strip_prefix("sqlite://").unwrap(),
+    ));
+    assert_eq!(std::fs::metadata(&image_journal).unwrap().len(), 0);
+    // Opening for reading released the writer lock: a gateway can start and continue the chain.
+    let writer = Store::open(&image).unwrap();
+    assert_eq!(writer.append(statement("s1", "allow", "next")).await, Ok(8));
+    assert_intact(&writer.verify().unwrap(), 8);
+}
+
+#[tokio::test]
+async fn read_only_open_beside_a_writer_in_another_process_waits_for_its_journal() {
+    let (dir, url) = temp_url();
+    let store = store_with(&url, 2).await;
+    let release = stall_indexer(&store).await;
+    for i in 0..5 {
+        store
+            .append(statement("s2", "allow", &format!("late {i}")))
+            .await
+            .unwrap();
+    }
+    let image = crash_image(&dir);
+    drop(release);
+    let path = std::path::PathBuf::from(image.strip_prefix("sqlite://").unwrap());
+    // "Another process" is the image's writer: it holds the lock and indexes a moment later.
+    let lock = crate::db::try_lock_writer(&path).unwrap().unwrap();
+    let indexer = std::thread::spawn({
+        let loc = crate::location::parse(&image).unwrap();
+        move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let mut conn = crate::db::open_recovery(&loc).unwrap();
+            crate::journal::recover(&mut conn, &loc.path).unwrap();
+            drop(lock);
+        }
+    });
+    let started = Instant::now();
+    let reader = Store::open_read_only(&image).unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "did not wait"
+    );
+    assert_intact(&reader.verify().unwrap(), 7);
+    indexer.join().unwrap();
+}
+
+#[tokio::test]
+async fn torn_journal_tail_is_cut_off_on_open_and_the_chain_continues() {
+    let (dir, url) = temp_url();
+    let store = store_with(&url, 2).await;
+    let release = stall_indexer(&store).await;
+    for i in 0..3 {
+        store
+            .append(statement("s1", "allow", &format!("late {i}")))
+            .await
+            .unwrap();
+    }
+    let image = crash_image(&dir);
+    drop(release);
+    // A batch whose write the crash cut short: half a frame after the last whole one.
+    let path = std::path::PathBuf::from(image.strip_prefix("sqlite://").unwrap());
+    let journal = crate::journal::path(&path);
+    let mut bytes = std::fs::read(&journal).unwrap();
+    let whole = bytes.len();
+    let mut frame = Vec::new();
+    let mut next = crate::journal::scan(&bytes).entries.pop().unwrap();
+    next.id += 1;
+    crate::journal::encode_frame(&mut frame, &[next]);
+    bytes.extend_from_slice(&frame[..frame.len() / 2]);
+    std::fs::write(&journal, &bytes).unwrap();
+    assert!(bytes.len() > whole);
+
+    let store = Store::open(&image).unwrap();
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0);
+    let id = store
+        .append(statement("s1", "allow", "after the crash"))
+        .await
+        .unwrap();
+    assert_eq!(
+        id, 6,
+        "records 3 to 5 came from the journal, the torn one did not"
+    );
+    let records = store.records(None).unwrap();
+    assert_eq!(records[4].detail["sql"], "late 2");
+    assert_intact(&store.verify().unwrap(), 6);
+
+    // Garbage rather than a partial frame is cut off the same way.
+    drop(store);
+    std::fs::write(&journal, b"\0\0\0garbage").unwrap();
+    let store = Store::open(&image).unwrap();
+    assert_eq!(store.append(statement("s1", "allow", "x")).await, Ok(7));
+    assert_intact(&store.verify().unwrap(), 7);
+}
+
+#[tokio::test]
+async fn journal_is_emptied_only_once_indexed_and_the_chain_continues() {
+    let (dir, url) = temp_url();
+    let store = store_with(&url, 1).await;
+    store.with_writer(|w| w.set_journal_limit(1)).await;
+    let release = stall_indexer(&store).await;
+    for i in 0..3 {
+        store
+            .append(statement("s1", "allow", &format!("{i}")))
+            .await
+            .unwrap();
+    }
+    // Record 1 was indexed, so the first batch over the limit emptied the journal of it; since
+    // then SQLite lacks everything written, and the journal keeps it all.
+    assert_eq!(
+        ids_of(&crate::journal::scan(&journal_bytes(&dir)).entries),
+        [2, 3, 4]
+    );
+    drop(release);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.indexed() < 4 {
+        assert!(Instant::now() < deadline, "indexing did not resume");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Indexed: the next batch empties the journal first, then the chain goes on.
+    assert_eq!(store.append(statement("s1", "allow", "5")).await, Ok(5));
+    assert_eq!(
+        ids_of(&crate::journal::scan(&journal_bytes(&dir)).entries),
+        [5]
+    );
+    assert_eq!(store.append(statement("s1", "allow", "6")).await, Ok(6));
+    assert_intact(&store.verify().unwrap(), 6);
+    drop(store);
+    let store = Store::open(&url).unwrap();
+    assert_eq!(store.append(statement("s1", "allow", "7")).await, Ok(7));
+    let records = store.records(None).unwrap();
+    assert_eq!(records[4].prev_hash, records[3].hash);
+    assert_intact(&store.verify().unwrap(), 7);
+}
+
+#[tokio::test]
+async fn journal_survives_a_writer_that_never_indexed() {
+    // The writer's process dies with the indexer stalled: reopening as a writer indexes it all.
+    let (dir, url) = temp_url();
+    let store = store_with(&url, 1).await;
+    let release = stall_indexer(&store).await;
+    for i in 0..50 {
+        store.append_detached(statement("s1", "allow", &format!("{i}")));
+    }
+    store.flush().await.unwrap();
+    let image = crash_image(&dir);
+    drop(release);
+    assert_eq!(count_in_sqlite(&image), 1);
+    let store = Store::open(&image).unwrap();
+    assert_eq!(count_in_sqlite(&image), 51);
+    assert_eq!(store.append(statement("s1", "allow", "next")).await, Ok(52));
+    assert_intact(&store.verify().unwrap(), 52);
+}
+
 /// Set in the child process of [`kill_9_loses_no_acknowledged_record`] to the store URL.
 const CRASH_CHILD: &str = "PORTCULLIS_RECORDS_CRASH_CHILD";
 
@@ -694,7 +988,7 @@ fn kill_9_loses_no_acknowledged_record() {
     if let Ok(url) = std::env::var(CRASH_CHILD) {
         return crash_child(&url);
     }
-    let (_dir, url) = temp_url();
+    let (dir, url) = temp_url();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -726,12 +1020,38 @@ fn kill_9_loses_no_acknowledged_record() {
         );
     }
 
+    // The commit point is the journal: every acknowledged id is in it (the child never wrote
+    // enough to empty it), whether or not the indexer had put it in SQLite yet.
+    let scan = crate::journal::scan(&journal_bytes(&dir));
+    let journaled: BTreeSet<i64> = scan.entries.iter().map(|e| e.id).collect();
+    let missing: Vec<_> = acked.difference(&journaled).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not journaled: {missing:?}"
+    );
+    let indexed_before = count_in_sqlite(&url);
+    println!(
+        "{} acknowledged, {} journaled, {indexed_before} in SQLite at the kill",
+        acked.len(),
+        journaled.len()
+    );
+
+    // The CLI after a crash: the read-only open indexes the journal tail first.
     let store = Store::open_read_only(&url).unwrap();
     let stored: BTreeSet<i64> = store.records(None).unwrap().iter().map(|r| r.id).collect();
     let lost: Vec<_> = acked.difference(&stored).collect();
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    assert!(stored.is_superset(&journaled));
     let report = store.verify().unwrap();
     assert_intact(&report, stored.len() as u64);
+
+    // And the next gateway continues the chain.
+    let last = *stored.last().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = Store::open(&url).unwrap();
+    let id = rt.block_on(store.append(statement("s1", "allow", "after the crash")));
+    assert_eq!(id, Ok(last + 1));
+    assert_intact(&store.verify().unwrap(), last as u64 + 1);
 }
 
 /// Appends from several tasks until killed, printing each acknowledged id. Gives up after a
@@ -791,16 +1111,21 @@ async fn append_throughput() {
             latencies.extend(l.unwrap());
         }
         let elapsed = started.elapsed();
+        // How far SQLite was behind the journal when the last append returned.
+        let lag = Instant::now();
+        store.with_index_connection(|_| ()).await;
+        let lag = lag.elapsed();
         latencies.sort();
         let pct = |p: usize| latencies[latencies.len() * p / 100];
         println!(
-            "{:<20} clients={clients:<3} {:>8.0} appends/s  p50={:?} p99={:?}  batches={} for {} records",
+            "{:<20} clients={clients:<3} {:>8.0} appends/s  p50={:?} p99={:?}  batches={} for {} records, indexed {:?} later",
             if query.is_empty() { "synchronous=normal" } else { "synchronous=full" },
             latencies.len() as f64 / elapsed.as_secs_f64(),
             pct(50),
             pct(99),
             store.batches(),
             latencies.len(),
+            lag,
         );
     }
 }

@@ -42,7 +42,7 @@ pub enum StoreError {
     /// The store was opened with [`crate::Store::open_read_only`].
     #[error("audit store is open read-only; records cannot be appended")]
     ReadOnly,
-    /// The writer thread is gone (it panicked or the store is shutting down).
+    /// The writer is gone: a panic while committing stopped it, or the store is shutting down.
     #[error("audit store writer has stopped; records cannot be appended")]
     WriterStopped,
     /// Records queued with `append_detached` were not written; reported by the next `flush`.

@@ -1,9 +1,9 @@
 //! The journal (`PATH-records.journal`): the append-only file where a record is committed.
 //!
-//! The writer thread appends each batch as one frame with one `write` on an `O_APPEND` file; once
-//! that returned, the batch is in the operating system's page cache and survives the process
-//! being killed. SQLite is only the index the queries read, filled milliseconds later by
-//! the indexer thread. Opening the store puts into SQLite whatever the journal holds that SQLite
+//! The writer (a leading caller, or the writer thread under `synchronous=full`) appends each
+//! batch as one frame with one `write` on an `O_APPEND` file; once that returned, the batch is
+//! in the operating system's page cache and survives the process being killed. SQLite is only
+//! the index the queries read, filled milliseconds later by the indexer thread. Opening the store puts into SQLite whatever the journal holds that SQLite
 //! does not (see [`recover`]); the writer empties the journal once it is large and fully indexed.
 //!
 //! A frame is `magic ‖ payload length (u32 LE) ‖ CRC-32 of the payload (u32 LE) ‖ payload`, and
@@ -302,6 +302,11 @@ impl Journal {
 
     pub(crate) fn len(&self) -> u64 {
         self.len
+    }
+
+    /// Whether each append is synced (`synchronous=full`).
+    pub(crate) fn syncs(&self) -> bool {
+        self.sync
     }
 
     /// Appends one frame with one `write` (and, under `synchronous=full`, syncs it). On error

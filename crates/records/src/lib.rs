@@ -1,8 +1,9 @@
 //! The tamper-evident audit store.
 //!
 //! Every connection attempt, session, statement, decision and error the gateway handles becomes
-//! one [`Record`]. Records are committed by a single writer thread to an append-only journal
-//! file, indexed into an SQLite database (which every query reads) by a second thread, and form
+//! one [`Record`]. Records are committed, one batch at a time, to an append-only journal file
+//! (by the appending callers themselves, or by a writer thread under `synchronous=full`),
+//! indexed into an SQLite database (which every query reads) by a separate thread, and form
 //! a SHA-256 hash chain, so `portcullis audit verify` can show that none was edited or removed.
 //!
 //! # When a record counts as written
@@ -63,8 +64,8 @@
 //!
 //! Each record's hash is SHA-256 over an unambiguous encoding of its id, time, kind, session,
 //! principal, connection, decision, policy, rule, canonical JSON detail and the previous
-//! record's hash (64 zeros for record 1); see `chain.rs`. Ids and times are assigned by the
-//! writer as it commits each batch, so the chain order is the commit order and ids run 1, 2, 3…
+//! record's hash (64 zeros for record 1); see `chain.rs`. Ids and times are assigned by
+//! whoever holds the writer as it commits each batch, so the chain order is the commit order and ids run 1, 2, 3…
 //! without gaps.
 //!
 //! [`Store::verify`] walks the records in id order and names the first that is broken: a record
@@ -80,20 +81,31 @@
 //!
 //! # Concurrency and cost
 //!
-//! One writer thread owns the chain head and the journal. It blocks for the first queued
-//! record, takes everything else already queued (group commit across sessions), assigns ids and
-//! times, hashes the chain, appends the batch as one journal frame, then wakes each waiter and
-//! hands the batch to the indexer. So the hot path costs one `write` per batch (plus one
-//! `fdatasync` under `synchronous=full`), not SQLite's page writes, locks and WAL resets. A
-//! failed append is cut back off the journal and every waiter in the batch gets the error; the
-//! chain head stays where the journal ends, and later appends succeed once the cause (say, a
-//! full disk) is gone.
+//! One writer state (the chain head and the journal, behind a mutex) serialises every commit.
+//! An append queues its record, then, under `synchronous=normal`, tries to take the writer: if
+//! it can, it commits everything queued (its own record and those of sessions that queued
+//! meanwhile: group commit across sessions) and acknowledges them all; if it cannot, whoever
+//! holds the writer commits the record on its next look at the queue. A lone session's append
+//! therefore commits on its own thread without waking any other thread; under load, one
+//! caller's `write` carries many sessions' records (see `writer.rs` for why none is left
+//! behind). Under `synchronous=full` the `fdatasync` takes milliseconds, so a dedicated writer
+//! thread commits instead and tokio workers never wait on it. Detached appends, which nobody
+//! waits for, are left to that thread in both modes (it batches them) unless a leader carries
+//! them first. Either way, a batch gets ids and times, is hashed into the
+//! chain, appended as one journal frame, acknowledged, and handed to the indexer. So the hot
+//! path costs one `write` per batch (plus one `fdatasync` under `synchronous=full`), not
+//! SQLite's page writes, locks and WAL resets. A failed append is cut back off the journal and
+//! every waiter in the batch gets the error; the chain head stays where the journal ends, and
+//! later appends succeed once the cause (say, a full disk) is gone. A panic while committing
+//! (a bug) stops the store: every queued and later append fails with
+//! [`StoreError::WriterStopped`] rather than waiting.
 //!
 //! The indexer inserts whatever batches have queued in one SQLite transaction. WAL checkpoints
 //! (which sync the database file) run on a third thread. Queries and verification use their own
 //! read-only connections, which WAL lets run beside the indexer. Between batches, once the
 //! journal is over 16 MiB and the indexer has everything in it in SQLite, the writer empties it;
-//! under steady load that means waiting a moment for the indexer about once per 16 MiB. While
+//! under steady load that means the writer thread waiting a moment for the indexer about once
+//! per 16 MiB (appends queue meanwhile; no appending caller does that wait itself). While
 //! indexing fails the journal is never emptied, and batches the indexer has not yet inserted
 //! are held in its memory.
 

@@ -1,11 +1,11 @@
-//! [`Store`]: the handle the gateway and the CLI hold. It ties the writer thread (appends), the
-//! indexer and checkpointer behind it, and per-call reader connections (queries and
-//! verification).
+//! [`Store`]: the handle the gateway and the CLI hold. It ties the writer (appends, committed by
+//! the appending callers or the writer thread; see `writer.rs`), the indexer and checkpointer
+//! behind it, and per-call reader connections (queries and verification).
 
 use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -18,7 +18,7 @@ use crate::journal::{self, Journal};
 use crate::location::{self, Location, Synchronous};
 use crate::query::{self, SessionFilter, SessionSummary};
 use crate::verify::{self, VerifyReport};
-use crate::writer::{self, Job, Stats};
+use crate::writer::{self, Handoff, Job, Shared, Stats};
 use crate::{checkpoint, db, NewRecord, Record, StoreError};
 
 /// How long a reader waits for the indexer to catch up with what was already committed, before
@@ -29,7 +29,7 @@ const CATCH_UP_LIMIT: Duration = Duration::from_secs(2);
 /// one (the admin API, tests) sees every record already committed, not a lagging index.
 static WRITERS: Mutex<Vec<(PathBuf, Weak<Progress>)>> = Mutex::new(Vec::new());
 
-/// The audit store. Cloning is cheap and every clone shares the one writer thread; the writer
+/// The audit store. Cloning is cheap and every clone shares the one writer; the writer thread
 /// stops (after writing everything queued) when the last clone is dropped.
 #[derive(Clone)]
 pub struct Store {
@@ -46,10 +46,12 @@ struct Inner {
 }
 
 struct WriterHandle {
-    /// Always `Some` until drop; an `Option` so drop can close the channel before joining.
-    jobs: Option<Sender<Job>>,
+    shared: Arc<Shared>,
+    /// Wakes the writer thread. Always `Some` until drop; an `Option` so drop can close the
+    /// channel (which stops the thread) before joining.
+    nudge: Option<SyncSender<()>>,
     thread: Option<JoinHandle<()>>,
-    /// Stops by itself once the writer (which holds its channel) has stopped.
+    /// Stops by itself once the writer has closed its channel.
     indexer: Option<JoinHandle<()>>,
     /// Stops by itself once the indexer (which holds its nudge channel) has stopped.
     checkpointer: Option<JoinHandle<()>>,
@@ -62,16 +64,18 @@ struct WriterHandle {
 }
 
 impl Drop for WriterHandle {
-    /// Closing the channel lets the writer finish what is queued and the indexer index it;
-    /// joining means records queued with `append_detached` are committed before the process goes
-    /// on to exit.
+    /// Closing the channel lets the writer thread finish what is queued and the indexer index
+    /// it; joining means records queued with `append_detached` are committed before the process
+    /// goes on to exit.
     fn drop(&mut self) {
-        drop(self.jobs.take());
+        drop(self.nudge.take());
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
                 tracing::error!("audit writer thread had panicked");
             }
         }
+        // No handle is left to append, and the writer thread has stopped: the indexer can too.
+        self.shared.close();
         if let Some(thread) = self.indexer.take() {
             if thread.join().is_err() {
                 tracing::error!("audit indexer thread had panicked");
@@ -128,7 +132,7 @@ impl Store {
         let indexer =
             indexer::spawn(conn, index_rx, nudge, Arc::clone(&progress)).map_err(thread_err)?;
         let stats = Arc::new(Stats::default());
-        let (jobs, thread) = writer::spawn(
+        let started = writer::spawn(
             journal,
             head,
             index_tx,
@@ -138,8 +142,9 @@ impl Store {
         .map_err(thread_err)?;
         register(&loc.path, &progress);
         let writer = WriterHandle {
-            jobs: Some(jobs),
-            thread: Some(thread),
+            shared: started.shared,
+            nudge: Some(started.nudge),
+            thread: Some(started.thread),
             indexer: Some(indexer),
             checkpointer: Some(checkpointer),
             progress: Arc::clone(&progress),
@@ -224,16 +229,40 @@ impl Store {
         done.await.map_err(|_| StoreError::WriterStopped)?
     }
 
+    /// Queues `job`, then sees it committed: under `synchronous=normal` by this caller as the
+    /// leader (or by whoever leads now), otherwise by the writer thread; see `writer.rs`. Fails
+    /// at once if the writer was poisoned, so no caller ever waits on a dead writer.
     fn send(&self, job: Job) -> Result<(), StoreError> {
         let writer = self.inner.writer.as_ref().ok_or(StoreError::ReadOnly)?;
-        let jobs = writer.jobs.as_ref().ok_or(StoreError::WriterStopped)?;
-        // Fails at once if the writer thread is gone, so no caller ever waits on a dead writer.
-        jobs.send(job).map_err(|_| StoreError::WriterStopped)?;
+        let detached = matches!(job, Job::Append { ack: None, .. });
+        #[cfg(test)]
+        let to_thread = matches!(job, Job::Run(_));
+        #[cfg(not(test))]
+        let to_thread = false;
+        let was_empty = writer.shared.push(job)?;
         #[cfg(test)]
         writer
             .stats
             .queued
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let handoff = if to_thread || !writer.shared.callers_lead {
+            Handoff::Thread
+        } else if detached {
+            // Whoever takes the jobs already queued takes this one too.
+            if was_empty {
+                Handoff::Thread
+            } else {
+                Handoff::None
+            }
+        } else {
+            writer.shared.try_lead()
+        };
+        if handoff == Handoff::Thread {
+            // `nudge` is `None` only while the handle is being dropped, when no one can send.
+            if let Some(nudge) = &writer.nudge {
+                writer::nudge(&writer.shared, nudge);
+            }
+        }
         Ok(())
     }
 
@@ -338,7 +367,12 @@ impl Store {
         self.stat(|s| &s.batches)
     }
 
-    /// Jobs sent to the writer so far.
+    /// Batches of jobs the writer thread took (the rest were taken by leading callers).
+    pub(crate) fn thread_batches(&self) -> u64 {
+        self.stat(|s| &s.thread_batches)
+    }
+
+    /// Jobs queued for the writer so far.
     pub(crate) fn queued(&self) -> u64 {
         self.stat(|s| &s.queued)
     }
@@ -349,7 +383,8 @@ impl Store {
         })
     }
 
-    /// Runs `f` on the writer thread, between batches.
+    /// Runs `f` with the writer locked, between batches: on the writer thread, unless a leading
+    /// caller takes it from the queue first.
     pub(crate) async fn with_writer<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut writer::Writer) -> T + Send + 'static,

@@ -244,6 +244,169 @@ async fn waiting_appends_share_one_commit() {
     assert_intact(&store.verify().unwrap(), 101);
 }
 
+/// The leader/follower hand-off under contention: appends, detached appends and flushes from
+/// many tasks on several workers. A record pushed while a leader is writing must be committed
+/// by that leader's second look or a later leader: every ack arrives, ids have no gaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leaders_strand_no_record_under_contention() {
+    let (_dir, url) = temp_url();
+    let store = Store::open(&url).unwrap();
+    let (tasks_n, appends) = (32, 200);
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..tasks_n {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..appends {
+                let r = statement(&format!("s{t}"), "allow", &format!("SELECT {i}"));
+                let id = tokio::time::timeout(Duration::from_secs(10), store.append(r))
+                    .await
+                    .expect("an acknowledgement never arrived")
+                    .unwrap();
+                ids.push(id);
+                if i % 4 == 0 {
+                    store.append_detached(statement(&format!("s{t}"), "ok", "result"));
+                }
+                if i % 50 == 0 {
+                    tokio::time::timeout(Duration::from_secs(10), store.flush())
+                        .await
+                        .expect("a flush never completed")
+                        .unwrap();
+                }
+                if i % 3 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            ids
+        });
+    }
+    let mut all = BTreeSet::new();
+    while let Some(ids) = tasks.join_next().await {
+        let ids = ids.unwrap();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        all.extend(ids);
+    }
+    tokio::time::timeout(Duration::from_secs(10), store.flush())
+        .await
+        .unwrap()
+        .unwrap();
+    let detached = tasks_n * appends / 4;
+    let total = (tasks_n * appends + detached) as i64;
+    assert_eq!(all.len(), tasks_n * appends);
+    let records = store.records(None).unwrap();
+    assert_eq!(
+        records.iter().map(|r| r.id).collect::<Vec<_>>(),
+        (1..=total).collect::<Vec<_>>()
+    );
+    assert!(all.iter().all(|id| *id <= total));
+    assert_intact(&store.verify().unwrap(), total as u64);
+    // The point of the design: most batches were committed by the appending callers.
+    assert!(
+        store.thread_batches() < store.batches(),
+        "{} of {} batches on the writer thread",
+        store.thread_batches(),
+        store.batches()
+    );
+}
+
+#[tokio::test]
+async fn appends_commit_on_the_callers_thread_unless_synchronous_is_full() {
+    let (_dir, url) = temp_url();
+    let store = Store::open(&url).unwrap();
+    for i in 0..20 {
+        assert_eq!(
+            store
+                .append(statement("s1", "allow", &format!("{i}")))
+                .await,
+            Ok(i + 1)
+        );
+    }
+    store.flush().await.unwrap();
+    assert_eq!(store.batches(), 20);
+    assert_eq!(store.thread_batches(), 0, "the writer thread was involved");
+
+    let (_dir, url) = temp_url();
+    let store = Store::open(&format!("{url}?synchronous=full")).unwrap();
+    for i in 0..5 {
+        store
+            .append(statement("s1", "allow", &format!("{i}")))
+            .await
+            .unwrap();
+    }
+    // Under `synchronous=full` no tokio worker waits for an fdatasync: the thread did it all.
+    assert_eq!(store.batches(), 5);
+    assert!(store.thread_batches() >= 5);
+    assert_intact(&store.verify().unwrap(), 5);
+}
+
+#[test]
+fn detached_appends_are_committed_without_a_later_append_or_flush() {
+    let (dir, url) = temp_url();
+    let store = Store::open(&url).unwrap();
+    // From several plain threads, no runtime, and nothing after them.
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    store.append_detached(statement(&format!("s{t}"), "ok", &format!("{i}")));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let journaled = crate::journal::scan(&journal_bytes(&dir)).entries.len();
+        if journaled == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{journaled} of 200 detached records committed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_intact(&store.verify().unwrap(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_leading_caller_stops_the_writer_without_hanging_anyone() {
+    let (_dir, url) = temp_url();
+    let store = store_with(&url, 1).await;
+    // Queued without nudging the writer thread, so the next appending caller runs it as leader.
+    let shared = &store.inner.writer.as_ref().unwrap().shared;
+    shared
+        .push(crate::writer::Job::Run(Box::new(|_| {
+            panic!("leader dies (deliberately, in a test)")
+        })))
+        .unwrap();
+    let leader = tokio::spawn({
+        let store = store.clone();
+        async move { store.append(statement("s1", "allow", "SELECT 1")).await }
+    });
+    let err = tokio::time::timeout(Duration::from_secs(5), leader)
+        .await
+        .expect("the leader must not hang")
+        .unwrap_err();
+    assert!(err.is_panic());
+    for _ in 0..2 {
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(5),
+            store.append(statement("s1", "allow", "SELECT 2")),
+        )
+        .await
+        .expect("append must not hang on a poisoned writer");
+        assert_eq!(outcome, Err(StoreError::WriterStopped));
+    }
+    let flushed = tokio::time::timeout(Duration::from_secs(5), store.flush()).await;
+    assert_eq!(flushed.unwrap(), Err(StoreError::WriterStopped));
+    // What was committed before stays intact.
+    assert_intact(&store.verify().unwrap(), 1);
+}
+
 #[tokio::test]
 async fn detached_appends_keep_order_and_batch() {
     let (_dir, url) = temp_url();

@@ -438,6 +438,13 @@ impl ClientSide<'_> {
             &prepared.decision,
             via,
         );
+        self.record_then_forward(frame, record).await;
+        Ok(())
+    }
+
+    /// An Execute is forwarded only once its record is committed; if the
+    /// record cannot be written, a refusal stands in its place.
+    async fn record_then_forward(&mut self, frame: &Frame, record: NewRecord) {
         match self.gw.store.append(record).await {
             Ok(id) => {
                 self.expect(Expect::Statement(Tracker::new(id, false)));
@@ -445,7 +452,6 @@ impl ClientSide<'_> {
             }
             Err(e) => self.poison(store_error(&e)),
         }
-        Ok(())
     }
 
     async fn execute_cursor(&mut self, frame: &Frame, portal: &str) -> Result<(), End> {
@@ -468,13 +474,7 @@ impl ClientSide<'_> {
             },
         );
         self.statements += 1;
-        match self.gw.store.append(record).await {
-            Ok(id) => {
-                self.expect(Expect::Statement(Tracker::new(id, false)));
-                frame.encode_into(&mut self.batch);
-            }
-            Err(e) => self.poison(store_error(&e)),
-        }
+        self.record_then_forward(frame, record).await;
         Ok(())
     }
 

@@ -93,7 +93,6 @@ pub(crate) async fn run(
         session_id: &session_id,
         expectations: &expectations,
         local: VecDeque::new(),
-        current_poison: None,
         results: Vec::new(),
         oldest_result: None,
     };
@@ -247,7 +246,8 @@ struct ClientSide<'a> {
     prepared: HashMap<String, Arc<Prepared>>,
     /// Portal → its statement and the number of parameters bound (values are never kept).
     portals: HashMap<String, (Arc<Prepared>, usize)>,
-    /// Extended-protocol messages held until Sync/Flush.
+    /// Decided messages not yet written upstream; flushed whenever the
+    /// client's bytes so far are handled, so a pipeline goes out in one write.
     batch: BytesMut,
     /// After a refusal inside a batch, the rest up to Sync is dropped, as
     /// PostgreSQL itself would skip it.
@@ -305,11 +305,11 @@ impl ClientSide<'_> {
         match message {
             FrontendMessage::Query(sql) => {
                 let sql = sql.to_string();
-                self.simple_query(&frame, &sql).await?
+                self.simple_query(&frame, &sql).await
             }
             FrontendMessage::Parse { name, query, .. } => {
                 let (name, query) = (name.to_string(), query.to_string());
-                self.parse(&frame, name, query)?;
+                self.parse(&frame, name, query);
             }
             FrontendMessage::Bind {
                 portal,
@@ -323,7 +323,7 @@ impl ClientSide<'_> {
             }
             FrontendMessage::Execute { portal, .. } => {
                 let portal = portal.to_string();
-                self.execute(&frame, &portal).await?;
+                self.execute(&frame, &portal).await;
             }
             FrontendMessage::Close { kind, name } => {
                 if kind == b'S' {
@@ -369,29 +369,28 @@ impl ClientSide<'_> {
             .map_err(|_| End::UpstreamGone)
     }
 
-    async fn simple_query(&mut self, frame: &Frame, sql: &str) -> Result<(), End> {
+    async fn simple_query(&mut self, frame: &Frame, sql: &str) {
         let (classification, decision) = self.decide(sql);
         let record = self.statement_record(sql, &classification, &decision, Via::Simple);
         self.statements += 1;
         if decision.verdict != Verdict::Allow {
             self.denied += 1;
             self.refuse_recorded(record, &decision).await;
-            return Ok(());
+            return;
         }
         let record_id = match self.gw.store.append(record).await {
             Ok(id) => id,
             Err(e) => {
                 self.refuse_simple(store_error(&e));
-                return Ok(());
+                return;
             }
         };
         self.expect(Expect::Statement(Tracker::new(record_id, true)));
         self.expect(Expect::SyncPoint);
         frame.encode_into(&mut self.batch);
-        Ok(())
     }
 
-    fn parse(&mut self, frame: &Frame, name: String, query: String) -> Result<(), End> {
+    fn parse(&mut self, frame: &Frame, name: String, query: String) {
         let (classification, decision) = self.decide(&query);
         let prepared = Arc::new(Prepared {
             text: query,
@@ -414,14 +413,13 @@ impl ClientSide<'_> {
             // never runs, so the record need not be awaited here.
             self.gw.store.append_detached(record);
             self.poison(refusal_error(&prepared.decision));
-            return Ok(());
+            return;
         }
         self.prepared.insert(name, prepared);
         frame.encode_into(&mut self.batch);
-        Ok(())
     }
 
-    async fn execute(&mut self, frame: &Frame, portal: &str) -> Result<(), End> {
+    async fn execute(&mut self, frame: &Frame, portal: &str) {
         let Some((prepared, params)) = self.portals.get(portal).cloned() else {
             // Unknown to us means unknown upstream too (it will say so), or
             // a cursor opened by DECLARE, which was decided when declared.
@@ -439,7 +437,6 @@ impl ClientSide<'_> {
             via,
         );
         self.record_then_forward(frame, record).await;
-        Ok(())
     }
 
     /// An Execute is forwarded only once its record is committed; if the
@@ -454,7 +451,7 @@ impl ClientSide<'_> {
         }
     }
 
-    async fn execute_cursor(&mut self, frame: &Frame, portal: &str) -> Result<(), End> {
+    async fn execute_cursor(&mut self, frame: &Frame, portal: &str) {
         let decision = Decision {
             verdict: Verdict::Allow,
             policy: None,
@@ -475,7 +472,6 @@ impl ClientSide<'_> {
         );
         self.statements += 1;
         self.record_then_forward(frame, record).await;
-        Ok(())
     }
 
     fn decide(&self, sql: &str) -> (Arc<Classification>, Decision) {
@@ -617,7 +613,6 @@ struct ServerSide<'a> {
     expectations: &'a Mutex<VecDeque<Expect>>,
     /// Expectations taken off the shared queue, in response order.
     local: VecDeque<Expect>,
-    current_poison: Option<String>,
     /// Results waiting to be written as one record (see `record_result`).
     results: Vec<serde_json::Value>,
     oldest_result: Option<Instant>,
@@ -667,6 +662,10 @@ impl ServerSide<'_> {
         buf: &mut BytesMut,
         client: &mut WriteHalf<MaybeTls>,
     ) -> Result<(), End> {
+        // Expectations are queued before their message is written upstream,
+        // so everything these bytes answer is already queued: one pull per
+        // read instead of a lock per message (per DataRow on big results).
+        self.pull();
         let mut pos = 0;
         let mut run_start = 0;
         while let Some(len) = peek_frame_len(&buf[pos..], MAX_BACKEND_MESSAGE)
@@ -721,7 +720,6 @@ impl ServerSide<'_> {
     }
 
     fn current_tracker(&mut self) -> Option<&mut Tracker> {
-        self.pull();
         self.local.iter_mut().find_map(|e| match e {
             Expect::Statement(t) if !t.completed => Some(t),
             _ => None,
@@ -743,7 +741,6 @@ impl ServerSide<'_> {
     }
 
     fn on_error(&mut self, body: &[u8]) -> Option<BytesMut> {
-        self.pull();
         let fields = parse_error_fields(body).ok()?;
         let code = error_field(&fields, b'C');
         let message = error_field(&fields, b'M').unwrap_or_default();
@@ -766,10 +763,7 @@ impl ServerSide<'_> {
             |e| matches!(e, Expect::Poison { name, .. } if message.contains(name.as_str())),
         )?;
         match self.local.remove(index) {
-            Some(Expect::Poison { error, name }) => {
-                self.current_poison = Some(name);
-                Some(error)
-            }
+            Some(Expect::Poison { error, .. }) => Some(error),
             _ => None,
         }
     }
@@ -777,8 +771,6 @@ impl ServerSide<'_> {
     /// ReadyForQuery ends the group up to the first SyncPoint: whatever did
     /// not complete there was skipped by the upstream after an error.
     fn on_ready(&mut self) {
-        self.pull();
-        self.current_poison = None;
         while let Some(e) = self.local.pop_front() {
             match e {
                 Expect::SyncPoint => break,

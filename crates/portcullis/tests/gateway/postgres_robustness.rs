@@ -194,7 +194,10 @@ fn unreachable_upstream_gives_a_native_error() {
         "{}",
         out.stderr
     );
-    let _ = env.gateway();
+    assert!(
+        env.gateway().try_wait().is_none(),
+        "the gateway must keep running"
+    );
 }
 
 #[test]

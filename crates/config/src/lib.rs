@@ -351,6 +351,15 @@ pub struct MaskConfig {
     /// Content detectors: credit_card, email, iban, ssn, phone, ip, jwt, secret.
     #[serde(default)]
     pub detect: Vec<String>,
+    /// How values are masked: `redact` (default), `partial` or `hash`.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Result fields that are not a plain table column (expressions,
+    /// function results) cannot be traced to a declared column: `detect`
+    /// (default) scans them with the detectors like any other field; `mask`
+    /// masks them whole.
+    #[serde(default)]
+    pub expressions: Option<String>,
 }
 
 fn default_store() -> String {

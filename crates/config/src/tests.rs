@@ -123,3 +123,50 @@ fn loopback_detection() {
     assert!(is_loopback_listen("[::1]:5432"));
     assert!(!is_loopback_listen("0.0.0.0:5432"));
 }
+
+#[test]
+fn mask_settings_are_checked_and_located() {
+    let with = |from: &str, to: &str| GOOD.replace(from, to);
+    let ok = with(
+        "detect: [credit_card]",
+        "detect: [credit_card]\n      method: partial\n      expressions: mask",
+    );
+    let c = Config::parse("p.yaml", &ok).expect("valid");
+    let mask = c.policies[0].mask.as_ref().expect("mask");
+    assert_eq!(mask.method.as_deref(), Some("partial"));
+    assert_eq!(mask.expressions.as_deref(), Some("mask"));
+
+    for (bad, field) in [
+        (
+            with(
+                "detect: [credit_card]",
+                "detect: [credit_card]\n      method: scramble",
+            ),
+            "mask.method",
+        ),
+        (
+            with(
+                "detect: [credit_card]",
+                "detect: [credit_card]\n      expressions: allow",
+            ),
+            "mask.expressions",
+        ),
+        (with("detect: [credit_card]", "detect: [cc]"), "mask.detect"),
+        (with("[\"customers.email\"]", "[\"email\"]"), "mask.columns"),
+        (
+            with("[\"customers.email\"]", "[\"a.b.c.d\"]"),
+            "mask.columns",
+        ),
+    ] {
+        let err = Config::parse("p.yaml", &bad).unwrap_err().to_string();
+        assert!(err.contains(&format!("policies[0].{field}")), "{err}");
+        let line: usize = err.split(':').nth(1).unwrap().parse().unwrap();
+        let text = bad.lines().nth(line - 1).unwrap();
+        assert!(
+            ["scramble", "allow", "cc", "email", "a.b.c.d"]
+                .iter()
+                .any(|w| text.contains(w)),
+            "{err} points at {text:?}"
+        );
+    }
+}

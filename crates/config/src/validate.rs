@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use crate::{is_loopback_listen, Config, ConnectionConfig};
+use crate::{is_loopback_listen, Config, ConnectionConfig, MaskConfig};
 
 const STATEMENT_CLASSES: [&str; 4] = ["read", "write", "ddl", "admin"];
 const DETECTORS: [&str; 8] = [
@@ -180,15 +180,57 @@ fn validate_policies(config: &Config) -> Result<(), Violation> {
             }
         }
         if let Some(mask) = &policy.mask {
-            for d in &mask.detect {
-                if !DETECTORS.contains(&d.as_str()) {
-                    return Err(Violation::new(
-                        field("mask.detect"),
-                        format!("unknown detector {d:?}; known: {}", DETECTORS.join(", ")),
-                        d,
-                    ));
-                }
-            }
+            validate_mask(mask, &field)?;
+        }
+    }
+    Ok(())
+}
+
+const MASK_METHODS: [&str; 3] = ["redact", "partial", "hash"];
+const MASK_EXPRESSIONS: [&str; 2] = ["detect", "mask"];
+
+fn validate_mask(mask: &MaskConfig, field: &dyn Fn(&str) -> String) -> Result<(), Violation> {
+    for column in &mask.columns {
+        let parts: Vec<&str> = column.split('.').collect();
+        if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.is_empty()) {
+            return Err(Violation::new(
+                field("mask.columns"),
+                format!("{column:?} is not table.column or schema.table.column (* matches any table or schema)"),
+                column,
+            ));
+        }
+    }
+    if let Some(method) = &mask.method {
+        if !MASK_METHODS.contains(&method.as_str()) {
+            return Err(Violation::new(
+                field("mask.method"),
+                format!(
+                    "unknown masking method {method:?}; known: {}",
+                    MASK_METHODS.join(", ")
+                ),
+                method,
+            ));
+        }
+    }
+    if let Some(mode) = &mask.expressions {
+        if !MASK_EXPRESSIONS.contains(&mode.as_str()) {
+            return Err(Violation::new(
+                field("mask.expressions"),
+                format!(
+                    "unknown value {mode:?}; known: {}",
+                    MASK_EXPRESSIONS.join(", ")
+                ),
+                mode,
+            ));
+        }
+    }
+    for d in &mask.detect {
+        if !DETECTORS.contains(&d.as_str()) {
+            return Err(Violation::new(
+                field("mask.detect"),
+                format!("unknown detector {d:?}; known: {}", DETECTORS.join(", ")),
+                d,
+            ));
         }
     }
     Ok(())

@@ -8,17 +8,21 @@
 //! - [`mask`](mod@mask): what to put in their place (`redact`, `partial`,
 //!   `hash`);
 //! - [`pgtype`](mod@pgtype): how to mask a PostgreSQL value so it stays valid
-//!   for its type (text, JSON, text arrays), or say that it cannot be.
+//!   for its type (text, JSON, text arrays), or say that it cannot be;
+//! - [`rules`](mod@rules): the `mask:` settings of the policies that apply
+//!   to a principal, compiled once per session.
 //!
 //! Everything here is a pure function of its inputs and the masking key.
 
 pub mod detect;
 pub mod mask;
 pub mod pgtype;
+pub mod rules;
 
 pub use detect::{find, Detector, Finding, UnknownDetector};
-pub use mask::{Masker, Method, UnknownMethod, REDACTED};
+pub use mask::{DetectorCounts, Masker, Method, UnknownMethod, REDACTED};
 pub use pgtype::{type_class, Outcome, Scope, TypeClass};
+pub use rules::{ColumnRule, Expressions, MaskRules, SourceColumn};
 
 /// Errors building a [`Masker`].
 #[derive(Debug, thiserror::Error)]

@@ -129,6 +129,18 @@ impl Masker {
         method: Method,
         text: &'a str,
     ) -> (Cow<'a, str>, usize) {
+        self.mask_text_counted(detectors, method, text, &mut DetectorCounts::default())
+    }
+
+    /// [`mask_text`](Self::mask_text), also counting findings per detector
+    /// for the audit record.
+    pub fn mask_text_counted<'a>(
+        &self,
+        detectors: &[Detector],
+        method: Method,
+        text: &'a str,
+        counts: &mut DetectorCounts,
+    ) -> (Cow<'a, str>, usize) {
         let findings = find(detectors, text);
         if findings.is_empty() {
             return (Cow::Borrowed(text), 0);
@@ -136,6 +148,7 @@ impl Masker {
         let mut out = String::with_capacity(text.len());
         let mut at = 0;
         for f in &findings {
+            counts.add(f.detector);
             out.push_str(&text[at..f.start]);
             out.push_str(&self.mask_value(method, Some(f.detector), &text[f.start..f.end]));
             at = f.end;
@@ -156,6 +169,31 @@ impl Masker {
             out.push(hex_digit(byte & 0x0f));
         }
         out
+    }
+}
+
+/// How many values each detector found: what an audit record says fired,
+/// never what the values were.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DetectorCounts([u64; Detector::ALL.len()]);
+
+impl DetectorCounts {
+    pub fn add(&mut self, detector: Detector) {
+        self.0[detector as usize] += 1;
+    }
+
+    pub fn merge(&mut self, other: &DetectorCounts) {
+        for (mine, theirs) in self.0.iter_mut().zip(other.0) {
+            *mine += theirs;
+        }
+    }
+
+    /// The detectors that fired, with their counts, in config order.
+    pub fn fired(&self) -> impl Iterator<Item = (Detector, u64)> + '_ {
+        Detector::ALL
+            .into_iter()
+            .zip(self.0)
+            .filter(|&(_, n)| n > 0)
     }
 }
 

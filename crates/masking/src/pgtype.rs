@@ -15,7 +15,7 @@
 use std::borrow::Cow;
 
 use crate::detect::{find, Detector};
-use crate::mask::{Masker, Method};
+use crate::mask::{DetectorCounts, Masker, Method};
 
 /// PostgreSQL type OIDs this module knows how to mask.
 pub mod oid {
@@ -98,19 +98,32 @@ impl Masker {
         method: Method,
         value: &'a str,
     ) -> Outcome<'a> {
+        self.mask_for_type_counted(oid, scope, method, value, &mut DetectorCounts::default())
+    }
+
+    /// [`mask_for_type`](Self::mask_for_type), also counting detector
+    /// findings for the audit record.
+    pub fn mask_for_type_counted<'a>(
+        &self,
+        oid: u32,
+        scope: Scope<'_>,
+        method: Method,
+        value: &'a str,
+        counts: &mut DetectorCounts,
+    ) -> Outcome<'a> {
         match (type_class(oid), scope) {
             (TypeClass::Text, Scope::Whole) => {
                 Outcome::from_count(Cow::Owned(self.mask_value(method, None, value)), 1)
             }
             (TypeClass::Text, Scope::Detect(ds)) => {
-                let (masked, count) = self.mask_text(ds, method, value);
+                let (masked, count) = self.mask_text_counted(ds, method, value, counts);
                 Outcome::from_count(masked, count)
             }
-            (TypeClass::Json, scope) => match self.walk_json(scope, method, value) {
+            (TypeClass::Json, scope) => match self.walk_json(scope, method, value, counts) {
                 Some((masked, count)) => Outcome::from_count(Cow::Owned(masked), count),
                 None => Outcome::Unrepresentable,
             },
-            (TypeClass::TextArray, scope) => match self.mask_array(scope, method, value) {
+            (TypeClass::TextArray, scope) => match self.walk_array(scope, method, value, counts) {
                 Some((masked, count)) => Outcome::from_count(Cow::Owned(masked), count),
                 None => Outcome::Unrepresentable,
             },
@@ -119,7 +132,12 @@ impl Masker {
             (TypeClass::Unmaskable, Scope::Detect(ds)) if find(ds, value).is_empty() => {
                 Outcome::Clean
             }
-            (TypeClass::Unmaskable, Scope::Detect(_)) => Outcome::Unrepresentable,
+            (TypeClass::Unmaskable, Scope::Detect(ds)) => {
+                for f in find(ds, value) {
+                    counts.add(f.detector);
+                }
+                Outcome::Unrepresentable
+            }
         }
     }
 
@@ -133,27 +151,44 @@ impl Masker {
         method: Method,
         json: &str,
     ) -> Option<(String, usize)> {
-        self.walk_json(Scope::Detect(detectors), method, json)
+        self.walk_json(
+            Scope::Detect(detectors),
+            method,
+            json,
+            &mut DetectorCounts::default(),
+        )
     }
 
     /// Masks every string and number value of a JSON document (a declared
     /// json/jsonb column); `None` if `json` is not valid JSON.
     pub fn mask_json_values(&self, method: Method, json: &str) -> Option<(String, usize)> {
-        self.walk_json(Scope::Whole, method, json)
+        self.walk_json(Scope::Whole, method, json, &mut DetectorCounts::default())
     }
 
     /// Masks one decoded leaf; `None` when it stays as it is.
-    fn mask_leaf(&self, scope: Scope<'_>, method: Method, leaf: &str) -> Option<String> {
+    fn mask_leaf(
+        &self,
+        scope: Scope<'_>,
+        method: Method,
+        leaf: &str,
+        counts: &mut DetectorCounts,
+    ) -> Option<String> {
         match scope {
             Scope::Whole => Some(self.mask_value(method, None, leaf)),
-            Scope::Detect(ds) => match self.mask_text(ds, method, leaf) {
+            Scope::Detect(ds) => match self.mask_text_counted(ds, method, leaf, counts) {
                 (Cow::Owned(masked), _) => Some(masked),
                 (Cow::Borrowed(_), _) => None,
             },
         }
     }
 
-    fn walk_json(&self, scope: Scope<'_>, method: Method, json: &str) -> Option<(String, usize)> {
+    fn walk_json(
+        &self,
+        scope: Scope<'_>,
+        method: Method,
+        json: &str,
+        counts: &mut DetectorCounts,
+    ) -> Option<(String, usize)> {
         // Validate first, so the walk below can trust the structure.
         serde_json::from_str::<serde::de::IgnoredAny>(json).ok()?;
         let b = json.as_bytes();
@@ -185,7 +220,7 @@ impl Masker {
                     continue;
                 }
             };
-            if let Some(masked) = leaf.and_then(|l| self.mask_leaf(scope, method, &l)) {
+            if let Some(masked) = leaf.and_then(|l| self.mask_leaf(scope, method, &l, counts)) {
                 out.push_str(&json[at..i]);
                 out.push_str(&serde_json::to_string(&masked).ok()?);
                 at = end;
@@ -207,6 +242,16 @@ impl Masker {
         method: Method,
         text: &str,
     ) -> Option<(String, usize)> {
+        self.walk_array(scope, method, text, &mut DetectorCounts::default())
+    }
+
+    fn walk_array(
+        &self,
+        scope: Scope<'_>,
+        method: Method,
+        text: &str,
+        counts: &mut DetectorCounts,
+    ) -> Option<(String, usize)> {
         let b = text.as_bytes();
         let body = if b.first() == Some(&b'[') {
             text.find('=')? + 1
@@ -226,7 +271,7 @@ impl Masker {
                 b',' | b' ' | b'\t' | b'\n' | b'\r' => {}
                 _ => {
                     let (end, element) = array_element(text, i)?;
-                    match element.and_then(|e| self.mask_leaf(scope, method, &e)) {
+                    match element.and_then(|e| self.mask_leaf(scope, method, &e, counts)) {
                         Some(masked) => {
                             push_quoted(&mut out, &masked);
                             count += 1;

@@ -1,5 +1,6 @@
 //! The certificate client-facing listeners present: the configured one, or
-//! a dev certificate generated once into the data dir and reused after.
+//! a dev certificate generated once into the data dir and reused after; and
+//! the masking key, likewise generated once.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -61,7 +62,7 @@ fn generate_dev_cert(cert: &Path, key: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -73,4 +74,21 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     f.write_all(bytes)?;
     Ok(())
+}
+
+/// The key `mask: { method: hash }` is keyed with: generated once into the
+/// data dir and kept, so hashed values stay joinable across restarts (and
+/// across gateways that share the file).
+pub fn masking_key(config: &Config) -> anyhow::Result<portcullis_masking::Masker> {
+    let path = config.data_dir.join("masking.key");
+    if !path.exists() {
+        let mut key = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+        write_private(&path, hex::encode(key).as_bytes())?;
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let key = hex::decode(text.trim())
+        .with_context(|| format!("{}: not a hex-encoded key", path.display()))?;
+    portcullis_masking::Masker::new(&key).with_context(|| path.display().to_string())
 }

@@ -22,6 +22,7 @@ struct Services {
     classifier: Arc<Classifier>,
     store: Store,
     tls: Arc<rustls::ServerConfig>,
+    masker: Arc<portcullis_masking::Masker>,
 }
 
 pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
@@ -41,6 +42,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         store: Store::open(&config.store)
             .with_context(|| format!("cannot open store {}", config.store))?,
         tls: crate::tls::server_config(&config)?,
+        masker: Arc::new(crate::tls::masking_key(&config)?),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -117,6 +119,8 @@ fn postgres_gateway(
         upstream,
         cancels: Arc::new(CancelRegistry::default()),
         sessions: SessionGauge::default(),
+        masker: services.masker.clone(),
+        catalog: Default::default(),
     }))
 }
 

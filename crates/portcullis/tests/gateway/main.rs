@@ -6,6 +6,7 @@ mod config_cli;
 mod env;
 mod postgres_access;
 mod postgres_clients;
+mod postgres_masking;
 mod postgres_robustness;
 mod records_cli;
 mod third_party_issuer;

@@ -34,7 +34,7 @@ fn startup_packet(user: &str) -> Vec<u8> {
     packet
 }
 
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+pub(crate) fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut m = vec![tag];
     m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
     m.extend_from_slice(body);
@@ -43,7 +43,7 @@ fn message(tag: u8, body: &[u8]) -> Vec<u8> {
 
 /// Logs in over plaintext (loopback listener) and returns the socket after
 /// the first ReadyForQuery.
-fn logged_in(env: &Env, token: &str) -> TcpStream {
+pub(crate) fn logged_in(env: &Env, token: &str) -> TcpStream {
     let mut s = connect(env);
     s.write_all(&startup_packet("ci")).unwrap();
     let mut buf = [0u8; 9];

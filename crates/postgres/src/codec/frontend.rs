@@ -156,6 +156,13 @@ pub fn encode_describe(out: BytesMut, kind: u8, name: &str) -> BytesMut {
     w.finish()
 }
 
+/// A simple Query: the gateway's own catalog lookups use it.
+pub fn encode_query(out: BytesMut, sql: &str) -> BytesMut {
+    let mut w = Writer::new(out, b'Q');
+    w.cstr(sql);
+    w.finish()
+}
+
 pub fn encode_sync(out: BytesMut) -> BytesMut {
     Writer::new(out, b'S').finish()
 }

@@ -8,6 +8,8 @@
 //! before it is forwarded.
 
 mod cancel;
+pub mod catalog;
+mod mask;
 mod relay;
 mod session;
 pub mod stream;
@@ -41,6 +43,11 @@ pub struct PgGateway {
     pub cancels: Arc<CancelRegistry>,
     /// Live sessions, so shutdown can wait for their last records.
     pub sessions: SessionGauge,
+    /// Keyed masker for `mask:` rules (the key lives in the data dir, so
+    /// `hash` stays stable across restarts).
+    pub masker: Arc<portcullis_masking::Masker>,
+    /// Where result fields come from, for declared masked columns.
+    pub catalog: catalog::Catalog,
 }
 
 /// Counts live sessions: each holds a clone for its lifetime.

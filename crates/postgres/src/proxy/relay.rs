@@ -11,13 +11,14 @@
 //! transactions all behave as if PostgreSQL itself had refused it; the
 //! upstream's 26000 error is replaced on the way back by our 42501.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use portcullis_identity::Principal;
-use portcullis_policy::classify::{Classification, ClassifyError};
+use portcullis_masking::{Expressions, MaskRules};
+use portcullis_policy::classify::{Classification, ClassifyError, StatementClass};
 use portcullis_policy::decide::{Applicable, Decision, Verdict};
 use portcullis_records::{NewRecord, RecordKind};
 use serde_json::json;
@@ -29,7 +30,10 @@ use crate::codec::backend::{
 use crate::codec::frontend::{
     encode_describe, encode_flush, encode_sync, encode_terminate, FrontendMessage,
 };
+use crate::codec::rows::parse_row_description;
 use crate::codec::{decode_frame, peek_frame_len, CodecError, Frame};
+
+use super::mask::{SessionMask, Shape, Tally};
 
 use super::session::Client;
 use super::stream::MaybeTls;
@@ -75,9 +79,28 @@ pub(crate) async fn run(
 
     let expectations = Mutex::new(VecDeque::new());
     let applicable = gw.policies.applicable(&principal, &gw.name).standing_only();
+    let mask = match MaskRules::compile(applicable.masks()) {
+        Ok(rules) => rules.map(|rules| SessionMask {
+            rules,
+            masker: gw.masker.clone(),
+        }),
+        Err(e) => {
+            // The validator refuses such configs; if one slips through,
+            // the session must not run unmasked.
+            tracing::error!(session = %session_id, error = %e, "mask rules do not compile");
+            let error = ErrorFields::fatal(
+                sqlstate::SYSTEM_ERROR,
+                format!("masking is misconfigured: {e}"),
+            );
+            let _ = client_write.write_all(&error.encode(BytesMut::new())).await;
+            return;
+        }
+    };
     let mut decider = ClientSide {
         gw: &gw,
         applicable,
+        mask: mask.as_ref(),
+        described: HashSet::new(),
         principal: &principal,
         session_id: &session_id,
         expectations: &expectations,
@@ -95,6 +118,12 @@ pub(crate) async fn run(
         local: VecDeque::new(),
         results: Vec::new(),
         oldest_result: None,
+        mask: mask.as_ref().map(|session| MaskState {
+            session,
+            current: None,
+            portals: HashMap::new(),
+            copy: CopyOut::None,
+        }),
     };
     let end = tokio::select! {
         end = decider.run(&mut client_read, client_buf, &mut upstream_write) => end,
@@ -205,6 +234,13 @@ enum Expect {
     Poison { name: String, error: ErrorFields },
     /// A Sync or Query was forwarded: the next ReadyForQuery closes the group.
     SyncPoint,
+    /// A Describe was forwarded (masking sessions only): its RowDescription
+    /// or NoData gives a portal's shape; `swallow` when the gateway sent it
+    /// itself and the client must not see the answer.
+    Describe {
+        portal: Option<String>,
+        swallow: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -217,6 +253,12 @@ struct Tracker {
     bytes: u64,
     completed: bool,
     error: Option<String>,
+    /// The portal an Execute runs: its rows take that portal's shape.
+    portal: Option<String>,
+    /// A DDL statement: the catalog cache is dropped when it completes.
+    ddl: bool,
+    /// What masking changed in this statement's results.
+    masked: Option<Box<Tally>>,
 }
 
 /// How a statement arrived, for its record.
@@ -240,6 +282,11 @@ struct Prepared {
 struct ClientSide<'a> {
     gw: &'a PgGateway,
     applicable: Applicable<'a>,
+    /// `None` for principals without mask rules: their results pass untouched.
+    mask: Option<&'a SessionMask>,
+    /// Portals described since they were bound (masking sessions only):
+    /// an Execute of any other portal gets a Describe of the gateway's own.
+    described: HashSet<String>,
     principal: &'a Principal,
     session_id: &'a str,
     expectations: &'a Mutex<VecDeque<Expect>>,
@@ -319,6 +366,9 @@ impl ClientSide<'_> {
                 if let Some(p) = self.prepared.get(statement).cloned() {
                     self.portals.insert(portal.to_string(), (p, params));
                 }
+                if self.mask.is_some() {
+                    self.described.remove(portal);
+                }
                 frame.encode_into(&mut self.batch);
             }
             FrontendMessage::Execute { portal, .. } => {
@@ -330,10 +380,23 @@ impl ClientSide<'_> {
                     self.prepared.remove(name);
                 } else {
                     self.portals.remove(name);
+                    self.described.remove(name);
                 }
                 frame.encode_into(&mut self.batch);
             }
-            FrontendMessage::Describe { .. } => frame.encode_into(&mut self.batch),
+            FrontendMessage::Describe { kind, name } => {
+                if self.mask.is_some() {
+                    let portal = (kind == b'P').then(|| name.to_string());
+                    if let Some(p) = &portal {
+                        self.described.insert(p.clone());
+                    }
+                    self.expect(Expect::Describe {
+                        portal,
+                        swallow: false,
+                    });
+                }
+                frame.encode_into(&mut self.batch);
+            }
             FrontendMessage::Sync => {
                 self.skipping_to_sync = false;
                 frame.encode_into(&mut self.batch);
@@ -385,7 +448,9 @@ impl ClientSide<'_> {
                 return;
             }
         };
-        self.expect(Expect::Statement(Tracker::new(record_id, true)));
+        let mut tracker = Tracker::new(record_id, true, None);
+        tracker.ddl = is_ddl(&classification);
+        self.expect(Expect::Statement(tracker));
         self.expect(Expect::SyncPoint);
         frame.encode_into(&mut self.batch);
     }
@@ -420,6 +485,15 @@ impl ClientSide<'_> {
     }
 
     async fn execute(&mut self, frame: &Frame, portal: &str) {
+        if self.mask.is_some() && self.described.insert(portal.to_string()) {
+            // Rows are masked by their portal's description; the client
+            // need not have asked for one, so the gateway does.
+            self.batch = encode_describe(std::mem::take(&mut self.batch), b'P', portal);
+            self.expect(Expect::Describe {
+                portal: Some(portal.to_string()),
+                swallow: true,
+            });
+        }
         let Some((prepared, params)) = self.portals.get(portal).cloned() else {
             // Unknown to us means unknown upstream too (it will say so), or
             // a cursor opened by DECLARE, which was decided when declared.
@@ -436,15 +510,24 @@ impl ClientSide<'_> {
             &prepared.decision,
             via,
         );
-        self.record_then_forward(frame, record).await;
+        let ddl = is_ddl(&prepared.classification);
+        self.record_then_forward(frame, record, portal, ddl).await;
     }
 
     /// An Execute is forwarded only once its record is committed; if the
     /// record cannot be written, a refusal stands in its place.
-    async fn record_then_forward(&mut self, frame: &Frame, record: NewRecord) {
+    async fn record_then_forward(
+        &mut self,
+        frame: &Frame,
+        record: NewRecord,
+        portal: &str,
+        ddl: bool,
+    ) {
         match self.gw.store.append(record).await {
             Ok(id) => {
-                self.expect(Expect::Statement(Tracker::new(id, false)));
+                let mut tracker = Tracker::new(id, false, Some(portal));
+                tracker.ddl = ddl;
+                self.expect(Expect::Statement(tracker));
                 frame.encode_into(&mut self.batch);
             }
             Err(e) => self.poison(store_error(&e)),
@@ -471,13 +554,20 @@ impl ClientSide<'_> {
             },
         );
         self.statements += 1;
-        self.record_then_forward(frame, record).await;
+        self.record_then_forward(frame, record, portal, false).await;
     }
 
     fn decide(&self, sql: &str) -> (Arc<Classification>, Decision) {
         match self.gw.classifier.classify(sql) {
             Ok(c) => {
-                let d = self.applicable.decide(&c);
+                let mut d = self.applicable.decide(&c);
+                if d.verdict == Verdict::Allow {
+                    if let Some(refusal) = self.mask.and_then(|m| unmaskable_copy(&m.rules, &c)) {
+                        d = refusal;
+                    } else if is_ddl(&c) {
+                        self.gw.catalog.invalidate();
+                    }
+                }
                 (c, d)
             }
             Err(e) => (
@@ -550,7 +640,7 @@ impl ClientSide<'_> {
 }
 
 impl Tracker {
-    fn new(record_id: i64, whole_query: bool) -> Self {
+    fn new(record_id: i64, whole_query: bool, portal: Option<&str>) -> Self {
         Self {
             record_id,
             started: Instant::now(),
@@ -559,8 +649,43 @@ impl Tracker {
             bytes: 0,
             completed: false,
             error: None,
+            portal: portal.map(str::to_string),
+            ddl: false,
+            masked: None,
         }
     }
+}
+
+fn is_ddl(c: &Classification) -> bool {
+    c.statements.iter().any(|s| s.class == StatementClass::Ddl)
+}
+
+/// `COPY ... TO STDOUT` output carries no description of where its fields
+/// come from, so declared columns cannot be found in it: a principal with
+/// declared columns on a table the COPY reads (or `expressions: mask`) is
+/// refused and pointed at SELECT. Detector-only principals get their COPY
+/// lines scanned instead.
+fn unmaskable_copy(rules: &MaskRules, c: &Classification) -> Option<Decision> {
+    let (index, statement) = c
+        .statements
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.command == "COPY TO")?;
+    let why = if rules.expressions == Expressions::Mask {
+        "the policy masks every field it cannot trace to a column (expressions: mask)".to_string()
+    } else {
+        let rule = rules.covering(&statement.relations)?;
+        format!("it reads a table with masked column {:?}", rule.label)
+    };
+    Some(Decision {
+        verdict: Verdict::Deny,
+        policy: None,
+        rule: "mask".into(),
+        reason: format!(
+            "COPY TO STDOUT output cannot be masked per column and {why}; use SELECT, whose results the gateway masks"
+        ),
+        statement_index: Some(index),
+    })
 }
 
 fn verdict_name(v: Verdict) -> &'static str {
@@ -616,6 +741,29 @@ struct ServerSide<'a> {
     /// Results waiting to be written as one record (see `record_result`).
     results: Vec<serde_json::Value>,
     oldest_result: Option<Instant>,
+    /// `None` for principals without mask rules.
+    mask: Option<MaskState<'a>>,
+}
+
+/// The masking side of a session's results.
+struct MaskState<'a> {
+    session: &'a SessionMask,
+    /// The shape of the simple-query result set being streamed.
+    current: Option<Arc<Shape>>,
+    /// Shapes of described portals, for their Executes' rows.
+    portals: HashMap<String, Arc<Shape>>,
+    copy: CopyOut,
+}
+
+/// What is being done with a COPY TO STDOUT in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyOut {
+    None,
+    /// Text or CSV: each line is scanned by the detectors.
+    Text,
+    /// Binary COPY cannot be scanned: its data is dropped and the command
+    /// ends in an error instead.
+    Refused,
 }
 
 /// Results are written in batches per session: one record per statement
@@ -666,6 +814,9 @@ impl ServerSide<'_> {
         // so everything these bytes answer is already queued: one pull per
         // read instead of a lock per message (per DataRow on big results).
         self.pull();
+        if self.mask.is_some() {
+            return self.relay_masked(buf, client).await;
+        }
         let mut pos = 0;
         let mut run_start = 0;
         while let Some(len) = peek_frame_len(&buf[pos..], MAX_BACKEND_MESSAGE)
@@ -685,6 +836,207 @@ impl ServerSide<'_> {
         write(client, &buf[run_start..pos]).await?;
         buf.advance(pos);
         Ok(())
+    }
+
+    /// The masking session's relay: every message is looked at, and the
+    /// output is assembled in one buffer per read.
+    async fn relay_masked(
+        &mut self,
+        buf: &mut BytesMut,
+        client: &mut WriteHalf<MaybeTls>,
+    ) -> Result<(), End> {
+        let mut out = BytesMut::with_capacity(buf.len() + 256);
+        let mut pos = 0;
+        while let Some(len) = peek_frame_len(&buf[pos..], MAX_BACKEND_MESSAGE)
+            .map_err(|e: CodecError| End::UpstreamProtocol(e.to_string()))?
+        {
+            let frame = &buf[pos..pos + len];
+            let (tag, body) = (frame[0], &frame[5..]);
+            if tag == b'S' {
+                check_parameter(body)?;
+            }
+            let masked = self.mask_message(tag, body).await?;
+            match (self.observe(tag, body), masked) {
+                (Some(replacement), _) | (None, Masked::Replace(replacement)) => {
+                    out.extend_from_slice(&replacement)
+                }
+                (None, Masked::Drop) => {}
+                (None, Masked::Keep) => out.extend_from_slice(frame),
+            }
+            pos += len;
+            if out.len() >= 64 * 1024 {
+                write(client, &out).await?;
+                out.clear();
+            }
+        }
+        write(client, &out).await?;
+        buf.advance(pos);
+        Ok(())
+    }
+
+    async fn mask_message(&mut self, tag: u8, body: &[u8]) -> Result<Masked, End> {
+        let protocol = |e: CodecError| End::UpstreamProtocol(e.to_string());
+        Ok(match tag {
+            b'T' => {
+                let fields = parse_row_description(body).map_err(protocol)?;
+                let shape = Arc::new(self.shape_of(&fields).await);
+                self.answer_describe(shape)
+            }
+            b'n' => self.answer_describe(Arc::new(Shape::default())),
+            b'D' => self.mask_data_row(body).map_err(protocol)?,
+            b'H' => {
+                let binary = body.first() == Some(&1);
+                let Some(m) = self.mask.as_mut() else {
+                    return Ok(Masked::Keep);
+                };
+                m.copy = if binary {
+                    CopyOut::Refused
+                } else {
+                    CopyOut::Text
+                };
+                if binary {
+                    Masked::Drop
+                } else {
+                    Masked::Keep
+                }
+            }
+            b'd' | b'c' => self.mask_copy(tag, body),
+            b'C' => self.end_copy(),
+            b'E' | b'N' => {
+                let fields = parse_error_fields(body).map_err(protocol)?;
+                let (Some(m), mut tally) = (self.mask.as_ref(), Tally::default()) else {
+                    return Ok(Masked::Keep);
+                };
+                let masked = m.session.mask_error(tag, &fields, &mut tally);
+                self.tally(tally);
+                masked.map_or(Masked::Keep, Masked::Replace)
+            }
+            _ => Masked::Keep,
+        })
+    }
+
+    /// The masking plan of a RowDescription, its fields traced through the
+    /// catalog when columns are declared.
+    async fn shape_of(&self, fields: &[crate::codec::rows::FieldDescription<'_>]) -> Shape {
+        let Some(m) = self.mask.as_ref() else {
+            return Shape::default();
+        };
+        if m.session.rules.columns.is_empty() && m.session.rules.expressions == Expressions::Detect
+        {
+            // Nothing depends on where a field comes from.
+            return m.session.plan(fields, &[]);
+        }
+        let origins: Vec<_> = fields.iter().map(|f| (f.table_oid, f.column)).collect();
+        match self.gw.catalog.resolve(&self.gw.upstream, &origins).await {
+            Ok(sources) => m.session.plan(fields, &sources),
+            Err(e) => {
+                tracing::warn!(session = %self.session_id, error = %e, "catalog lookup failed; masking every field of this result");
+                m.session.plan_blind(fields)
+            }
+        }
+    }
+
+    /// A RowDescription or NoData answers the oldest pending Describe, or
+    /// else starts a simple query's result set.
+    fn answer_describe(&mut self, shape: Arc<Shape>) -> Masked {
+        let describe = self.local.iter().position(|e| match e {
+            Expect::Describe { .. } => true,
+            Expect::Statement(t) => t.whole_query && !t.completed,
+            _ => false,
+        });
+        let Some(m) = self.mask.as_mut() else {
+            return Masked::Keep;
+        };
+        match describe.and_then(|i| match &self.local[i] {
+            Expect::Describe { .. } => self.local.remove(i),
+            _ => None,
+        }) {
+            Some(Expect::Describe { portal, swallow }) => {
+                if let Some(p) = portal {
+                    m.portals.insert(p, shape);
+                }
+                if swallow {
+                    Masked::Drop
+                } else {
+                    Masked::Keep
+                }
+            }
+            _ => {
+                m.current = Some(shape);
+                Masked::Keep
+            }
+        }
+    }
+
+    fn mask_data_row(&mut self, body: &[u8]) -> Result<Masked, CodecError> {
+        let portal = self.current_tracker().and_then(|t| t.portal.clone());
+        let Some(m) = self.mask.as_ref() else {
+            return Ok(Masked::Keep);
+        };
+        let shape = match &portal {
+            Some(p) => m.portals.get(p),
+            None => m.current.as_ref(),
+        };
+        let mut tally = Tally::default();
+        let masked = match shape {
+            Some(shape) if m.session.is_clean(shape) => None,
+            Some(shape) => m.session.mask_row(shape, body, &mut tally)?,
+            // Rows the gateway cannot place: nothing of them goes out.
+            None => Some(m.session.null_row(body, &mut tally)?),
+        };
+        self.tally(tally);
+        Ok(masked.map_or(Masked::Keep, Masked::Replace))
+    }
+
+    fn mask_copy(&mut self, tag: u8, body: &[u8]) -> Masked {
+        let Some(m) = self.mask.as_ref() else {
+            return Masked::Keep;
+        };
+        match (m.copy, tag) {
+            (CopyOut::Refused, _) => Masked::Drop,
+            (CopyOut::Text, b'd') => {
+                let mut tally = Tally::default();
+                let line = m.session.mask_copy_line(body, &mut tally);
+                self.tally(tally);
+                match line {
+                    Some(line) => {
+                        let mut w = crate::codec::Writer::new(BytesMut::new(), b'd');
+                        w.bytes(&line);
+                        Masked::Replace(w.finish())
+                    }
+                    None => Masked::Keep,
+                }
+            }
+            _ => Masked::Keep,
+        }
+    }
+
+    /// CommandComplete: a refused binary COPY ends in an error instead.
+    fn end_copy(&mut self) -> Masked {
+        let Some(m) = self.mask.as_mut() else {
+            return Masked::Keep;
+        };
+        if std::mem::replace(&mut m.copy, CopyOut::None) != CopyOut::Refused {
+            return Masked::Keep;
+        }
+        let error = ErrorFields::error(
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            "binary COPY output cannot be masked; use COPY ... TO STDOUT in text or CSV format, or SELECT",
+        )
+        .with_hint("Portcullis masks results for this principal; the session is still usable.");
+        if let Some(t) = self.current_tracker() {
+            t.error = Some(error.message.clone());
+        }
+        Masked::Replace(error.encode(BytesMut::new()))
+    }
+
+    fn tally(&mut self, tally: Tally) {
+        if tally.is_empty() {
+            return;
+        }
+        if let Some(t) = self.current_tracker() {
+            t.masked.get_or_insert_with(Default::default).merge(tally);
+        }
     }
 
     fn pull(&mut self) {
@@ -727,6 +1079,13 @@ impl ServerSide<'_> {
     }
 
     fn complete(&mut self, rows: Option<u64>, error: Option<String>) {
+        let Some(t) = self.current_tracker() else {
+            return;
+        };
+        if t.ddl {
+            // Names may have changed; masking must not trust the old ones.
+            self.gw.catalog.invalidate();
+        }
         let Some(t) = self.current_tracker() else {
             return;
         };
@@ -781,7 +1140,7 @@ impl ServerSide<'_> {
                     }
                     self.record_result(t);
                 }
-                Expect::Poison { .. } => {}
+                Expect::Poison { .. } | Expect::Describe { .. } => {}
             }
         }
     }
@@ -795,13 +1154,17 @@ impl ServerSide<'_> {
     }
 
     fn record_result(&mut self, t: Tracker) {
-        self.results.push(json!({
+        let mut result = json!({
             "statement": t.record_id,
             "duration_us": t.started.elapsed().as_micros() as u64,
             "rows": t.rows,
             "bytes": t.bytes,
             "error": t.error,
-        }));
+        });
+        if let Some(masked) = &t.masked {
+            result["masked"] = masked.to_json();
+        }
+        self.results.push(result);
         let oldest = *self.oldest_result.get_or_insert_with(Instant::now);
         if self.results.len() >= RESULTS_PER_RECORD || oldest.elapsed() >= RESULTS_MAX_DELAY {
             self.flush_results();
@@ -822,6 +1185,13 @@ impl ServerSide<'_> {
             .detail(json!({ "results": results }));
         self.gw.store.append_detached(record);
     }
+}
+
+/// What masking does with one upstream message.
+enum Masked {
+    Keep,
+    Drop,
+    Replace(BytesMut),
 }
 
 /// The classifier lexes strings as PostgreSQL does with

@@ -154,12 +154,43 @@ fn statement_line(r: &Record, result: Option<&Value>) -> String {
                 rd.get("bytes").and_then(Value::as_u64).unwrap_or(0)
             )),
         }
+        if let Some(masked) = rd.get("masked") {
+            line.push_str(&format!(" [masked: {masked}]"));
+        }
+        if let Some(output) = rd.get("output") {
+            push_output(&mut line, output);
+        }
     } else if r.decision.as_deref() != Some("allow") {
         if let Some(reason) = d.get("reason").and_then(Value::as_str) {
             line.push_str(&format!(" -> refused: {reason}"));
         }
     }
     line
+}
+
+/// The recorded first rows, indented under their statement, as `psql -A`
+/// would print them (cells joined by `|`, NULL empty).
+fn push_output(line: &mut String, output: &Value) {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|cells| {
+                cells
+                    .iter()
+                    .map(|c| c.as_str().map(str::to_string).unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let columns = strings(&output["columns"]);
+    if !columns.is_empty() {
+        line.push_str(&format!("\n      {}", columns.join("|")));
+    }
+    for row in output["rows"].as_array().into_iter().flatten() {
+        line.push_str(&format!("\n      {}", strings(row).join("|")));
+    }
+    if output["truncated"] == Value::Bool(true) {
+        line.push_str("\n      ...");
+    }
 }
 
 pub fn verify(args: &StoreArgs) -> anyhow::Result<ExitCode> {

@@ -89,6 +89,8 @@ fn masking_env_with(change: impl FnOnce(&mut Options)) -> Env {
              create view customer_contacts as
                select c.id, c.email as contact, upper(c.name) as shout from customers c;
              create view contacts_of_contacts as select contact as reach from customer_contacts;
+             create function shout(t text) returns int language plpgsql
+               as $$ begin raise notice 'saw %', t; return 1; end $$;
              alter table customers owner to app_scram;
              alter table orders owner to app_scram;
              alter view customer_contacts owner to app_scram;
@@ -219,6 +221,13 @@ fn returning_errors_and_notices_are_masked() {
     assert!(error.contains("invalid input syntax"), "{}", out.stderr);
     assert!(error.contains("a****@example.com"), "{}", out.stderr);
 
+    let out = env.psql(&ci, &format!("select shout('{CARD_OTHER}');"));
+    assert!(
+        out.stderr.contains("NOTICE:  saw ************0004"),
+        "{}",
+        out.stderr
+    );
+
     let auditor = env.token("auditor", &[]);
     let out = env.psql(
         &auditor,
@@ -337,8 +346,37 @@ fn the_audit_record_counts_what_was_masked_and_never_holds_values() {
     assert_eq!(masked["columns"]["public.customers.card"], 2, "{masked}");
     assert_eq!(masked["detectors"]["secret"], 2, "{masked}");
     assert_eq!(masked["values"], 6, "{masked}");
+    // Errors echo values too; their record is masked like the client's copy.
+    let out = env.psql(&ci, &format!("select '{EMAIL}'::int;"));
+    assert!(
+        out.stderr.contains("invalid input syntax"),
+        "{}",
+        out.stderr
+    );
+    env.wait_for_record(|r| {
+        r["kind"] == "session_end"
+            && r["detail"]["statements"] == 1
+            && r["session_id"] != result["session_id"]
+    });
     let everything = env.cli(&["audit", "export", "--format", "jsonl"]).stdout;
-    assert_no_secrets("records", &everything);
+    assert!(everything.contains("a****@example.com"), "{everything}");
+    // The statement text is the client's own and is recorded as sent; the
+    // secrets the test checks for are the ones only results carry.
+    for s in [CARD, CARD_PLAIN, CARD_OTHER, EMAIL_OTHER, AWS_KEY] {
+        assert!(!everything.contains(s), "{s} in records:\n{everything}");
+    }
+
+    // replay shows the masked rows the client received.
+    let session = result["session_id"].as_str().unwrap();
+    let replay = env.cli(&["replay", session]);
+    assert!(replay.success(), "{}", replay.stderr);
+    assert!(
+        replay.stdout.contains("email|card|notes\n      a****@example.com|**** **** **** 1111|call me, key ****, token ****"),
+        "{}",
+        replay.stdout
+    );
+    assert!(replay.stdout.contains("[masked: "), "{}", replay.stdout);
+    assert_no_secrets("replay", &replay.stdout);
 }
 
 const PSYCOPG_SCRIPT: &str = r#"

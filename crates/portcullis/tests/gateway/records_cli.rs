@@ -40,6 +40,8 @@ fn sessions_list_and_replay_show_the_session_in_order() {
     assert!(text.contains("ALLOW"), "{text}");
     assert!(text.contains("DENY"), "{text}");
     assert!(text.contains("1 rows"), "{text}");
+    // What the client saw, under its statement.
+    assert!(text.contains("\n      name\n      item 3\n"), "{text}");
     assert!(text.contains("session end"), "{text}");
 }
 

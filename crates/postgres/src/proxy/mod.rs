@@ -10,6 +10,7 @@
 mod cancel;
 pub mod catalog;
 mod mask;
+mod output;
 mod relay;
 mod session;
 pub mod stream;

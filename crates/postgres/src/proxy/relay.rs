@@ -34,6 +34,7 @@ use crate::codec::rows::parse_row_description;
 use crate::codec::{decode_frame, peek_frame_len, CodecError, Frame};
 
 use super::mask::{SessionMask, Shape, Tally};
+use super::output::OutputSample;
 
 use super::session::Client;
 use super::stream::MaybeTls;
@@ -259,6 +260,8 @@ struct Tracker {
     ddl: bool,
     /// What masking changed in this statement's results.
     masked: Option<Box<Tally>>,
+    /// The first rows the client received.
+    output: OutputSample,
 }
 
 /// How a statement arrived, for its record.
@@ -652,6 +655,7 @@ impl Tracker {
             portal: portal.map(str::to_string),
             ddl: false,
             masked: None,
+            output: OutputSample::default(),
         }
     }
 }
@@ -856,7 +860,12 @@ impl ServerSide<'_> {
                 check_parameter(body)?;
             }
             let masked = self.mask_message(tag, body).await?;
-            match (self.observe(tag, body), masked) {
+            // Records describe what the client got: the masked message.
+            let observed = match &masked {
+                Masked::Replace(m) => self.observe(m[0], &m[5..]),
+                Masked::Keep | Masked::Drop => self.observe(tag, body),
+            };
+            match (observed, masked) {
                 (Some(replacement), _) | (None, Masked::Replace(replacement)) => {
                     out.extend_from_slice(&replacement)
                 }
@@ -1024,9 +1033,6 @@ impl ServerSide<'_> {
             "binary COPY output cannot be masked; use COPY ... TO STDOUT in text or CSV format, or SELECT",
         )
         .with_hint("Portcullis masks results for this principal; the session is still usable.");
-        if let Some(t) = self.current_tracker() {
-            t.error = Some(error.message.clone());
-        }
         Masked::Replace(error.encode(BytesMut::new()))
     }
 
@@ -1048,9 +1054,22 @@ impl ServerSide<'_> {
     /// Notes one upstream message; returns bytes to send instead of it.
     fn observe(&mut self, tag: u8, body: &[u8]) -> Option<BytesMut> {
         match tag {
-            b'D' | b'd' => {
+            b'D' => {
                 if let Some(t) = self.current_tracker() {
                     t.bytes += body.len() as u64;
+                    t.output.note_row(body);
+                }
+                None
+            }
+            b'd' => {
+                if let Some(t) = self.current_tracker() {
+                    t.bytes += body.len() as u64;
+                }
+                None
+            }
+            b'T' => {
+                if let Some(t) = self.current_tracker() {
+                    t.output.note_columns(body);
                 }
                 None
             }
@@ -1163,6 +1182,9 @@ impl ServerSide<'_> {
         });
         if let Some(masked) = &t.masked {
             result["masked"] = masked.to_json();
+        }
+        if !t.output.is_empty() {
+            result["output"] = t.output.to_json();
         }
         self.results.push(result);
         let oldest = *self.oldest_result.get_or_insert_with(Instant::now);

@@ -470,3 +470,32 @@ fn frames(mut b: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
         Some((frame[0], &frame[5..]))
     })
 }
+
+/// If the catalog cannot say where fields come from, declared columns
+/// cannot be told apart: the result is masked whole, never passed raw.
+#[test]
+fn an_unreadable_catalog_masks_everything_until_it_is_readable_again() {
+    let env = masking_env();
+    let ci = env.token("ci-job", &["ci"]);
+    env.pg
+        .sql("app", "revoke select on pg_catalog.pg_rewrite from public;");
+    let out = psql_ok(
+        &env,
+        &ci,
+        "select name, email, id from customers order by id;",
+    );
+    assert_eq!(out, "****|****|\n****|****|\n");
+    assert!(
+        env.gateway_log().contains("catalog lookup failed"),
+        "{}",
+        env.gateway_log()
+    );
+    env.pg
+        .sql("app", "grant select on pg_catalog.pg_rewrite to public;");
+    let out = psql_ok(
+        &env,
+        &ci,
+        "select name, email, id from customers order by id;",
+    );
+    assert_eq!(out, "Alice|a****@example.com|1\nBob|b****@example.org|2\n");
+}

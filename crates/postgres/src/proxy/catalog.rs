@@ -33,6 +33,9 @@ use super::upstream::{self, UpstreamError, UpstreamTarget};
 /// Catalog changes made outside the gateway are seen within this time.
 const CACHE_TTL: Duration = Duration::from_secs(300);
 
+/// A lookup that takes longer fails, and its result is masked blind.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Views of views of views... deeper than this are treated as untraceable.
 const MAX_VIEW_DEPTH: usize = 8;
 
@@ -49,6 +52,8 @@ pub enum CatalogError {
     Protocol(#[from] CodecError),
     #[error("catalog connection: {0}")]
     Io(#[from] std::io::Error),
+    #[error("catalog lookup took longer than {LOOKUP_TIMEOUT:?}")]
+    Timeout,
 }
 
 /// What one catalog row says about a (table, column).
@@ -153,9 +158,11 @@ impl Catalog {
                 conn.insert(upstream::connect(target, &params).await?.stream)
             }
         };
-        let result = query(stream, &lookup_sql(origins)).await;
+        let result = tokio::time::timeout(LOOKUP_TIMEOUT, query(stream, &lookup_sql(origins)))
+            .await
+            .unwrap_or(Err(CatalogError::Timeout));
         if result.is_err() {
-            // A broken connection is reopened on the next lookup.
+            // A broken (or mid-answer) connection is reopened on the next lookup.
             *conn = None;
         }
         let mut found: HashMap<FieldOrigin, Option<Entry>> =

@@ -423,6 +423,22 @@ fn psycopg_text_binary_prepared_and_server_side_cursors_are_masked() {
             ["b****@example.org", "************0004"]
         ])
     );
+
+    // The same driver calls as an unmasked principal get the clear values.
+    let auditor = env.token("auditor", &[]);
+    cmd.env(
+        "DSN",
+        format!("{} password={auditor}", env.conninfo("require")),
+    );
+    let out = run(&mut cmd, TIMEOUT);
+    assert!(out.success(), "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("json");
+    for format in ["text", "binary"] {
+        assert_eq!(v[format][1], EMAIL, "{format}");
+        assert_eq!(v[format][2], CARD, "{format}");
+        assert_eq!(v[format][5], CARD_PLAIN, "{format}");
+    }
+    assert_eq!(v["named"][1][1], CARD_OTHER);
 }
 
 /// A raw extended-protocol exchange: Parse, Bind, then Execute with a row

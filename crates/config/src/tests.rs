@@ -127,7 +127,10 @@ fn loopback_detection() {
 #[test]
 fn admin_defaults_to_five_minute_approvals_and_no_webhooks() {
     let c = Config::parse("p.yaml", GOOD).expect("valid");
-    assert_eq!(c.admin.approval_timeout.0, std::time::Duration::from_secs(300));
+    assert_eq!(
+        c.admin.approval_timeout.0,
+        std::time::Duration::from_secs(300)
+    );
     assert!(c.admin.webhooks.is_empty());
     assert_eq!(c.admin.base_url(), "http://127.0.0.1:8080");
 }
@@ -140,7 +143,10 @@ fn admin_webhooks_and_public_url_parse() {
     );
     let c = Config::parse("p.yaml", &text).expect("valid");
     assert_eq!(c.admin.base_url(), "https://gate.example");
-    assert_eq!(c.admin.approval_timeout.0, std::time::Duration::from_secs(90));
+    assert_eq!(
+        c.admin.approval_timeout.0,
+        std::time::Duration::from_secs(90)
+    );
     assert_eq!(c.admin.webhooks[0].format, WebhookFormat::Slack);
     assert_eq!(c.admin.webhooks[0].retries, 4);
     assert_eq!(c.admin.webhooks[1].format, WebhookFormat::Json);

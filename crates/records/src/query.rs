@@ -10,7 +10,7 @@ use rusqlite::{params, Connection};
 use serde::Serialize;
 
 use crate::db::{self, COLUMNS};
-use crate::{Record, StoreError};
+use crate::{Record, RecordKind, StoreError};
 
 /// Which sessions [`crate::Store::sessions`] lists; empty fields match everything.
 #[derive(Debug, Default, Clone)]
@@ -118,6 +118,20 @@ pub(crate) fn records(
             collect(conn, &sql, [])
         }
     }
+}
+
+/// Every record of the given kinds, in id order.
+pub(crate) fn records_of_kinds(
+    conn: &Connection,
+    kinds: &[RecordKind],
+) -> Result<Vec<Record>, StoreError> {
+    if kinds.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks = vec!["?"; kinds.len()].join(", ");
+    let sql = format!("SELECT {COLUMNS} FROM records WHERE kind IN ({marks}) ORDER BY id");
+    let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+    collect(conn, &sql, rusqlite::params_from_iter(names))
 }
 
 fn collect(

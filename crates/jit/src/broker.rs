@@ -115,7 +115,7 @@ impl Broker {
     /// Whether `principal` may approve, deny and revoke.
     pub fn is_approver(&self, principal: &Principal) -> bool {
         let a = &self.settings.approvers;
-        a.principals.iter().any(|p| *p == principal.name)
+        a.principals.contains(&principal.name)
             || principal.groups.iter().any(|g| a.groups.contains(g))
     }
 
@@ -171,7 +171,7 @@ impl Broker {
             g.principal == principal.name
                 && g.connection == connection
                 && g.status.is_open()
-                && !g.expires_at.is_some_and(|e| e <= SystemTime::now())
+                && g.expires_at.is_none_or(|e| e > SystemTime::now())
         }) {
             // A second grant while one is open would extend it, which the
             // grantee must not be able to do.

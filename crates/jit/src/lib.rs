@@ -27,3 +27,4 @@ pub use broker::{Broker, BrokerSettings};
 pub use error::JitError;
 pub use grants::{Grant, GrantLease, GrantStatus};
 pub use notify::{Event, Notifier};
+pub use timefmt::format as format_time;

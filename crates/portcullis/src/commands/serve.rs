@@ -1,5 +1,6 @@
 //! `portcullis serve`: builds the shared services once (verifier, compiled
-//! policies, classifier cache, audit store, TLS) and starts every listener.
+//! policies, classifier cache, audit store, TLS, the grant/approval broker)
+//! and starts every listener and the admin API.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use portcullis_config::{Config, ConnectionConfig, PostgresConnection, UpstreamTls};
 use portcullis_identity::Verifier;
+use portcullis_jit::{Broker, BrokerSettings, Notifier};
 use portcullis_policy::classify::Classifier;
 use portcullis_policy::decide::PolicySet;
 use portcullis_postgres::proxy::SessionGauge;
@@ -22,7 +24,12 @@ struct Services {
     classifier: Arc<Classifier>,
     store: Store,
     tls: Arc<rustls::ServerConfig>,
+    jit: Arc<Broker>,
 }
+
+/// How often ended grants are swept into `expired` records. Sessions do not
+/// wait for it: each knows its grant's end.
+const EXPIRY_SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let config = match Config::load(config_path) {
@@ -34,16 +41,35 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     };
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let policies = Arc::new(PolicySet::compile(&config.policies).context("policies")?);
+    let store = Store::open(&config.store)
+        .with_context(|| format!("cannot open store {}", config.store))?;
+    let base_url = config.admin.base_url();
+    let notifier = Notifier::start(
+        config.admin.webhooks.clone(),
+        base_url.clone(),
+        store.clone(),
+    );
+    let settings = BrokerSettings {
+        approvers: config.identity.approvers.clone(),
+        approval_timeout: config.admin.approval_timeout.0,
+        base_url,
+    };
+    let jit = Broker::open(store.clone(), policies.clone(), settings, notifier)
+        .await
+        .context("cannot load grants from the store")?;
+    let _expiry = jit.spawn_expiry(EXPIRY_SWEEP);
     let services = Services {
         verifier: Verifier::new(&config.identity.oidc),
-        policies: Arc::new(PolicySet::compile(&config.policies).context("policies")?),
+        policies,
         classifier: Arc::new(Classifier::new(10_000)),
-        store: Store::open(&config.store)
-            .with_context(|| format!("cannot open store {}", config.store))?,
+        store,
         tls: crate::tls::server_config(&config)?,
+        jit,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    tasks.push(admin_api(&services, &config.admin.listen, stop_rx.clone()).await?);
     let mut gauges = Vec::new();
     for connection in &config.connections {
         match connection {
@@ -117,6 +143,34 @@ fn postgres_gateway(
         upstream,
         cancels: Arc::new(CancelRegistry::default()),
         sessions: SessionGauge::default(),
+        jit: services.jit.clone(),
+    }))
+}
+
+/// Binds the admin API now, so a taken port fails `serve` at start rather
+/// than leaving approvers without a way in.
+async fn admin_api(
+    services: &Services,
+    listen: &str,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("admin API: cannot listen on {listen}"))?;
+    let app = crate::admin::router(crate::admin::AdminState {
+        verifier: services.verifier.clone(),
+        broker: services.jit.clone(),
+    });
+    tracing::info!(listen = %listen, "admin API ready");
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "admin API stopped");
+        }
     }))
 }
 

@@ -41,6 +41,8 @@ pub struct PgGateway {
     pub cancels: Arc<CancelRegistry>,
     /// Live sessions, so shutdown can wait for their last records.
     pub sessions: SessionGauge,
+    /// Grants (admission to `jit` connections) and held statements.
+    pub jit: Arc<portcullis_jit::Broker>,
 }
 
 /// Counts live sessions: each holds a clone for its lifetime.

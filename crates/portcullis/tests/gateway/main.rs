@@ -4,6 +4,10 @@
 
 mod config_cli;
 mod env;
+mod jit_api;
+mod jit_approvals;
+mod jit_grants;
+mod jit_http;
 mod postgres_access;
 mod postgres_clients;
 mod postgres_robustness;

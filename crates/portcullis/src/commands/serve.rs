@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use portcullis_config::{Config, ConnectionConfig, PostgresConnection, UpstreamTls};
+use portcullis_config::{
+    Access, Config, ConnectionConfig, JitApproval, PostgresConnection, UpstreamTls,
+};
 use portcullis_identity::Verifier;
 use portcullis_jit::{Broker, BrokerSettings, Notifier};
 use portcullis_policy::classify::Classifier;
@@ -55,6 +57,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         approval_timeout: config.admin.approval_timeout.0,
         base_url,
     };
+    warn_if_nobody_can_approve(&config);
     let jit = Broker::open(store.clone(), policies.clone(), settings, notifier)
         .await
         .context("cannot load grants from the store")?;
@@ -145,6 +148,22 @@ fn postgres_gateway(
         sessions: SessionGauge::default(),
         jit: services.jit.clone(),
     }))
+}
+
+/// Held statements and `approval: required` grants wait for an approver; with
+/// none configured they can only time out, which is legal but rarely meant.
+fn warn_if_nobody_can_approve(config: &Config) {
+    let approvers = &config.identity.approvers;
+    if !approvers.principals.is_empty() || !approvers.groups.is_empty() {
+        return;
+    }
+    for p in &config.policies {
+        let needs_human = !p.require_approval.is_empty()
+            || matches!(&p.access, Access::Jit(j) if j.approval == JitApproval::Required);
+        if needs_human {
+            tracing::warn!(policy = %p.name, "policy needs an approver but identity.approvers is empty: its held statements will time out and its grants cannot be approved");
+        }
+    }
 }
 
 /// Binds the admin API now, so a taken port fails `serve` at start rather

@@ -256,3 +256,97 @@ with psycopg.connect(os.environ["DSN"], autocommit=True) as conn:
         ]
     );
 }
+
+/// psql running `sql`, spawned directly so the test can signal or kill it.
+fn spawn_psql(env: &Env, token: &str, sql: &str) -> std::process::Child {
+    Command::new("psql")
+        .arg(env.conninfo("require"))
+        .args(["-X", "-At", "-c", sql])
+        .env("PGPASSWORD", token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn psql")
+}
+
+fn approval_events(env: &Env, id: &str) -> Vec<String> {
+    env.records()
+        .into_iter()
+        .filter(|r| r["kind"] == "approval" && r["detail"]["id"] == id)
+        .map(|r| r["decision"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn held_statement_is_abandoned_when_the_client_disconnects() {
+    let env = env_with(Options::default());
+    let ci = env.token("ci", &["ci"]);
+    let alice = env.token("alice", &["sre"]);
+    let mut child = spawn_psql(&env, &ci, UPDATE);
+    let id = pending_approval(&env, &alice, "update items")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    child.kill().expect("kill psql");
+    let _ = child.wait();
+    env.wait_for_record(|r| {
+        r["kind"] == "approval" && r["decision"] == "abandoned" && r["detail"]["id"] == id.as_str()
+    });
+    let late = env.cli_as(&alice, &["approvals", "approve", &id]);
+    assert!(late.stderr.contains("409"), "{}", late.stderr);
+    assert_eq!(name_of_item_1(&env), "item 1");
+    assert_eq!(approval_events(&env, &id), ["requested", "abandoned"]);
+}
+
+#[test]
+fn ctrl_c_in_psql_gives_up_a_held_statement() {
+    let env = env_with(Options::default());
+    let ci = env.token("ci", &["ci"]);
+    let alice = env.token("alice", &["sre"]);
+    let child = spawn_psql(&env, &ci, UPDATE);
+    let id = pending_approval(&env, &alice, "update items")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pid = child.id().to_string();
+    let kill = test_support::run(Command::new("kill").args(["-INT", &pid]), TIMEOUT);
+    assert!(kill.success(), "{}", kill.stderr);
+    let out = child.wait_with_output().expect("psql output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "canceling statement due to user request (approval {id} abandoned)"
+        )),
+        "{stderr}"
+    );
+    env.wait_for_record(|r| {
+        r["kind"] == "approval" && r["decision"] == "abandoned" && r["detail"]["id"] == id.as_str()
+    });
+    assert_eq!(name_of_item_1(&env), "item 1");
+}
+
+#[test]
+fn gateway_shutdown_ends_a_held_session_and_a_restart_closes_the_approval() {
+    let mut env = env_with(Options::default());
+    let ci = env.token("ci", &["ci"]);
+    let alice = env.token("alice", &["sre"]);
+    let child = spawn_psql(&env, &ci, UPDATE);
+    let id = pending_approval(&env, &alice, "update items")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.gateway().terminate();
+    let out = child.wait_with_output().expect("psql output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the gateway is shutting down"), "{stderr}");
+    env.restart_gateway_with(|_| {});
+    let a = env.cli_json(&alice, &["approvals", "list"]);
+    let status = a
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == id.as_str())
+        .map(|x| x["status"].clone());
+    assert_eq!(status, Some("abandoned".into()));
+    assert_eq!(name_of_item_1(&env), "item 1");
+}

@@ -107,6 +107,7 @@ pub(crate) async fn run(
         grant: grant.as_ref().map(|g| g.id.clone()),
         held: None,
         notices: notice_tx,
+        cancelled: registration.as_ref().map(|r| r.cancelled.clone()),
     };
     let mut responder = ServerSide {
         gw: &gw,
@@ -139,6 +140,14 @@ pub(crate) async fn run(
     let _ = upstream_write
         .write_all(&encode_terminate(BytesMut::new()))
         .await;
+}
+
+/// Resolves when the client cancels; never without a cancel key.
+async fn cancel_requested(cancelled: Option<&tokio::sync::Notify>) {
+    match cancelled {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves when the session's grant ends; never without a grant.
@@ -298,6 +307,8 @@ struct ClientSide<'a> {
     /// Messages for the client from the gateway itself (the hold NOTICE),
     /// written by the server side between upstream messages.
     notices: tokio::sync::mpsc::UnboundedSender<BytesMut>,
+    /// Woken by the client's CancelRequest, which gives up a held statement.
+    cancelled: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// A held statement and what is needed to run or refuse it once decided.
@@ -669,9 +680,11 @@ impl ClientSide<'_> {
     ) -> Result<(), End> {
         // What came before the held statement goes out now, in order.
         self.flush(upstream).await?;
+        // `None`: the client cancelled (Ctrl-C in psql) before a decision.
         let outcome = loop {
             tokio::select! {
-                outcome = pending.held.outcome() => break outcome,
+                outcome = pending.held.outcome() => break Some(outcome),
+                _ = cancel_requested(self.cancelled.as_deref()) => break None,
                 read = client.read_buf(buf), if buf.len() < MAX_BUFFERED_WHILE_HELD => match read {
                     // Dropping `pending` records the approval as abandoned.
                     Ok(0) | Err(_) => return Err(End::ClientGone),
@@ -689,7 +702,7 @@ impl ClientSide<'_> {
         };
         self.statements += 1;
         let (decision, error) = match &outcome {
-            Outcome::Approved { by } => (
+            Some(Outcome::Approved { by }) => (
                 Decision {
                     verdict: Verdict::Allow,
                     reason: format!(
@@ -702,14 +715,17 @@ impl ClientSide<'_> {
             ),
             refused => {
                 let message = match refused {
-                    Outcome::Denied { by, note } => format!(
+                    Some(Outcome::Denied { by, note }) => format!(
                         "approval {id} was denied by {by}{}",
                         note.as_deref()
                             .map(|n| format!(": {n}"))
                             .unwrap_or_default()
                     ),
-                    Outcome::TimedOut => {
+                    Some(Outcome::TimedOut) => {
                         format!("approval {id} timed out: no approver answered in time")
+                    }
+                    None => {
+                        format!("canceling statement due to user request (approval {id} abandoned)")
                     }
                     _ => format!("approval {id} was lost by the gateway"),
                 };
@@ -718,7 +734,11 @@ impl ClientSide<'_> {
                     reason: format!("{}; {message}", pending.decision.reason),
                     ..pending.decision.clone()
                 };
-                let error = ErrorFields::error(sqlstate::INSUFFICIENT_PRIVILEGE, message)
+                let code = match refused {
+                    None => sqlstate::QUERY_CANCELED,
+                    Some(_) => sqlstate::INSUFFICIENT_PRIVILEGE,
+                };
+                let error = ErrorFields::error(code, message)
                     .with_detail(pending.decision.reason.clone())
                     .with_hint("Portcullis refused this statement; the session is still usable.");
                 (decision, Some(error))

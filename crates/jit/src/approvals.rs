@@ -49,6 +49,14 @@ pub struct Approval {
     pub decided_at: Option<SystemTime>,
     #[serde(default)]
     pub note: Option<String>,
+    /// Set by an approver who approved "this exact statement for the next N
+    /// minutes": until then the same principal's identical statement on the
+    /// same connection runs without being held again.
+    #[serde(default, with = "timefmt::option")]
+    pub covers_until: Option<SystemTime>,
+    /// The earlier approval whose window let this one through at once.
+    #[serde(default)]
+    pub covered_by: Option<String>,
 }
 
 /// What a driver hands the broker when policy holds a statement.

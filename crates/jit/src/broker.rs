@@ -409,10 +409,32 @@ impl Broker {
             decided_by: None,
             decided_at: None,
             note: None,
+            covers_until: None,
+            covered_by: None,
         };
         let (tx, rx) = oneshot::channel();
         {
             let mut state = self.state.lock().await;
+            if let Some(window) = covering(&state, &approval, now) {
+                let mut approval = approval;
+                approval.status = ApprovalStatus::Approved;
+                approval.decided_by = window.decided_by.clone();
+                approval.decided_at = Some(now);
+                approval.covered_by = Some(window.id.clone());
+                self.record_approval(&approval, "approved", None).await?;
+                let by = approval.decided_by.clone().unwrap_or_default();
+                tracing::info!(approval = %approval.id, covered_by = %window.id, "held statement approved by an earlier approval's window");
+                state
+                    .approvals
+                    .insert(approval.id.clone(), approval.clone());
+                let _ = tx.send(Outcome::Approved { by });
+                return Ok(Held {
+                    approval,
+                    decision: Some(rx),
+                    broker: self.clone(),
+                    settled: false,
+                });
+            }
             self.record_approval(&approval, "requested", None).await?;
             state
                 .approvals
@@ -430,8 +452,22 @@ impl Broker {
         })
     }
 
-    pub async fn approve(&self, id: &str, approver: &Principal) -> Result<Approval, JitError> {
-        self.decide(id, approver, None, ApprovalStatus::Approved)
+    /// Lets the held statement run once; with `window`, identical
+    /// statements of the same principal on the same connection also run
+    /// without a new hold until it has passed (at most [`MAX_WINDOW`]).
+    pub async fn approve(
+        &self,
+        id: &str,
+        approver: &Principal,
+        window: Option<Duration>,
+    ) -> Result<Approval, JitError> {
+        if window.is_some_and(|w| w.is_zero() || w > MAX_WINDOW) {
+            return Err(JitError::Invalid(format!(
+                "the re-run window must be between 1s and {}s",
+                MAX_WINDOW.as_secs()
+            )));
+        }
+        self.decide(id, approver, None, ApprovalStatus::Approved, window)
             .await
     }
 
@@ -441,7 +477,7 @@ impl Broker {
         approver: &Principal,
         note: Option<String>,
     ) -> Result<Approval, JitError> {
-        self.decide(id, approver, note, ApprovalStatus::Denied)
+        self.decide(id, approver, note, ApprovalStatus::Denied, None)
             .await
     }
 
@@ -451,6 +487,7 @@ impl Broker {
         approver: &Principal,
         note: Option<String>,
         to: ApprovalStatus,
+        window: Option<Duration>,
     ) -> Result<Approval, JitError> {
         self.require_approver(approver)?;
         let mut state = self.state.lock().await;
@@ -470,6 +507,7 @@ impl Broker {
         approval.decided_by = Some(approver.name.clone());
         approval.decided_at = Some(SystemTime::now());
         approval.note = note.clone();
+        approval.covers_until = window.map(|w| SystemTime::now() + w);
         let event = if to == ApprovalStatus::Approved {
             "approved"
         } else {
@@ -590,6 +628,21 @@ impl Broker {
         }
         Ok(self.store.append(record).await?)
     }
+}
+
+/// The longest "this exact statement for the next N minutes" window.
+pub const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// An approval whose re-run window covers `held` at `now`: approved, same
+/// principal, connection and statement text, window not yet over.
+fn covering<'a>(state: &'a State, held: &Approval, now: SystemTime) -> Option<&'a Approval> {
+    state.approvals.values().find(|a| {
+        a.status == ApprovalStatus::Approved
+            && a.covers_until.is_some_and(|until| until > now)
+            && a.principal == held.principal
+            && a.connection == held.connection
+            && a.statement == held.statement
+    })
 }
 
 fn activate(grant: &mut Grant, by: &str) {

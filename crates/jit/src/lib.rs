@@ -23,7 +23,7 @@ mod timefmt;
 mod tests;
 
 pub use approvals::{Approval, ApprovalStatus, Held, HoldRequest, Outcome};
-pub use broker::{Broker, BrokerSettings};
+pub use broker::{Broker, BrokerSettings, MAX_WINDOW};
 pub use error::JitError;
 pub use grants::{Grant, GrantLease, GrantStatus};
 pub use notify::{Event, Notifier};

@@ -304,14 +304,14 @@ async fn a_held_statement_is_released_once_by_an_approver() {
         broker.approvals(&ci()).await,
         Err(JitError::Forbidden(_))
     ));
-    let own = broker.approve(&id, &principal("ci", &["sre"])).await;
+    let own = broker.approve(&id, &principal("ci", &["sre"]), None).await;
     assert!(matches!(own, Err(JitError::Forbidden(_))), "{own:?}");
-    broker.approve(&id, &alice()).await.unwrap();
+    broker.approve(&id, &alice(), None).await.unwrap();
     assert_eq!(
         held.outcome().await,
         Outcome::Approved { by: "alice".into() }
     );
-    let twice = broker.approve(&id, &alice()).await;
+    let twice = broker.approve(&id, &alice(), None).await;
     assert!(matches!(twice, Err(JitError::Conflict(_))));
     drop(held);
     assert_eq!(
@@ -338,7 +338,7 @@ async fn denial_and_timeout_refuse_and_are_recorded() {
     );
     let mut late = broker.hold(hold_request("UPDATE b")).await.unwrap();
     assert_eq!(late.outcome().await, Outcome::TimedOut);
-    let too_late = broker.approve(&late.approval.id, &alice()).await;
+    let too_late = broker.approve(&late.approval.id, &alice(), None).await;
     assert!(matches!(too_late, Err(JitError::Conflict(_))));
     let (d, l) = (denied.approval.id.clone(), late.approval.id.clone());
     assert_eq!(
@@ -366,7 +366,54 @@ async fn dropping_a_hold_abandons_it() {
         tokio::task::yield_now().await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let late = broker.approve(&id, &alice()).await;
+    let late = broker.approve(&id, &alice(), None).await;
     assert!(matches!(late, Err(JitError::Conflict(_))), "{late:?}");
     assert_eq!(events(&store, RecordKind::Approval).len(), 2);
+}
+
+#[tokio::test]
+async fn an_approval_window_lets_the_same_statement_rerun_without_a_hold() {
+    let f = Fixture::new();
+    let (broker, store) = f.broker(HOUR).await;
+    let mut first = broker.hold(hold_request("UPDATE a")).await.unwrap();
+    let id = first.approval.id.clone();
+    let too_long = broker.approve(&id, &alice(), Some(2 * MAX_WINDOW)).await;
+    assert!(
+        matches!(too_long, Err(JitError::Invalid(_))),
+        "{too_long:?}"
+    );
+    broker
+        .approve(&id, &alice(), Some(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.outcome().await,
+        Outcome::Approved { by: "alice".into() }
+    );
+    // The identical statement runs at once, recorded as covered by the first.
+    let mut again = broker.hold(hold_request("UPDATE a")).await.unwrap();
+    assert_eq!(again.approval.status, ApprovalStatus::Approved);
+    assert_eq!(again.approval.covered_by.as_deref(), Some(id.as_str()));
+    assert_eq!(
+        again.outcome().await,
+        Outcome::Approved { by: "alice".into() }
+    );
+    // Another statement, or another principal, is held as usual.
+    let other = broker.hold(hold_request("UPDATE b")).await.unwrap();
+    assert_eq!(other.approval.status, ApprovalStatus::Pending);
+    let mut someone_else = hold_request("UPDATE a");
+    someone_else.principal = "mallory".into();
+    let theirs = broker.hold(someone_else).await.unwrap();
+    assert_eq!(theirs.approval.status, ApprovalStatus::Pending);
+    let again_id = again.approval.id.clone();
+    drop((again, other, theirs));
+    let recorded = events(&store, RecordKind::Approval);
+    assert!(
+        recorded.contains(&format!("{again_id} approved")),
+        "{recorded:?}"
+    );
+    assert!(
+        !recorded.contains(&format!("{again_id} requested")),
+        "{recorded:?}"
+    );
 }

@@ -148,6 +148,15 @@ struct Note {
 #[serde(deny_unknown_fields)]
 struct Empty {}
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ApproveStatement {
+    /// Also let the identical statement re-run without a hold for this long
+    /// (`10m`); absent means this one execution only.
+    #[serde(default, rename = "for")]
+    window: Option<String>,
+}
+
 async fn request_grant(State(s): State<AdminState>, headers: HeaderMap, bytes: Bytes) -> ApiResult {
     let who = caller(&s, &headers).await?;
     let req: GrantRequest = body(&bytes)?;
@@ -238,8 +247,19 @@ async fn approve(
     bytes: Bytes,
 ) -> ApiResult {
     let who = caller(&s, &headers).await?;
-    let Empty {} = body(&bytes)?;
-    ok(StatusCode::OK, s.broker.approve(&id, &who).await?)
+    let req: ApproveStatement = body(&bytes)?;
+    let window = req
+        .window
+        .map(|w| {
+            humantime::parse_duration(&w).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid duration {w:?}: {e}"),
+                )
+            })
+        })
+        .transpose()?;
+    ok(StatusCode::OK, s.broker.approve(&id, &who, window).await?)
 }
 
 async fn deny(

@@ -129,6 +129,10 @@ pub enum ApprovalsCommand {
     /// Let a held statement run (once).
     Approve {
         id: String,
+        /// Also let this exact statement re-run without approval for this
+        /// long (same principal and connection), e.g. `10m`.
+        #[arg(long = "for")]
+        window: Option<humantime::Duration>,
         #[command(flatten)]
         admin: AdminArgs,
     },

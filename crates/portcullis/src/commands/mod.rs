@@ -82,8 +82,15 @@ async fn approvals(command: ApprovalsCommand) -> anyhow::Result<ExitCode> {
     use access::Call;
     let (admin, call) = match command {
         ApprovalsCommand::List { admin } => (admin, Call::get("/v1/approvals".into())),
-        ApprovalsCommand::Approve { id, admin } => {
-            (admin, Call::act("approvals", &id, "approve", None))
+        ApprovalsCommand::Approve { id, window, admin } => {
+            let body = match window {
+                Some(w) => serde_json::json!({ "for": w.to_string() }),
+                None => serde_json::json!({}),
+            };
+            (
+                admin,
+                Call::post(format!("/v1/approvals/{id}/approve"), body),
+            )
         }
         ApprovalsCommand::Deny { id, reason, admin } => {
             (admin, Call::act("approvals", &id, "deny", reason))

@@ -350,3 +350,42 @@ fn gateway_shutdown_ends_a_held_session_and_a_restart_closes_the_approval() {
     assert_eq!(status, Some("abandoned".into()));
     assert_eq!(name_of_item_1(&env), "item 1");
 }
+
+#[test]
+fn an_approval_for_ten_minutes_lets_the_exact_statement_rerun() {
+    // Long enough for an approver to act, short enough for the last step.
+    let env = env_with(Options {
+        approval_timeout: "4s",
+        ..Options::default()
+    });
+    let ci = env.token("ci", &["ci"]);
+    let alice = env.token("alice", &["sre"]);
+    let held = psql_in_background(&env, &ci, UPDATE);
+    let id = pending_approval(&env, &alice, "update items")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let approved = env.cli_json(&alice, &["approvals", "approve", &id, "--for", "10m"]);
+    assert!(approved["covers_until"].is_string(), "{approved}");
+    assert!(held.join().unwrap().success());
+    let rerun = env.psql(&ci, UPDATE);
+    assert!(rerun.success(), "{}", rerun.stderr);
+    assert!(
+        !rerun.stderr.contains("awaiting approval"),
+        "{}",
+        rerun.stderr
+    );
+    assert_eq!(name_of_item_1(&env), "item 1!!");
+    let covered = env.wait_for_record(|r| {
+        r["kind"] == "approval" && r["detail"]["approval"]["covered_by"] == id.as_str()
+    });
+    assert_eq!(covered["decision"], "approved");
+    // A different statement is still held (and times out here).
+    let other = env.psql(&ci, "update items set name = 'x' where id = 2;");
+    assert!(
+        other.stderr.contains("awaiting approval"),
+        "{}",
+        other.stderr
+    );
+    assert!(other.stderr.contains("timed out"), "{}", other.stderr);
+}

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use portcullis_identity::Principal;
-use portcullis_jit::{GrantLease, Held, HoldRequest, Outcome};
+use portcullis_jit::{ApprovalStatus, GrantLease, Held, HoldRequest, Outcome};
 use portcullis_policy::classify::{Classification, ClassifyError};
 use portcullis_policy::decide::{Applicable, Decision, Verdict};
 use portcullis_records::{NewRecord, RecordKind};
@@ -641,23 +641,27 @@ impl ClientSide<'_> {
                 return self.refuse_in_place(error, extended.is_some());
             }
         };
-        let url = format!(
-            "{}/v1/approvals/{}",
-            self.gw.jit.settings().base_url,
-            held.approval.id
-        );
-        let notice = ErrorFields {
-            severity: backend::Severity::Notice,
-            code: "00000",
-            message: format!("awaiting approval {}, see {url}", held.approval.id),
-            detail: Some(decision.reason.clone()),
-            hint: Some(format!(
-                "an approver runs `portcullis approvals approve {}`; the statement is refused if nobody does by {}",
-                held.approval.id,
-                portcullis_jit::format_time(held.approval.deadline)
-            )),
-        };
-        let _ = self.notices.send(notice.encode(BytesMut::new()));
+        // One covered by an earlier approval's re-run window is not waiting
+        // for anyone, so the client is not told it is.
+        if held.approval.status == ApprovalStatus::Pending {
+            let url = format!(
+                "{}/v1/approvals/{}",
+                self.gw.jit.settings().base_url,
+                held.approval.id
+            );
+            let notice = ErrorFields {
+                severity: backend::Severity::Notice,
+                code: "00000",
+                message: format!("awaiting approval {}, see {url}", held.approval.id),
+                detail: Some(decision.reason.clone()),
+                hint: Some(format!(
+                    "an approver runs `portcullis approvals approve {}`; the statement is refused if nobody does by {}",
+                    held.approval.id,
+                    portcullis_jit::format_time(held.approval.deadline)
+                )),
+            };
+            let _ = self.notices.send(notice.encode(BytesMut::new()));
+        }
         self.held = Some(PendingHold {
             held,
             frame: frame.clone(),

@@ -33,13 +33,10 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/v1/grants", get(list_grants).post(request_grant))
         .route("/v1/grants/:id", get(show_grant))
-        .route("/v1/grants/:id/approve", post(approve_grant))
-        .route("/v1/grants/:id/deny", post(deny_grant))
-        .route("/v1/grants/:id/revoke", post(revoke_grant))
+        .route("/v1/grants/:id/:action", post(act_on_grant))
         .route("/v1/approvals", get(list_approvals))
         .route("/v1/approvals/:id", get(show_approval))
-        .route("/v1/approvals/:id/approve", post(approve))
-        .route("/v1/approvals/:id/deny", post(deny))
+        .route("/v1/approvals/:id/:action", post(act_on_approval))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
 }
@@ -187,43 +184,30 @@ async fn show_grant(
     ok(StatusCode::OK, s.broker.grant(&id, &who).await?)
 }
 
-async fn approve_grant(
+/// `approve`, `deny` or `revoke` a grant.
+async fn act_on_grant(
     State(s): State<AdminState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path((id, action)): Path<(String, String)>,
     bytes: Bytes,
 ) -> ApiResult {
     let who = caller(&s, &headers).await?;
-    let Empty {} = body(&bytes)?;
-    ok(StatusCode::OK, s.broker.approve_grant(&id, &who).await?)
-}
-
-async fn deny_grant(
-    State(s): State<AdminState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    bytes: Bytes,
-) -> ApiResult {
-    let who = caller(&s, &headers).await?;
-    let note: Note = body(&bytes)?;
-    ok(
-        StatusCode::OK,
-        s.broker.deny_grant(&id, &who, note.reason).await?,
-    )
-}
-
-async fn revoke_grant(
-    State(s): State<AdminState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    bytes: Bytes,
-) -> ApiResult {
-    let who = caller(&s, &headers).await?;
-    let note: Note = body(&bytes)?;
-    ok(
-        StatusCode::OK,
-        s.broker.revoke_grant(&id, &who, note.reason).await?,
-    )
+    let grant = match action.as_str() {
+        "approve" => {
+            let Empty {} = body(&bytes)?;
+            s.broker.approve_grant(&id, &who).await?
+        }
+        "deny" => {
+            let note: Note = body(&bytes)?;
+            s.broker.deny_grant(&id, &who, note.reason).await?
+        }
+        "revoke" => {
+            let note: Note = body(&bytes)?;
+            s.broker.revoke_grant(&id, &who, note.reason).await?
+        }
+        _ => return Err(no_such_action(&action)),
+    };
+    ok(StatusCode::OK, grant)
 }
 
 async fn list_approvals(State(s): State<AdminState>, headers: HeaderMap) -> ApiResult {
@@ -240,35 +224,39 @@ async fn show_approval(
     ok(StatusCode::OK, s.broker.approval(&id, &who).await?)
 }
 
-async fn approve(
+/// `approve` or `deny` a held statement.
+async fn act_on_approval(
     State(s): State<AdminState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path((id, action)): Path<(String, String)>,
     bytes: Bytes,
 ) -> ApiResult {
     let who = caller(&s, &headers).await?;
-    let req: ApproveStatement = body(&bytes)?;
-    let window = req
-        .window
-        .map(|w| {
-            humantime::parse_duration(&w).map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("invalid duration {w:?}: {e}"),
-                )
-            })
-        })
-        .transpose()?;
-    ok(StatusCode::OK, s.broker.approve(&id, &who, window).await?)
+    let approval = match action.as_str() {
+        "approve" => {
+            let req: ApproveStatement = body(&bytes)?;
+            let window = req
+                .window
+                .map(|w| {
+                    humantime::parse_duration(&w).map_err(|e| {
+                        ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            format!("invalid duration {w:?}: {e}"),
+                        )
+                    })
+                })
+                .transpose()?;
+            s.broker.approve(&id, &who, window).await?
+        }
+        "deny" => {
+            let note: Note = body(&bytes)?;
+            s.broker.deny(&id, &who, note.reason).await?
+        }
+        _ => return Err(no_such_action(&action)),
+    };
+    ok(StatusCode::OK, approval)
 }
 
-async fn deny(
-    State(s): State<AdminState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    bytes: Bytes,
-) -> ApiResult {
-    let who = caller(&s, &headers).await?;
-    let note: Note = body(&bytes)?;
-    ok(StatusCode::OK, s.broker.deny(&id, &who, note.reason).await?)
+fn no_such_action(action: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no such action {action:?}"))
 }

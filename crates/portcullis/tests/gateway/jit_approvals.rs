@@ -6,10 +6,11 @@ use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
-use test_support::{free_port, run_with_input};
+use test_support::free_port;
 
 use crate::env::{Env, Options, TIMEOUT};
 use crate::jit_http::Receiver;
+use crate::jit_support::{psql_in_background, spawn_psql};
 
 /// `ci` reads freely; writes wait for an approver.
 const HELD_WRITES: &str = r#"
@@ -29,21 +30,6 @@ fn env_with(opts: Options) -> Env {
     })
 }
 
-/// psql with `sql` on stdin, on its own thread (it blocks while held).
-fn psql_in_background(
-    env: &Env,
-    token: &str,
-    sql: &str,
-) -> thread::JoinHandle<test_support::Output> {
-    let mut cmd = Command::new("psql");
-    cmd.arg(env.conninfo("require"))
-        .args(["-X", "-At", "-v", "ON_ERROR_STOP=0", "-f", "-"])
-        .env("PGPASSWORD", token)
-        .env("PGCONNECT_TIMEOUT", "20");
-    let sql = sql.to_string();
-    thread::spawn(move || run_with_input(&mut cmd, Some(sql.as_bytes()), TIMEOUT))
-}
-
 /// Waits for the pending approval of `statement` to appear for approvers.
 fn pending_approval(env: &Env, approver: &str, statement: &str) -> serde_json::Value {
     for _ in 0..300 {
@@ -56,6 +42,14 @@ fn pending_approval(env: &Env, approver: &str, statement: &str) -> serde_json::V
         thread::sleep(Duration::from_millis(50));
     }
     panic!("no pending approval for {statement:?}");
+}
+
+/// The id of the pending approval of the UPDATE.
+fn pending_id(env: &Env, approver: &str) -> String {
+    pending_approval(env, approver, "update items")["id"]
+        .as_str()
+        .expect("approval id")
+        .to_string()
 }
 
 fn name_of_item_1(env: &Env) -> String {
@@ -172,10 +166,7 @@ fn held_update_is_refused_after_denial_and_the_session_stays_usable() {
     let ci = env.token("ci", &["ci"]);
     let alice = env.token("alice", &["sre"]);
     let held = psql_in_background(&env, &ci, &format!("{UPDATE}\nselect 'still here';"));
-    let id = pending_approval(&env, &alice, "update items")["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = pending_id(&env, &alice);
     let denied = env.cli_as(
         &alice,
         &[
@@ -235,10 +226,7 @@ with psycopg.connect(os.environ["DSN"], autocommit=True) as conn:
         .env("PGPASSWORD", &ci)
         .env("DSN", env.conninfo("require"));
     let running = thread::spawn(move || test_support::run(&mut cmd, TIMEOUT));
-    let id = pending_approval(&env, &alice, "update items")["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = pending_id(&env, &alice);
     env.cli_json(&alice, &["approvals", "approve", &id]);
     let out = running.join().unwrap();
     assert!(out.success(), "{}{}", out.stdout, out.stderr);
@@ -257,18 +245,6 @@ with psycopg.connect(os.environ["DSN"], autocommit=True) as conn:
     );
 }
 
-/// psql running `sql`, spawned directly so the test can signal or kill it.
-fn spawn_psql(env: &Env, token: &str, sql: &str) -> std::process::Child {
-    Command::new("psql")
-        .arg(env.conninfo("require"))
-        .args(["-X", "-At", "-c", sql])
-        .env("PGPASSWORD", token)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn psql")
-}
-
 fn approval_events(env: &Env, id: &str) -> Vec<String> {
     env.records()
         .into_iter()
@@ -283,10 +259,7 @@ fn held_statement_is_abandoned_when_the_client_disconnects() {
     let ci = env.token("ci", &["ci"]);
     let alice = env.token("alice", &["sre"]);
     let mut child = spawn_psql(&env, &ci, UPDATE);
-    let id = pending_approval(&env, &alice, "update items")["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = pending_id(&env, &alice);
     child.kill().expect("kill psql");
     let _ = child.wait();
     env.wait_for_record(|r| {
@@ -304,10 +277,7 @@ fn ctrl_c_in_psql_gives_up_a_held_statement() {
     let ci = env.token("ci", &["ci"]);
     let alice = env.token("alice", &["sre"]);
     let child = spawn_psql(&env, &ci, UPDATE);
-    let id = pending_approval(&env, &alice, "update items")["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = pending_id(&env, &alice);
     let pid = child.id().to_string();
     let kill = test_support::run(Command::new("kill").args(["-INT", &pid]), TIMEOUT);
     assert!(kill.success(), "{}", kill.stderr);
@@ -331,10 +301,7 @@ fn gateway_shutdown_ends_a_held_session_and_a_restart_closes_the_approval() {
     let ci = env.token("ci", &["ci"]);
     let alice = env.token("alice", &["sre"]);
     let child = spawn_psql(&env, &ci, UPDATE);
-    let id = pending_approval(&env, &alice, "update items")["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = pending_id(&env, &alice);
     env.gateway().terminate();
     let out = child.wait_with_output().expect("psql output");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -361,10 +328,7 @@ fn an_approval_for_ten_minutes_lets_the_exact_statement_rerun() {
     let ci = env.token("ci", &["ci"]);
     let alice = env.token("alice", &["sre"]);
     let held = psql_in_background(&env, &ci, UPDATE);
-    let id = pending_approval(&env, &alice, "update items")["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = pending_id(&env, &alice);
     let approved = env.cli_json(&alice, &["approvals", "approve", &id, "--for", "10m"]);
     assert!(approved["covers_until"].is_string(), "{approved}");
     assert!(held.join().unwrap().success());

@@ -1,12 +1,8 @@
 //! Just-in-time grants end to end: real psql through the gateway, grants
 //! requested and decided with the `portcullis grants` CLI.
 
-use std::process::Command;
-use std::thread;
-
-use test_support::run;
-
-use crate::env::{Env, Options, TIMEOUT};
+use crate::env::{Env, Options};
+use crate::jit_support::psql_in_background;
 
 /// `ci` has no standing access: reads only inside a grant (max 1h, a human
 /// approves); `sre` members approve.
@@ -25,9 +21,9 @@ pub fn jit_env(policies: &str) -> Env {
     })
 }
 
-/// Requests a grant as `token` and returns its id.
-pub fn request(env: &Env, token: &str, duration: &str) -> String {
-    let g = env.cli_json(
+/// `grants request` for app-db as the holder of `token`.
+pub fn ask(env: &Env, token: &str, duration: &str, reason: &str) -> test_support::Output {
+    env.cli_as(
         token,
         &[
             "grants",
@@ -37,24 +33,25 @@ pub fn request(env: &Env, token: &str, duration: &str) -> String {
             "--duration",
             duration,
             "--reason",
-            "incident 42",
+            reason,
+            "--json",
         ],
-    );
-    g["id"].as_str().expect("grant id").to_string()
+    )
 }
 
-/// psql on its own thread, for sessions that are cut while they run.
-fn psql_in_background(
-    env: &Env,
-    token: &str,
-    sql: &str,
-) -> thread::JoinHandle<test_support::Output> {
-    let mut cmd = Command::new("psql");
-    cmd.arg(env.conninfo("require"))
-        .args(["-X", "-At", "-c", sql])
-        .env("PGPASSWORD", token)
-        .env("PGCONNECT_TIMEOUT", "20");
-    thread::spawn(move || run(&mut cmd, TIMEOUT))
+/// Requests a grant as `token` and returns it.
+pub fn request_grant(env: &Env, token: &str, duration: &str, reason: &str) -> serde_json::Value {
+    let out = ask(env, token, duration, reason);
+    assert!(out.success(), "grants request failed: {}", out.stderr);
+    serde_json::from_str(&out.stdout).expect("grant JSON")
+}
+
+/// Requests a grant as `token` and returns its id.
+pub fn request(env: &Env, token: &str, duration: &str) -> String {
+    request_grant(env, token, duration, "incident 42")["id"]
+        .as_str()
+        .expect("grant id")
+        .to_string()
 }
 
 fn grant_events(env: &Env, id: &str) -> Vec<String> {
@@ -95,11 +92,11 @@ fn jit_principal_is_refused_until_approved_and_revoke_cuts_the_session() {
     assert_eq!(inside.stdout.trim(), "10");
 
     // A live session under the grant ends the moment it is revoked.
-    let running = psql_in_background(&env, &ci, "select pg_sleep(50)");
+    let running = psql_in_background(&env, &ci, "select pg_sleep(50);");
     env.wait_for_record(|r| {
         r["kind"] == "statement"
             && r["detail"]["grant"] == id.as_str()
-            && r["detail"]["text"] == "select pg_sleep(50)"
+            && r["detail"]["text"] == "select pg_sleep(50);"
     });
     let revoked = env.cli_as(&alice, &["grants", "revoke", &id, "--reason", "done"]);
     assert!(revoked.success(), "{}", revoked.stderr);
@@ -139,7 +136,7 @@ fn jit_session_is_cut_when_the_grant_expires() {
     let alice = env.token("alice", &["sre"]);
     let id = request(&env, &ci, "3s");
     env.cli_json(&alice, &["grants", "approve", &id]);
-    let out = psql_in_background(&env, &ci, "select pg_sleep(50)")
+    let out = psql_in_background(&env, &ci, "select pg_sleep(50);")
         .join()
         .unwrap();
     assert!(!out.timed_out);
@@ -171,35 +168,11 @@ fn jit_self_approval_and_grantee_extension_are_refused() {
     let still = env.cli_json(&carol, &["grants", "list"]);
     assert_eq!(still[0]["status"], "pending");
     // Asking again while the request is open would be an extension.
-    let again = env.cli_as(
-        &carol,
-        &[
-            "grants",
-            "request",
-            "--connection",
-            "app-db",
-            "--duration",
-            "1h",
-            "--reason",
-            "more",
-        ],
-    );
+    let again = ask(&env, &carol, "1h", "more");
     assert!(again.stderr.contains("409"), "{}", again.stderr);
     // Longer than the policy's max.
     let ci = env.token("ci", &["ci"]);
-    let long = env.cli_as(
-        &ci,
-        &[
-            "grants",
-            "request",
-            "--connection",
-            "app-db",
-            "--duration",
-            "2h",
-            "--reason",
-            "x",
-        ],
-    );
+    let long = ask(&env, &ci, "2h", "x");
     assert!(
         long.stderr.contains("longer than the policy's max"),
         "{}",
@@ -239,19 +212,7 @@ fn jit_grant_state_survives_a_gateway_restart() {
 fn jit_auto_approval_grants_at_once_and_is_recorded() {
     let env = jit_env(&JIT_POLICIES.replace("approval: required", "approval: auto"));
     let ci = env.token("ci", &["ci"]);
-    let g = env.cli_json(
-        &ci,
-        &[
-            "grants",
-            "request",
-            "--connection",
-            "app-db",
-            "--duration",
-            "5m",
-            "--reason",
-            "deploy",
-        ],
-    );
+    let g = request_grant(&env, &ci, "5m", "deploy");
     assert_eq!(g["status"], "active");
     assert_eq!(g["decided_by"], "auto");
     let id = g["id"].as_str().unwrap();

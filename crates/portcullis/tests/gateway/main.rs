@@ -8,6 +8,7 @@ mod jit_api;
 mod jit_approvals;
 mod jit_grants;
 mod jit_http;
+mod jit_support;
 mod postgres_access;
 mod postgres_clients;
 mod postgres_robustness;

@@ -8,6 +8,7 @@
 //! before it is forwarded.
 
 mod cancel;
+mod hold;
 mod relay;
 mod session;
 pub mod stream;

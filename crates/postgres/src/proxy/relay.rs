@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use portcullis_identity::Principal;
-use portcullis_jit::{ApprovalStatus, GrantLease, Held, HoldRequest, Outcome};
+use portcullis_jit::{ApprovalStatus, GrantLease, Held, HoldRequest};
 use portcullis_policy::classify::{Classification, ClassifyError};
 use portcullis_policy::decide::{Applicable, Decision, Verdict};
 use portcullis_records::{NewRecord, RecordKind};
@@ -38,6 +38,7 @@ use crate::codec::frontend::{
 };
 use crate::codec::{decode_frame, peek_frame_len, CodecError, Frame};
 
+use super::hold;
 use super::session::Client;
 use super::stream::MaybeTls;
 use super::upstream::Upstream;
@@ -454,16 +455,20 @@ impl ClientSide<'_> {
             self.refuse_recorded(record, &decision).await;
             return;
         }
-        let record_id = match self.gw.store.append(record).await {
-            Ok(id) => id,
-            Err(e) => {
-                self.refuse_simple(store_error(&e));
-                return;
+        self.record_then_forward_query(frame, record).await;
+    }
+
+    /// A simple Query is forwarded only once its record is committed; if
+    /// the record cannot be written, it is refused.
+    async fn record_then_forward_query(&mut self, frame: &Frame, record: NewRecord) {
+        match self.gw.store.append(record).await {
+            Ok(record_id) => {
+                self.expect(Expect::Statement(Tracker::new(record_id, true)));
+                self.expect(Expect::SyncPoint);
+                frame.encode_into(&mut self.batch);
             }
-        };
-        self.expect(Expect::Statement(Tracker::new(record_id, true)));
-        self.expect(Expect::SyncPoint);
-        frame.encode_into(&mut self.batch);
+            Err(e) => self.refuse_simple(store_error(&e)),
+        }
     }
 
     fn parse(&mut self, frame: &Frame, name: String, query: String) {
@@ -644,22 +649,11 @@ impl ClientSide<'_> {
         // One covered by an earlier approval's re-run window is not waiting
         // for anyone, so the client is not told it is.
         if held.approval.status == ApprovalStatus::Pending {
-            let url = format!(
-                "{}/v1/approvals/{}",
-                self.gw.jit.settings().base_url,
-                held.approval.id
+            let notice = hold::notice(
+                &held.approval,
+                &self.gw.jit.settings().base_url,
+                &decision.reason,
             );
-            let notice = ErrorFields {
-                severity: backend::Severity::Notice,
-                code: "00000",
-                message: format!("awaiting approval {}, see {url}", held.approval.id),
-                detail: Some(decision.reason.clone()),
-                hint: Some(format!(
-                    "an approver runs `portcullis approvals approve {}`; the statement is refused if nobody does by {}",
-                    held.approval.id,
-                    portcullis_jit::format_time(held.approval.deadline)
-                )),
-            };
             let _ = self.notices.send(notice.encode(BytesMut::new()));
         }
         self.held = Some(PendingHold {
@@ -696,7 +690,6 @@ impl ClientSide<'_> {
                 },
             }
         };
-        let id = pending.held.approval.id.clone();
         let via = match &pending.extended {
             None => Via::Simple,
             Some((portal, params)) => Via::Extended {
@@ -705,73 +698,23 @@ impl ClientSide<'_> {
             },
         };
         self.statements += 1;
-        let (decision, error) = match &outcome {
-            Some(Outcome::Approved { by }) => (
-                Decision {
-                    verdict: Verdict::Allow,
-                    reason: format!(
-                        "{}; approved by {by} (approval {id})",
-                        pending.decision.reason
-                    ),
-                    ..pending.decision.clone()
-                },
-                None,
-            ),
-            refused => {
-                let message = match refused {
-                    Some(Outcome::Denied { by, note }) => format!(
-                        "approval {id} was denied by {by}{}",
-                        note.as_deref()
-                            .map(|n| format!(": {n}"))
-                            .unwrap_or_default()
-                    ),
-                    Some(Outcome::TimedOut) => {
-                        format!("approval {id} timed out: no approver answered in time")
-                    }
-                    None => {
-                        format!("canceling statement due to user request (approval {id} abandoned)")
-                    }
-                    _ => format!("approval {id} was lost by the gateway"),
-                };
-                let decision = Decision {
-                    verdict: Verdict::Deny,
-                    reason: format!("{}; {message}", pending.decision.reason),
-                    ..pending.decision.clone()
-                };
-                let code = match refused {
-                    None => sqlstate::QUERY_CANCELED,
-                    Some(_) => sqlstate::INSUFFICIENT_PRIVILEGE,
-                };
-                let error = ErrorFields::error(code, message)
-                    .with_detail(pending.decision.reason.clone())
-                    .with_hint("Portcullis refused this statement; the session is still usable.");
-                (decision, Some(error))
-            }
-        };
+        let id = &pending.held.approval.id;
+        let (decision, error) = hold::settled(&pending.decision, id, outcome.as_ref());
         let mut record =
             self.statement_record(&pending.text, &pending.classification, &decision, via);
         record.detail["approval"] = json!(id);
         let extended = pending.extended.is_some();
-        if let Some(error) = error {
-            self.denied += 1;
-            let error = match self.gw.store.append(record).await {
-                Ok(_) => error,
-                Err(e) => store_error(&e),
-            };
-            self.refuse_in_place(error, extended);
-            return Ok(());
-        }
-        if extended {
-            self.record_then_forward(&pending.frame, record).await;
-            return Ok(());
-        }
-        match self.gw.store.append(record).await {
-            Ok(record_id) => {
-                self.expect(Expect::Statement(Tracker::new(record_id, true)));
-                self.expect(Expect::SyncPoint);
-                pending.frame.encode_into(&mut self.batch);
+        match (error, extended) {
+            (Some(error), _) => {
+                self.denied += 1;
+                let error = match self.gw.store.append(record).await {
+                    Ok(_) => error,
+                    Err(e) => store_error(&e),
+                };
+                self.refuse_in_place(error, extended);
             }
-            Err(e) => self.refuse_simple(store_error(&e)),
+            (None, true) => self.record_then_forward(&pending.frame, record).await,
+            (None, false) => self.record_then_forward_query(&pending.frame, record).await,
         }
         Ok(())
     }

@@ -61,9 +61,14 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Address of the admin API.
+    /// Address of the admin API (plain HTTP).
     #[serde(default = "default_admin_listen")]
     pub listen: String,
+    /// Serve the admin API on a non-loopback address. It speaks plain HTTP,
+    /// so approvers' bearer tokens cross that network in clear text: only
+    /// behind a TLS-terminating proxy on a network you trust.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
     /// Base URL approvers reach the admin API at, used in notices and webhook
     /// links; `http://<listen>` when omitted (wrong behind a proxy, hence settable).
     #[serde(default)]
@@ -80,6 +85,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
+            insecure_plaintext: false,
             public_url: None,
             approval_timeout: default_approval_timeout(),
             webhooks: Vec::new(),

@@ -191,3 +191,16 @@ fn bad_admin_listen_is_refused() {
     let err = Config::parse("p.yaml", &text).unwrap_err().to_string();
     assert!(err.contains("admin.listen"), "{err}");
 }
+
+#[test]
+fn admin_api_off_loopback_needs_insecure_plaintext() {
+    let text = GOOD.replace("listen: 127.0.0.1:8080", "listen: 0.0.0.0:8080");
+    let err = Config::parse("p.yaml", &text).unwrap_err().to_string();
+    assert!(err.contains("p.yaml:3: admin.listen"), "{err}");
+    assert!(err.contains("clear text"), "{err}");
+    let text = GOOD.replace(
+        "listen: 127.0.0.1:8080",
+        "listen: 0.0.0.0:8080\n  insecure_plaintext: true",
+    );
+    assert!(Config::parse("p.yaml", &text).is_ok());
+}

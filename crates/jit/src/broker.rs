@@ -306,10 +306,12 @@ impl Broker {
         Ok(grant)
     }
 
-    /// Records and applies the expiry of every active grant past its end.
+    /// Records and applies the expiry of every active grant past its end,
+    /// and forgets what is long settled (see [`KEEP_CLOSED_GRANTS`]).
     pub async fn expire_due(&self) -> Result<(), JitError> {
         let now = SystemTime::now();
         let mut state = self.state.lock().await;
+        prune(&mut state, now);
         let due: Vec<Grant> = state
             .grants
             .values()
@@ -630,6 +632,29 @@ impl Broker {
     }
 }
 
+/// How long closed grants stay listed (and in memory); their records stay
+/// in the store for good.
+pub const KEEP_CLOSED_GRANTS: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long settled approvals stay listed, counted from the decision or the
+/// end of their re-run window, whichever is later.
+pub const KEEP_SETTLED_APPROVALS: Duration = Duration::from_secs(24 * 3600);
+
+/// Drops long-settled grants and approvals, so a gateway that runs for
+/// months does not hold every approval it ever saw.
+fn prune(state: &mut State, now: SystemTime) {
+    let older_than = |t: Option<SystemTime>, keep: Duration| {
+        t.and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > keep)
+    };
+    state.grants.retain(|_, g| {
+        g.status.is_open() || !older_than(g.decided_at.or(g.expires_at), KEEP_CLOSED_GRANTS)
+    });
+    state.approvals.retain(|_, a| {
+        let settled_at = a.covers_until.max(a.decided_at);
+        a.status == ApprovalStatus::Pending || !older_than(settled_at, KEEP_SETTLED_APPROVALS)
+    });
+}
+
 /// The longest "this exact statement for the next N minutes" window.
 pub const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
@@ -690,5 +715,80 @@ fn replay(state: &mut State, record: &Record) {
     };
     if let Err(e) = result {
         tracing::warn!(record = record.id, error = %e, "cannot replay record");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(id: &str, status: GrantStatus, decided_at: SystemTime) -> Grant {
+        Grant {
+            id: id.into(),
+            principal: "ci".into(),
+            connection: "db".into(),
+            reason: "r".into(),
+            duration_secs: 60,
+            approval: "required".into(),
+            status,
+            requested_at: decided_at,
+            decided_by: Some("alice".into()),
+            decided_at: Some(decided_at),
+            expires_at: None,
+            note: None,
+        }
+    }
+
+    fn approval(id: &str, status: ApprovalStatus, decided_at: SystemTime) -> Approval {
+        Approval {
+            id: id.into(),
+            session_id: "s".into(),
+            principal: "ci".into(),
+            connection: "db".into(),
+            statement: "UPDATE t".into(),
+            policy: None,
+            rule: "write".into(),
+            reason: "r".into(),
+            grant: None,
+            status,
+            requested_at: decided_at,
+            deadline: decided_at,
+            decided_by: None,
+            decided_at: Some(decided_at),
+            note: None,
+            covers_until: None,
+            covered_by: None,
+        }
+    }
+
+    #[test]
+    fn prune_forgets_only_what_is_long_settled() {
+        let now = SystemTime::now();
+        let old = now - KEEP_CLOSED_GRANTS - Duration::from_secs(1);
+        let mut state = State::default();
+        for g in [
+            grant("g-old-denied", GrantStatus::Denied, old),
+            grant("g-old-pending", GrantStatus::Pending, old),
+            grant("g-new-revoked", GrantStatus::Revoked, now),
+        ] {
+            state.grants.insert(g.id.clone(), g);
+        }
+        let mut windowed = approval("a-window", ApprovalStatus::Approved, old);
+        windowed.covers_until = Some(now + Duration::from_secs(60));
+        for a in [
+            approval("a-old-denied", ApprovalStatus::Denied, old),
+            approval("a-old-pending", ApprovalStatus::Pending, old),
+            approval("a-new", ApprovalStatus::Approved, now),
+            windowed,
+        ] {
+            state.approvals.insert(a.id.clone(), a);
+        }
+        prune(&mut state, now);
+        let mut grants: Vec<&str> = state.grants.keys().map(String::as_str).collect();
+        grants.sort();
+        assert_eq!(grants, ["g-new-revoked", "g-old-pending"]);
+        let mut approvals: Vec<&str> = state.approvals.keys().map(String::as_str).collect();
+        approvals.sort();
+        assert_eq!(approvals, ["a-new", "a-old-pending", "a-window"]);
     }
 }

@@ -107,9 +107,15 @@ fn held_update_runs_once_after_approval_and_webhooks_announce_it() {
     let own = env.cli_as(&ci_approver, &["approvals", "approve", &id]);
     assert!(own.stderr.contains("403"), "{}", own.stderr);
 
+    let asked = std::time::Instant::now();
     let approved = env.cli_json(&alice, &["approvals", "approve", &id]);
     assert_eq!(approved["status"], "approved");
     let out = held.join().unwrap();
+    // Upper bound, for the record: includes starting the CLI process.
+    println!(
+        "approve command started -> psql done: {:?}",
+        asked.elapsed()
+    );
     assert!(out.success(), "{}", out.stderr);
     assert_eq!(out.stdout.trim(), "UPDATE 1\nitem 1!");
     assert!(

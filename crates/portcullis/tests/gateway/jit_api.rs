@@ -49,6 +49,10 @@ fn jit_admin_api_answers_401_403_404_and_400() {
         404
     );
     assert_eq!(http(port, "GET", "/v1/nothing", Some(&alice), None).0, 404);
+    // There is no way to extend a grant, for anyone.
+    let extend = format!("/v1/grants/{id}/extend");
+    assert_eq!(http(port, "POST", &extend, Some(&alice), Some("{}")).0, 404);
+    assert_eq!(http(port, "POST", &extend, Some(&ci), Some("{}")).0, 404);
 
     let (status, body) = http(
         port,

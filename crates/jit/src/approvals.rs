@@ -2,13 +2,18 @@
 //! an approver says yes (it runs once), no, or nobody answers in time.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+use portcullis_identity::Principal;
+use portcullis_records::{NewRecord, RecordKind};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use tokio::sync::oneshot;
 
+use crate::broker::{find, new_id, State};
+use crate::notify::Event;
 use crate::timefmt;
-use crate::Broker;
+use crate::{Broker, JitError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -138,4 +143,264 @@ impl Drop for Held {
             handle.spawn(async move { broker.abandon(&id).await });
         }
     }
+}
+
+/// Held statements: registered by drivers, decided by approvers, given up
+/// by their sessions.
+impl Broker {
+    /// Registers a held statement and tells approvers; the caller waits on
+    /// the returned [`Held`]. Fails (and nothing is held) if it cannot be
+    /// recorded.
+    pub async fn hold(self: &Arc<Self>, request: HoldRequest) -> Result<Held, JitError> {
+        let now = SystemTime::now();
+        let approval = Approval {
+            id: new_id("a"),
+            session_id: request.session_id,
+            principal: request.principal,
+            connection: request.connection,
+            statement: request.statement,
+            policy: request.policy,
+            rule: request.rule,
+            reason: request.reason,
+            grant: request.grant,
+            status: ApprovalStatus::Pending,
+            requested_at: now,
+            deadline: now + self.settings.approval_timeout,
+            decided_by: None,
+            decided_at: None,
+            note: None,
+            covers_until: None,
+            covered_by: None,
+        };
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = self.state.lock().await;
+            if let Some(window) = covering(&state, &approval, now) {
+                let mut approval = approval;
+                approval.status = ApprovalStatus::Approved;
+                approval.decided_by = window.decided_by.clone();
+                approval.decided_at = Some(now);
+                approval.covered_by = Some(window.id.clone());
+                self.record_approval(&approval, "approved", None).await?;
+                let by = approval.decided_by.clone().unwrap_or_default();
+                tracing::info!(approval = %approval.id, covered_by = %window.id, "held statement approved by an earlier approval's window");
+                state
+                    .approvals
+                    .insert(approval.id.clone(), approval.clone());
+                let _ = tx.send(Outcome::Approved { by });
+                return Ok(Held {
+                    approval,
+                    decision: Some(rx),
+                    broker: self.clone(),
+                    settled: false,
+                });
+            }
+            self.record_approval(&approval, "requested", None).await?;
+            state
+                .approvals
+                .insert(approval.id.clone(), approval.clone());
+            state.waiting.insert(approval.id.clone(), tx);
+        }
+        self.notifier
+            .notify(Event::ApprovalRequested(approval.clone()));
+        tracing::info!(approval = %approval.id, session = %approval.session_id, principal = %approval.principal, "statement held for approval");
+        Ok(Held {
+            approval,
+            decision: Some(rx),
+            broker: self.clone(),
+            settled: false,
+        })
+    }
+
+    /// Lets the held statement run once; with `window`, identical
+    /// statements of the same principal on the same connection also run
+    /// without a new hold until it has passed (at most [`MAX_WINDOW`]).
+    pub async fn approve(
+        &self,
+        id: &str,
+        approver: &Principal,
+        window: Option<Duration>,
+    ) -> Result<Approval, JitError> {
+        if window.is_some_and(|w| w.is_zero() || w > MAX_WINDOW) {
+            return Err(JitError::Invalid(format!(
+                "the re-run window must be between 1s and {}s",
+                MAX_WINDOW.as_secs()
+            )));
+        }
+        self.decide(id, approver, None, ApprovalStatus::Approved, window)
+            .await
+    }
+
+    pub async fn deny(
+        &self,
+        id: &str,
+        approver: &Principal,
+        note: Option<String>,
+    ) -> Result<Approval, JitError> {
+        self.decide(id, approver, note, ApprovalStatus::Denied, None)
+            .await
+    }
+
+    async fn decide(
+        &self,
+        id: &str,
+        approver: &Principal,
+        note: Option<String>,
+        to: ApprovalStatus,
+        window: Option<Duration>,
+    ) -> Result<Approval, JitError> {
+        self.require_approver(approver)?;
+        let mut state = self.state.lock().await;
+        let mut approval = find(&state.approvals, id, "approval")?.clone();
+        if approval.principal == approver.name {
+            return Err(JitError::Forbidden(
+                "an approver cannot decide on their own statement".into(),
+            ));
+        }
+        if approval.status != ApprovalStatus::Pending {
+            return Err(JitError::Conflict(format!(
+                "approval {id} is {:?}, not pending",
+                approval.status
+            )));
+        }
+        approval.status = to;
+        approval.decided_by = Some(approver.name.clone());
+        approval.decided_at = Some(SystemTime::now());
+        approval.note = note.clone();
+        approval.covers_until = window.map(|w| SystemTime::now() + w);
+        let event = if to == ApprovalStatus::Approved {
+            "approved"
+        } else {
+            "denied"
+        };
+        self.record_approval(&approval, event, Some(approver))
+            .await?;
+        state
+            .approvals
+            .insert(approval.id.clone(), approval.clone());
+        let outcome = match to {
+            ApprovalStatus::Approved => Outcome::Approved {
+                by: approver.name.clone(),
+            },
+            _ => Outcome::Denied {
+                by: approver.name.clone(),
+                note,
+            },
+        };
+        if let Some(tx) = state.waiting.remove(id) {
+            // A session that went away meanwhile has dropped its receiver;
+            // its abandon call finds the approval already decided.
+            let _ = tx.send(outcome);
+        }
+        tracing::info!(approval = %id, approver = %approver.name, event, "held statement decided");
+        Ok(approval)
+    }
+
+    /// Called by the waiting session at its deadline: times the approval
+    /// out unless a decision got in first, and says which happened.
+    pub(crate) async fn time_out(&self, id: &str) -> Outcome {
+        let mut state = self.state.lock().await;
+        state.waiting.remove(id);
+        let Some(mut approval) = state.approvals.get(id).cloned() else {
+            return Outcome::Lost;
+        };
+        match approval.status {
+            ApprovalStatus::Pending => {}
+            ApprovalStatus::Approved => {
+                return Outcome::Approved {
+                    by: approval.decided_by.unwrap_or_default(),
+                }
+            }
+            ApprovalStatus::Denied => {
+                return Outcome::Denied {
+                    by: approval.decided_by.unwrap_or_default(),
+                    note: approval.note,
+                }
+            }
+            ApprovalStatus::TimedOut | ApprovalStatus::Abandoned => return Outcome::TimedOut,
+        }
+        approval.status = ApprovalStatus::TimedOut;
+        approval.decided_at = Some(SystemTime::now());
+        if let Err(e) = self.record_approval(&approval, "timed_out", None).await {
+            // The statement is refused either way; only the record is missing.
+            tracing::error!(approval = %id, error = %e, "cannot record approval timeout");
+        }
+        state.approvals.insert(approval.id.clone(), approval);
+        Outcome::TimedOut
+    }
+
+    /// The waiting session is gone before a decision.
+    pub(crate) async fn abandon(&self, id: &str) {
+        let mut state = self.state.lock().await;
+        state.waiting.remove(id);
+        let Some(mut approval) = state.approvals.get(id).cloned() else {
+            return;
+        };
+        if approval.status != ApprovalStatus::Pending {
+            return;
+        }
+        approval.status = ApprovalStatus::Abandoned;
+        approval.decided_at = Some(SystemTime::now());
+        approval.note = Some("the session ended before a decision".into());
+        if let Err(e) = self.record_approval(&approval, "abandoned", None).await {
+            tracing::error!(approval = %id, error = %e, "cannot record abandoned approval");
+        }
+        state.approvals.insert(approval.id.clone(), approval);
+    }
+
+    /// Held statements, newest last (approvers only).
+    pub async fn approvals(&self, caller: &Principal) -> Result<Vec<Approval>, JitError> {
+        self.require_approver(caller)?;
+        let state = self.state.lock().await;
+        let mut out: Vec<Approval> = state.approvals.values().cloned().collect();
+        out.sort_by_key(|a| a.requested_at);
+        Ok(out)
+    }
+
+    pub async fn approval(&self, id: &str, caller: &Principal) -> Result<Approval, JitError> {
+        self.require_approver(caller)?;
+        let state = self.state.lock().await;
+        Ok(find(&state.approvals, id, "approval")?.clone())
+    }
+
+    pub(crate) async fn record_approval(
+        &self,
+        approval: &Approval,
+        event: &str,
+        actor: Option<&Principal>,
+    ) -> Result<i64, JitError> {
+        let mut record = NewRecord::new(RecordKind::Approval)
+            .session_id(approval.session_id.clone())
+            .principal(approval.principal.clone())
+            .connection(approval.connection.clone())
+            .decision(event)
+            .rule(approval.rule.clone())
+            .detail(json!({
+                "id": approval.id,
+                "statement": approval.statement,
+                "grant": approval.grant,
+                "approval": approval,
+                "by": actor.map(|a| a.name.clone()),
+                "token": actor.map(|a| a.token_fingerprint.clone()),
+            }));
+        if let Some(p) = &approval.policy {
+            record = record.policy(p.clone());
+        }
+        Ok(self.store.append(record).await?)
+    }
+}
+
+/// The longest "this exact statement for the next N minutes" window.
+pub const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// An approval whose re-run window covers `held` at `now`: approved, same
+/// principal, connection and statement text, window not yet over.
+fn covering<'a>(state: &'a State, held: &Approval, now: SystemTime) -> Option<&'a Approval> {
+    state.approvals.values().find(|a| {
+        a.status == ApprovalStatus::Approved
+            && a.covers_until.is_some_and(|until| until > now)
+            && a.principal == held.principal
+            && a.connection == held.connection
+            && a.statement == held.statement
+    })
 }

@@ -1,22 +1,25 @@
-//! The broker's state and every way it changes. One async mutex guards it,
-//! held across the audit append of each change: grant and approval changes
-//! are rare next to statements, and holding it makes "recorded, then
-//! applied" atomic with respect to a concurrent approve/deny/revoke.
+//! The broker: its state, how it is rebuilt from the store, who may approve,
+//! and how long settled things are kept. The changes themselves live beside
+//! their types (`grants.rs`, `approvals.rs`).
+//!
+//! One async mutex guards the state, held across the audit append of each
+//! change: grant and approval changes are rare next to statements, and
+//! holding it makes "recorded, then applied" atomic with respect to a
+//! concurrent approve/deny/revoke.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use portcullis_config::{ApproversConfig, JitApproval};
+use portcullis_config::ApproversConfig;
 use portcullis_identity::Principal;
 use portcullis_policy::PolicySet;
-use portcullis_records::{NewRecord, Record, RecordKind, Store};
-use serde_json::json;
+use portcullis_records::{Record, RecordKind, Store};
 use tokio::sync::{oneshot, watch, Mutex};
 
-use crate::approvals::{Approval, ApprovalStatus, Held, HoldRequest, Outcome};
-use crate::grants::{Grant, GrantLease, GrantStatus};
-use crate::notify::{Event, Notifier};
+use crate::approvals::{Approval, ApprovalStatus, Outcome};
+use crate::grants::{Grant, GrantStatus};
+use crate::notify::Notifier;
 use crate::JitError;
 
 /// The parts of the config the broker needs.
@@ -29,21 +32,21 @@ pub struct BrokerSettings {
 }
 
 pub struct Broker {
-    store: Store,
-    policies: Arc<PolicySet>,
-    settings: BrokerSettings,
-    notifier: Notifier,
-    state: Mutex<State>,
+    pub(crate) store: Store,
+    pub(crate) policies: Arc<PolicySet>,
+    pub(crate) settings: BrokerSettings,
+    pub(crate) notifier: Notifier,
+    pub(crate) state: Mutex<State>,
 }
 
 #[derive(Default)]
-struct State {
-    grants: HashMap<String, Grant>,
+pub(crate) struct State {
+    pub(crate) grants: HashMap<String, Grant>,
     /// One channel per active grant; sessions under it hold receivers.
-    watchers: HashMap<String, watch::Sender<Grant>>,
-    approvals: HashMap<String, Approval>,
+    pub(crate) watchers: HashMap<String, watch::Sender<Grant>>,
+    pub(crate) approvals: HashMap<String, Approval>,
     /// The waiting session of each pending approval.
-    waiting: HashMap<String, oneshot::Sender<Outcome>>,
+    pub(crate) waiting: HashMap<String, oneshot::Sender<Outcome>>,
 }
 
 impl Broker {
@@ -119,7 +122,7 @@ impl Broker {
             || principal.groups.iter().any(|g| a.groups.contains(g))
     }
 
-    fn require_approver(&self, principal: &Principal) -> Result<(), JitError> {
+    pub(crate) fn require_approver(&self, principal: &Principal) -> Result<(), JitError> {
         if self.is_approver(principal) {
             Ok(())
         } else {
@@ -128,507 +131,6 @@ impl Broker {
                 principal.name
             )))
         }
-    }
-
-    // ---- grants ----
-
-    /// A workload asks for access to a `jit` connection, for itself.
-    pub async fn request_grant(
-        &self,
-        principal: &Principal,
-        connection: &str,
-        duration: Duration,
-        reason: &str,
-    ) -> Result<Grant, JitError> {
-        let reason = reason.trim();
-        if reason.is_empty() {
-            return Err(JitError::Invalid("a reason is required".into()));
-        }
-        if duration.is_zero() {
-            return Err(JitError::Invalid(
-                "duration must be longer than zero".into(),
-            ));
-        }
-        let terms = self
-            .policies
-            .applicable(principal, connection)
-            .jit_terms()
-            .ok_or_else(|| {
-                JitError::Forbidden(format!(
-                    "no just-in-time policy lets {} request access to connection {connection:?}",
-                    principal.name
-                ))
-            })?;
-        if duration > terms.max.0 {
-            return Err(JitError::Invalid(format!(
-                "duration {}s is longer than the policy's max of {}s",
-                duration.as_secs(),
-                terms.max.0.as_secs()
-            )));
-        }
-        let mut state = self.state.lock().await;
-        if let Some(open) = state.grants.values().find(|g| {
-            g.principal == principal.name
-                && g.connection == connection
-                && g.status.is_open()
-                && g.expires_at.is_none_or(|e| e > SystemTime::now())
-        }) {
-            // A second grant while one is open would extend it, which the
-            // grantee must not be able to do.
-            return Err(JitError::Conflict(format!(
-                "{} already has grant {} ({:?}) on {connection:?}",
-                principal.name, open.id, open.status
-            )));
-        }
-        let auto = terms.approval == JitApproval::Auto;
-        let mut grant = Grant {
-            id: new_id("g"),
-            principal: principal.name.clone(),
-            connection: connection.to_string(),
-            reason: reason.to_string(),
-            duration_secs: duration.as_secs().max(1),
-            approval: if auto { "auto" } else { "required" }.into(),
-            status: GrantStatus::Pending,
-            requested_at: SystemTime::now(),
-            decided_by: None,
-            decided_at: None,
-            expires_at: None,
-            note: None,
-        };
-        self.record_grant(&grant, "requested", Some(principal))
-            .await?;
-        if auto {
-            activate(&mut grant, "auto");
-            let recorded = self.record_grant(&grant, "approved", None).await;
-            if let Err(e) = recorded {
-                // The request stands, unapproved: an approver can still act.
-                let mut pending = grant.clone();
-                pending.status = GrantStatus::Pending;
-                pending.decided_by = None;
-                pending.decided_at = None;
-                pending.expires_at = None;
-                state.grants.insert(pending.id.clone(), pending);
-                return Err(e);
-            }
-            let (tx, _) = watch::channel(grant.clone());
-            state.watchers.insert(grant.id.clone(), tx);
-        } else {
-            self.notifier.notify(Event::GrantRequested(grant.clone()));
-        }
-        state.grants.insert(grant.id.clone(), grant.clone());
-        tracing::info!(grant = %grant.id, principal = %grant.principal, connection = %grant.connection, status = ?grant.status, "grant requested");
-        Ok(grant)
-    }
-
-    pub async fn approve_grant(&self, id: &str, approver: &Principal) -> Result<Grant, JitError> {
-        self.require_approver(approver)?;
-        let mut state = self.state.lock().await;
-        let mut grant = find(&state.grants, id, "grant")?.clone();
-        if grant.principal == approver.name {
-            return Err(JitError::Forbidden(
-                "an approver cannot approve their own request".into(),
-            ));
-        }
-        if grant.status != GrantStatus::Pending {
-            return Err(JitError::Conflict(format!(
-                "grant {id} is {:?}, not pending",
-                grant.status
-            )));
-        }
-        activate(&mut grant, &approver.name);
-        self.record_grant(&grant, "approved", Some(approver))
-            .await?;
-        let (tx, _) = watch::channel(grant.clone());
-        state.watchers.insert(grant.id.clone(), tx);
-        state.grants.insert(grant.id.clone(), grant.clone());
-        tracing::info!(grant = %id, approver = %approver.name, "grant approved");
-        Ok(grant)
-    }
-
-    pub async fn deny_grant(
-        &self,
-        id: &str,
-        approver: &Principal,
-        note: Option<String>,
-    ) -> Result<Grant, JitError> {
-        self.end_grant(id, approver, note, GrantStatus::Denied)
-            .await
-    }
-
-    /// Ends a pending or active grant now; sessions under it end at once.
-    pub async fn revoke_grant(
-        &self,
-        id: &str,
-        approver: &Principal,
-        note: Option<String>,
-    ) -> Result<Grant, JitError> {
-        self.end_grant(id, approver, note, GrantStatus::Revoked)
-            .await
-    }
-
-    async fn end_grant(
-        &self,
-        id: &str,
-        approver: &Principal,
-        note: Option<String>,
-        to: GrantStatus,
-    ) -> Result<Grant, JitError> {
-        self.require_approver(approver)?;
-        let mut state = self.state.lock().await;
-        let mut grant = find(&state.grants, id, "grant")?.clone();
-        let allowed = match to {
-            GrantStatus::Denied => grant.status == GrantStatus::Pending,
-            _ => grant.status.is_open(),
-        };
-        if !allowed {
-            return Err(JitError::Conflict(format!(
-                "grant {id} is {:?}; cannot make it {to:?}",
-                grant.status
-            )));
-        }
-        if to == GrantStatus::Denied && grant.principal == approver.name {
-            return Err(JitError::Forbidden(
-                "an approver cannot decide their own request".into(),
-            ));
-        }
-        grant.status = to;
-        grant.decided_by = Some(approver.name.clone());
-        grant.decided_at = Some(SystemTime::now());
-        grant.note = note;
-        let event = if to == GrantStatus::Denied {
-            "denied"
-        } else {
-            "revoked"
-        };
-        self.record_grant(&grant, event, Some(approver)).await?;
-        publish(&mut state, &grant);
-        tracing::info!(grant = %id, approver = %approver.name, event, "grant ended");
-        Ok(grant)
-    }
-
-    /// Records and applies the expiry of every active grant past its end,
-    /// and forgets what is long settled (see [`KEEP_CLOSED_GRANTS`]).
-    pub async fn expire_due(&self) -> Result<(), JitError> {
-        let now = SystemTime::now();
-        let mut state = self.state.lock().await;
-        prune(&mut state, now);
-        let due: Vec<Grant> = state
-            .grants
-            .values()
-            .filter(|g| g.status == GrantStatus::Active && !g.in_force(now))
-            .cloned()
-            .collect();
-        for mut grant in due {
-            grant.status = GrantStatus::Expired;
-            self.record_grant(&grant, "expired", None).await?;
-            publish(&mut state, &grant);
-            tracing::info!(grant = %grant.id, "grant expired");
-        }
-        Ok(())
-    }
-
-    /// The grant in force for `principal` on `connection`, as a lease a
-    /// session can watch.
-    pub async fn lease(&self, principal: &str, connection: &str) -> Option<GrantLease> {
-        let now = SystemTime::now();
-        let state = self.state.lock().await;
-        let grant = state
-            .grants
-            .values()
-            .find(|g| g.principal == principal && g.connection == connection && g.in_force(now))?;
-        let changes = state.watchers.get(&grant.id)?.subscribe();
-        Some(GrantLease {
-            id: grant.id.clone(),
-            expires_at: grant.expires_at?,
-            changes,
-        })
-    }
-
-    /// Approvers see every grant; anyone else their own.
-    pub async fn grants(&self, caller: &Principal) -> Vec<Grant> {
-        let approver = self.is_approver(caller);
-        let state = self.state.lock().await;
-        let mut out: Vec<Grant> = state
-            .grants
-            .values()
-            .filter(|g| approver || g.principal == caller.name)
-            .cloned()
-            .collect();
-        out.sort_by_key(|g| g.requested_at);
-        out
-    }
-
-    pub async fn grant(&self, id: &str, caller: &Principal) -> Result<Grant, JitError> {
-        let state = self.state.lock().await;
-        let grant = find(&state.grants, id, "grant")?;
-        if grant.principal != caller.name && !self.is_approver(caller) {
-            return Err(JitError::Forbidden(format!(
-                "grant {id} belongs to someone else"
-            )));
-        }
-        Ok(grant.clone())
-    }
-
-    async fn record_grant(
-        &self,
-        grant: &Grant,
-        event: &str,
-        actor: Option<&Principal>,
-    ) -> Result<i64, JitError> {
-        let record = NewRecord::new(RecordKind::Grant)
-            .principal(grant.principal.clone())
-            .connection(grant.connection.clone())
-            .decision(event)
-            .detail(json!({
-                "id": grant.id,
-                "grant": grant,
-                "by": actor.map(|a| a.name.clone()),
-                "token": actor.map(|a| a.token_fingerprint.clone()),
-            }));
-        Ok(self.store.append(record).await?)
-    }
-
-    // ---- held statements ----
-
-    /// Registers a held statement and tells approvers; the caller waits on
-    /// the returned [`Held`]. Fails (and nothing is held) if it cannot be
-    /// recorded.
-    pub async fn hold(self: &Arc<Self>, request: HoldRequest) -> Result<Held, JitError> {
-        let now = SystemTime::now();
-        let approval = Approval {
-            id: new_id("a"),
-            session_id: request.session_id,
-            principal: request.principal,
-            connection: request.connection,
-            statement: request.statement,
-            policy: request.policy,
-            rule: request.rule,
-            reason: request.reason,
-            grant: request.grant,
-            status: ApprovalStatus::Pending,
-            requested_at: now,
-            deadline: now + self.settings.approval_timeout,
-            decided_by: None,
-            decided_at: None,
-            note: None,
-            covers_until: None,
-            covered_by: None,
-        };
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut state = self.state.lock().await;
-            if let Some(window) = covering(&state, &approval, now) {
-                let mut approval = approval;
-                approval.status = ApprovalStatus::Approved;
-                approval.decided_by = window.decided_by.clone();
-                approval.decided_at = Some(now);
-                approval.covered_by = Some(window.id.clone());
-                self.record_approval(&approval, "approved", None).await?;
-                let by = approval.decided_by.clone().unwrap_or_default();
-                tracing::info!(approval = %approval.id, covered_by = %window.id, "held statement approved by an earlier approval's window");
-                state
-                    .approvals
-                    .insert(approval.id.clone(), approval.clone());
-                let _ = tx.send(Outcome::Approved { by });
-                return Ok(Held {
-                    approval,
-                    decision: Some(rx),
-                    broker: self.clone(),
-                    settled: false,
-                });
-            }
-            self.record_approval(&approval, "requested", None).await?;
-            state
-                .approvals
-                .insert(approval.id.clone(), approval.clone());
-            state.waiting.insert(approval.id.clone(), tx);
-        }
-        self.notifier
-            .notify(Event::ApprovalRequested(approval.clone()));
-        tracing::info!(approval = %approval.id, session = %approval.session_id, principal = %approval.principal, "statement held for approval");
-        Ok(Held {
-            approval,
-            decision: Some(rx),
-            broker: self.clone(),
-            settled: false,
-        })
-    }
-
-    /// Lets the held statement run once; with `window`, identical
-    /// statements of the same principal on the same connection also run
-    /// without a new hold until it has passed (at most [`MAX_WINDOW`]).
-    pub async fn approve(
-        &self,
-        id: &str,
-        approver: &Principal,
-        window: Option<Duration>,
-    ) -> Result<Approval, JitError> {
-        if window.is_some_and(|w| w.is_zero() || w > MAX_WINDOW) {
-            return Err(JitError::Invalid(format!(
-                "the re-run window must be between 1s and {}s",
-                MAX_WINDOW.as_secs()
-            )));
-        }
-        self.decide(id, approver, None, ApprovalStatus::Approved, window)
-            .await
-    }
-
-    pub async fn deny(
-        &self,
-        id: &str,
-        approver: &Principal,
-        note: Option<String>,
-    ) -> Result<Approval, JitError> {
-        self.decide(id, approver, note, ApprovalStatus::Denied, None)
-            .await
-    }
-
-    async fn decide(
-        &self,
-        id: &str,
-        approver: &Principal,
-        note: Option<String>,
-        to: ApprovalStatus,
-        window: Option<Duration>,
-    ) -> Result<Approval, JitError> {
-        self.require_approver(approver)?;
-        let mut state = self.state.lock().await;
-        let mut approval = find(&state.approvals, id, "approval")?.clone();
-        if approval.principal == approver.name {
-            return Err(JitError::Forbidden(
-                "an approver cannot decide on their own statement".into(),
-            ));
-        }
-        if approval.status != ApprovalStatus::Pending {
-            return Err(JitError::Conflict(format!(
-                "approval {id} is {:?}, not pending",
-                approval.status
-            )));
-        }
-        approval.status = to;
-        approval.decided_by = Some(approver.name.clone());
-        approval.decided_at = Some(SystemTime::now());
-        approval.note = note.clone();
-        approval.covers_until = window.map(|w| SystemTime::now() + w);
-        let event = if to == ApprovalStatus::Approved {
-            "approved"
-        } else {
-            "denied"
-        };
-        self.record_approval(&approval, event, Some(approver))
-            .await?;
-        state
-            .approvals
-            .insert(approval.id.clone(), approval.clone());
-        let outcome = match to {
-            ApprovalStatus::Approved => Outcome::Approved {
-                by: approver.name.clone(),
-            },
-            _ => Outcome::Denied {
-                by: approver.name.clone(),
-                note,
-            },
-        };
-        if let Some(tx) = state.waiting.remove(id) {
-            // A session that went away meanwhile has dropped its receiver;
-            // its abandon call finds the approval already decided.
-            let _ = tx.send(outcome);
-        }
-        tracing::info!(approval = %id, approver = %approver.name, event, "held statement decided");
-        Ok(approval)
-    }
-
-    /// Called by the waiting session at its deadline: times the approval
-    /// out unless a decision got in first, and says which happened.
-    pub(crate) async fn time_out(&self, id: &str) -> Outcome {
-        let mut state = self.state.lock().await;
-        state.waiting.remove(id);
-        let Some(mut approval) = state.approvals.get(id).cloned() else {
-            return Outcome::Lost;
-        };
-        match approval.status {
-            ApprovalStatus::Pending => {}
-            ApprovalStatus::Approved => {
-                return Outcome::Approved {
-                    by: approval.decided_by.unwrap_or_default(),
-                }
-            }
-            ApprovalStatus::Denied => {
-                return Outcome::Denied {
-                    by: approval.decided_by.unwrap_or_default(),
-                    note: approval.note,
-                }
-            }
-            ApprovalStatus::TimedOut | ApprovalStatus::Abandoned => return Outcome::TimedOut,
-        }
-        approval.status = ApprovalStatus::TimedOut;
-        approval.decided_at = Some(SystemTime::now());
-        if let Err(e) = self.record_approval(&approval, "timed_out", None).await {
-            // The statement is refused either way; only the record is missing.
-            tracing::error!(approval = %id, error = %e, "cannot record approval timeout");
-        }
-        state.approvals.insert(approval.id.clone(), approval);
-        Outcome::TimedOut
-    }
-
-    /// The waiting session is gone before a decision.
-    pub(crate) async fn abandon(&self, id: &str) {
-        let mut state = self.state.lock().await;
-        state.waiting.remove(id);
-        let Some(mut approval) = state.approvals.get(id).cloned() else {
-            return;
-        };
-        if approval.status != ApprovalStatus::Pending {
-            return;
-        }
-        approval.status = ApprovalStatus::Abandoned;
-        approval.decided_at = Some(SystemTime::now());
-        approval.note = Some("the session ended before a decision".into());
-        if let Err(e) = self.record_approval(&approval, "abandoned", None).await {
-            tracing::error!(approval = %id, error = %e, "cannot record abandoned approval");
-        }
-        state.approvals.insert(approval.id.clone(), approval);
-    }
-
-    /// Held statements, newest last (approvers only).
-    pub async fn approvals(&self, caller: &Principal) -> Result<Vec<Approval>, JitError> {
-        self.require_approver(caller)?;
-        let state = self.state.lock().await;
-        let mut out: Vec<Approval> = state.approvals.values().cloned().collect();
-        out.sort_by_key(|a| a.requested_at);
-        Ok(out)
-    }
-
-    pub async fn approval(&self, id: &str, caller: &Principal) -> Result<Approval, JitError> {
-        self.require_approver(caller)?;
-        let state = self.state.lock().await;
-        Ok(find(&state.approvals, id, "approval")?.clone())
-    }
-
-    async fn record_approval(
-        &self,
-        approval: &Approval,
-        event: &str,
-        actor: Option<&Principal>,
-    ) -> Result<i64, JitError> {
-        let mut record = NewRecord::new(RecordKind::Approval)
-            .session_id(approval.session_id.clone())
-            .principal(approval.principal.clone())
-            .connection(approval.connection.clone())
-            .decision(event)
-            .rule(approval.rule.clone())
-            .detail(json!({
-                "id": approval.id,
-                "statement": approval.statement,
-                "grant": approval.grant,
-                "approval": approval,
-                "by": actor.map(|a| a.name.clone()),
-                "token": actor.map(|a| a.token_fingerprint.clone()),
-            }));
-        if let Some(p) = &approval.policy {
-            record = record.policy(p.clone());
-        }
-        Ok(self.store.append(record).await?)
     }
 }
 
@@ -641,7 +143,7 @@ pub const KEEP_SETTLED_APPROVALS: Duration = Duration::from_secs(24 * 3600);
 
 /// Drops long-settled grants and approvals, so a gateway that runs for
 /// months does not hold every approval it ever saw.
-fn prune(state: &mut State, now: SystemTime) {
+pub(crate) fn prune(state: &mut State, now: SystemTime) {
     let older_than = |t: Option<SystemTime>, keep: Duration| {
         t.and_then(|t| now.duration_since(t).ok())
             .is_some_and(|age| age > keep)
@@ -655,43 +157,16 @@ fn prune(state: &mut State, now: SystemTime) {
     });
 }
 
-/// The longest "this exact statement for the next N minutes" window.
-pub const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
-
-/// An approval whose re-run window covers `held` at `now`: approved, same
-/// principal, connection and statement text, window not yet over.
-fn covering<'a>(state: &'a State, held: &Approval, now: SystemTime) -> Option<&'a Approval> {
-    state.approvals.values().find(|a| {
-        a.status == ApprovalStatus::Approved
-            && a.covers_until.is_some_and(|until| until > now)
-            && a.principal == held.principal
-            && a.connection == held.connection
-            && a.statement == held.statement
-    })
-}
-
-fn activate(grant: &mut Grant, by: &str) {
-    let now = SystemTime::now();
-    grant.status = GrantStatus::Active;
-    grant.decided_by = Some(by.to_string());
-    grant.decided_at = Some(now);
-    grant.expires_at = Some(now + grant.duration());
-}
-
-/// Stores the grant's new state and tells its sessions.
-fn publish(state: &mut State, grant: &Grant) {
-    state.grants.insert(grant.id.clone(), grant.clone());
-    if let Some(tx) = state.watchers.remove(&grant.id) {
-        let _ = tx.send(grant.clone());
-    }
-}
-
-fn find<'a, T>(map: &'a HashMap<String, T>, id: &str, what: &str) -> Result<&'a T, JitError> {
+pub(crate) fn find<'a, T>(
+    map: &'a HashMap<String, T>,
+    id: &str,
+    what: &str,
+) -> Result<&'a T, JitError> {
     map.get(id)
         .ok_or_else(|| JitError::NotFound(format!("no {what} {id:?}")))
 }
 
-fn new_id(prefix: &str) -> String {
+pub(crate) fn new_id(prefix: &str) -> String {
     let hex = uuid::Uuid::new_v4().simple().to_string();
     format!("{prefix}-{}", &hex[..16])
 }

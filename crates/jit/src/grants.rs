@@ -3,10 +3,17 @@
 
 use std::time::{Duration, SystemTime};
 
+use portcullis_config::JitApproval;
+use portcullis_identity::Principal;
+use portcullis_records::{NewRecord, RecordKind};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use tokio::sync::watch;
 
+use crate::broker::{find, new_id, prune, State};
+use crate::notify::Event;
 use crate::timefmt;
+use crate::{Broker, JitError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -125,5 +132,281 @@ impl GrantLease {
                 }
             }
         }
+    }
+}
+
+/// Grants: requested by workloads, decided by approvers, ended by time or
+/// revocation.
+impl Broker {
+    /// A workload asks for access to a `jit` connection, for itself.
+    pub async fn request_grant(
+        &self,
+        principal: &Principal,
+        connection: &str,
+        duration: Duration,
+        reason: &str,
+    ) -> Result<Grant, JitError> {
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(JitError::Invalid("a reason is required".into()));
+        }
+        if duration.is_zero() {
+            return Err(JitError::Invalid(
+                "duration must be longer than zero".into(),
+            ));
+        }
+        let terms = self
+            .policies
+            .applicable(principal, connection)
+            .jit_terms()
+            .ok_or_else(|| {
+                JitError::Forbidden(format!(
+                    "no just-in-time policy lets {} request access to connection {connection:?}",
+                    principal.name
+                ))
+            })?;
+        if duration > terms.max.0 {
+            return Err(JitError::Invalid(format!(
+                "duration {}s is longer than the policy's max of {}s",
+                duration.as_secs(),
+                terms.max.0.as_secs()
+            )));
+        }
+        let mut state = self.state.lock().await;
+        if let Some(open) = state.grants.values().find(|g| {
+            g.principal == principal.name
+                && g.connection == connection
+                && g.status.is_open()
+                && g.expires_at.is_none_or(|e| e > SystemTime::now())
+        }) {
+            // A second grant while one is open would extend it, which the
+            // grantee must not be able to do.
+            return Err(JitError::Conflict(format!(
+                "{} already has grant {} ({:?}) on {connection:?}",
+                principal.name, open.id, open.status
+            )));
+        }
+        let auto = terms.approval == JitApproval::Auto;
+        let mut grant = Grant {
+            id: new_id("g"),
+            principal: principal.name.clone(),
+            connection: connection.to_string(),
+            reason: reason.to_string(),
+            duration_secs: duration.as_secs().max(1),
+            approval: if auto { "auto" } else { "required" }.into(),
+            status: GrantStatus::Pending,
+            requested_at: SystemTime::now(),
+            decided_by: None,
+            decided_at: None,
+            expires_at: None,
+            note: None,
+        };
+        self.record_grant(&grant, "requested", Some(principal))
+            .await?;
+        if auto {
+            activate(&mut grant, "auto");
+            let recorded = self.record_grant(&grant, "approved", None).await;
+            if let Err(e) = recorded {
+                // The request stands, unapproved: an approver can still act.
+                let mut pending = grant.clone();
+                pending.status = GrantStatus::Pending;
+                pending.decided_by = None;
+                pending.decided_at = None;
+                pending.expires_at = None;
+                state.grants.insert(pending.id.clone(), pending);
+                return Err(e);
+            }
+            let (tx, _) = watch::channel(grant.clone());
+            state.watchers.insert(grant.id.clone(), tx);
+        } else {
+            self.notifier.notify(Event::GrantRequested(grant.clone()));
+        }
+        state.grants.insert(grant.id.clone(), grant.clone());
+        tracing::info!(grant = %grant.id, principal = %grant.principal, connection = %grant.connection, status = ?grant.status, "grant requested");
+        Ok(grant)
+    }
+
+    pub async fn approve_grant(&self, id: &str, approver: &Principal) -> Result<Grant, JitError> {
+        self.require_approver(approver)?;
+        let mut state = self.state.lock().await;
+        let mut grant = find(&state.grants, id, "grant")?.clone();
+        if grant.principal == approver.name {
+            return Err(JitError::Forbidden(
+                "an approver cannot approve their own request".into(),
+            ));
+        }
+        if grant.status != GrantStatus::Pending {
+            return Err(JitError::Conflict(format!(
+                "grant {id} is {:?}, not pending",
+                grant.status
+            )));
+        }
+        activate(&mut grant, &approver.name);
+        self.record_grant(&grant, "approved", Some(approver))
+            .await?;
+        let (tx, _) = watch::channel(grant.clone());
+        state.watchers.insert(grant.id.clone(), tx);
+        state.grants.insert(grant.id.clone(), grant.clone());
+        tracing::info!(grant = %id, approver = %approver.name, "grant approved");
+        Ok(grant)
+    }
+
+    pub async fn deny_grant(
+        &self,
+        id: &str,
+        approver: &Principal,
+        note: Option<String>,
+    ) -> Result<Grant, JitError> {
+        self.end_grant(id, approver, note, GrantStatus::Denied)
+            .await
+    }
+
+    /// Ends a pending or active grant now; sessions under it end at once.
+    pub async fn revoke_grant(
+        &self,
+        id: &str,
+        approver: &Principal,
+        note: Option<String>,
+    ) -> Result<Grant, JitError> {
+        self.end_grant(id, approver, note, GrantStatus::Revoked)
+            .await
+    }
+
+    async fn end_grant(
+        &self,
+        id: &str,
+        approver: &Principal,
+        note: Option<String>,
+        to: GrantStatus,
+    ) -> Result<Grant, JitError> {
+        self.require_approver(approver)?;
+        let mut state = self.state.lock().await;
+        let mut grant = find(&state.grants, id, "grant")?.clone();
+        let allowed = match to {
+            GrantStatus::Denied => grant.status == GrantStatus::Pending,
+            _ => grant.status.is_open(),
+        };
+        if !allowed {
+            return Err(JitError::Conflict(format!(
+                "grant {id} is {:?}; cannot make it {to:?}",
+                grant.status
+            )));
+        }
+        if to == GrantStatus::Denied && grant.principal == approver.name {
+            return Err(JitError::Forbidden(
+                "an approver cannot decide their own request".into(),
+            ));
+        }
+        grant.status = to;
+        grant.decided_by = Some(approver.name.clone());
+        grant.decided_at = Some(SystemTime::now());
+        grant.note = note;
+        let event = if to == GrantStatus::Denied {
+            "denied"
+        } else {
+            "revoked"
+        };
+        self.record_grant(&grant, event, Some(approver)).await?;
+        publish(&mut state, &grant);
+        tracing::info!(grant = %id, approver = %approver.name, event, "grant ended");
+        Ok(grant)
+    }
+
+    /// Records and applies the expiry of every active grant past its end,
+    /// and forgets what is long settled (see [`KEEP_CLOSED_GRANTS`]).
+    pub async fn expire_due(&self) -> Result<(), JitError> {
+        let now = SystemTime::now();
+        let mut state = self.state.lock().await;
+        prune(&mut state, now);
+        let due: Vec<Grant> = state
+            .grants
+            .values()
+            .filter(|g| g.status == GrantStatus::Active && !g.in_force(now))
+            .cloned()
+            .collect();
+        for mut grant in due {
+            grant.status = GrantStatus::Expired;
+            self.record_grant(&grant, "expired", None).await?;
+            publish(&mut state, &grant);
+            tracing::info!(grant = %grant.id, "grant expired");
+        }
+        Ok(())
+    }
+
+    /// The grant in force for `principal` on `connection`, as a lease a
+    /// session can watch.
+    pub async fn lease(&self, principal: &str, connection: &str) -> Option<GrantLease> {
+        let now = SystemTime::now();
+        let state = self.state.lock().await;
+        let grant = state
+            .grants
+            .values()
+            .find(|g| g.principal == principal && g.connection == connection && g.in_force(now))?;
+        let changes = state.watchers.get(&grant.id)?.subscribe();
+        Some(GrantLease {
+            id: grant.id.clone(),
+            expires_at: grant.expires_at?,
+            changes,
+        })
+    }
+
+    /// Approvers see every grant; anyone else their own.
+    pub async fn grants(&self, caller: &Principal) -> Vec<Grant> {
+        let approver = self.is_approver(caller);
+        let state = self.state.lock().await;
+        let mut out: Vec<Grant> = state
+            .grants
+            .values()
+            .filter(|g| approver || g.principal == caller.name)
+            .cloned()
+            .collect();
+        out.sort_by_key(|g| g.requested_at);
+        out
+    }
+
+    pub async fn grant(&self, id: &str, caller: &Principal) -> Result<Grant, JitError> {
+        let state = self.state.lock().await;
+        let grant = find(&state.grants, id, "grant")?;
+        if grant.principal != caller.name && !self.is_approver(caller) {
+            return Err(JitError::Forbidden(format!(
+                "grant {id} belongs to someone else"
+            )));
+        }
+        Ok(grant.clone())
+    }
+
+    async fn record_grant(
+        &self,
+        grant: &Grant,
+        event: &str,
+        actor: Option<&Principal>,
+    ) -> Result<i64, JitError> {
+        let record = NewRecord::new(RecordKind::Grant)
+            .principal(grant.principal.clone())
+            .connection(grant.connection.clone())
+            .decision(event)
+            .detail(json!({
+                "id": grant.id,
+                "grant": grant,
+                "by": actor.map(|a| a.name.clone()),
+                "token": actor.map(|a| a.token_fingerprint.clone()),
+            }));
+        Ok(self.store.append(record).await?)
+    }
+}
+
+fn activate(grant: &mut Grant, by: &str) {
+    let now = SystemTime::now();
+    grant.status = GrantStatus::Active;
+    grant.decided_by = Some(by.to_string());
+    grant.decided_at = Some(now);
+    grant.expires_at = Some(now + grant.duration());
+}
+
+/// Stores the grant's new state and tells its sessions.
+fn publish(state: &mut State, grant: &Grant) {
+    state.grants.insert(grant.id.clone(), grant.clone());
+    if let Some(tx) = state.watchers.remove(&grant.id) {
+        let _ = tx.send(grant.clone());
     }
 }

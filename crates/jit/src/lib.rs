@@ -22,8 +22,8 @@ mod timefmt;
 #[cfg(test)]
 mod tests;
 
-pub use approvals::{Approval, ApprovalStatus, Held, HoldRequest, Outcome};
-pub use broker::{Broker, BrokerSettings, MAX_WINDOW};
+pub use approvals::{Approval, ApprovalStatus, Held, HoldRequest, Outcome, MAX_WINDOW};
+pub use broker::{Broker, BrokerSettings};
 pub use error::JitError;
 pub use grants::{Grant, GrantLease, GrantStatus};
 pub use notify::{Event, Notifier};

@@ -226,6 +226,12 @@ with psycopg.connect(os.environ["DSN"], autocommit=True) as conn:
     cur = conn.execute("update items set name = name || %s where id = %s returning name", ["?", 2])
     print(cur.fetchone()[0])
     print(conn.execute("select count(*) from items where id = %s", [2]).fetchone()[0])
+    try:
+        conn.execute("update items set name = %s where id = %s", ["gone", 3])
+        print("ran")
+    except psycopg.errors.InsufficientPrivilege as e:
+        print("refused", e.sqlstate)
+    print(conn.execute("select name from items where id = %s", [3]).fetchone()[0])
 "#;
     let mut cmd = Command::new("python3");
     cmd.args(["-c", script])
@@ -234,19 +240,32 @@ with psycopg.connect(os.environ["DSN"], autocommit=True) as conn:
     let running = thread::spawn(move || test_support::run(&mut cmd, TIMEOUT));
     let id = pending_id(&env, &alice);
     env.cli_json(&alice, &["approvals", "approve", &id]);
+    // The second UPDATE is held in turn, and denied.
+    let second = loop {
+        let next = pending_id(&env, &alice);
+        if next != id {
+            break next;
+        }
+    };
+    env.cli_json(&alice, &["approvals", "deny", &second]);
     let out = running.join().unwrap();
     assert!(out.success(), "{}{}", out.stdout, out.stderr);
     let lines: Vec<&str> = out.stdout.lines().collect();
+    let notice = |id: &str| {
+        format!(
+            "NOTICE awaiting approval {id}, see {}/v1/approvals/{id}",
+            env.admin_url()
+        )
+    };
     assert_eq!(
         lines,
         [
-            format!(
-                "NOTICE awaiting approval {id}, see {}/v1/approvals/{id}",
-                env.admin_url()
-            )
-            .as_str(),
+            notice(&id).as_str(),
             "item 2?",
-            "1"
+            "1",
+            notice(&second).as_str(),
+            "refused 42501",
+            "item 3"
         ]
     );
 }

@@ -204,15 +204,11 @@ impl Broker {
         self.record_grant(&grant, "requested", Some(principal))
             .await?;
         if auto {
+            let pending = grant.clone();
             activate(&mut grant, "auto");
-            let recorded = self.record_grant(&grant, "approved", None).await;
-            if let Err(e) = recorded {
-                // The request stands, unapproved: an approver can still act.
-                let mut pending = grant.clone();
-                pending.status = GrantStatus::Pending;
-                pending.decided_by = None;
-                pending.decided_at = None;
-                pending.expires_at = None;
+            if let Err(e) = self.record_grant(&grant, "approved", None).await {
+                // The recorded request stands, unapproved: an approver can
+                // still act on it.
                 state.grants.insert(pending.id.clone(), pending);
                 return Err(e);
             }

@@ -417,3 +417,33 @@ async fn an_approval_window_lets_the_same_statement_rerun_without_a_hold() {
         "{recorded:?}"
     );
 }
+
+#[tokio::test]
+async fn nothing_changes_when_the_change_cannot_be_recorded() {
+    let f = Fixture::new();
+    // Create the store, then reopen it read-only: every append fails.
+    drop(Store::open(&f.url).unwrap());
+    let config = Config::parse("t.yaml", CONFIG).unwrap();
+    let broker = Broker::open(
+        Store::open_read_only(&f.url).unwrap(),
+        Arc::new(PolicySet::compile(&config.policies).unwrap()),
+        BrokerSettings {
+            approvers: ApproversConfig {
+                principals: vec!["alice".into()],
+                groups: vec![],
+            },
+            approval_timeout: HOUR,
+            base_url: "http://127.0.0.1:8080".into(),
+        },
+        Notifier::disabled(),
+    )
+    .await
+    .unwrap();
+    let auto = broker.request_grant(&ci(), "auto-db", HOUR / 6, "x").await;
+    assert!(matches!(auto, Err(JitError::Store(_))), "{auto:?}");
+    assert!(broker.grants(&alice()).await.is_empty());
+    assert!(broker.lease("ci", "auto-db").await.is_none());
+    let held = broker.hold(hold_request("UPDATE a")).await;
+    assert!(matches!(held, Err(JitError::Store(_))));
+    assert!(broker.approvals(&alice()).await.unwrap().is_empty());
+}

@@ -174,7 +174,7 @@ async fn append_and_read_back() {
 
 #[tokio::test]
 async fn records_of_kinds_returns_only_those_kinds_in_order() {
-    let (_dir, url) = temp_url();
+    let (dir, url) = temp_url();
     let store = Store::open(&url).unwrap();
     let grant = |event: &str| {
         NewRecord::new(RecordKind::Grant)
@@ -207,6 +207,20 @@ async fn records_of_kinds_returns_only_those_kinds_in_order() {
     );
     assert!(store.records_of_kinds(&[]).unwrap().is_empty());
     assert_intact(&store.verify().unwrap(), 4);
+    // Replaying grants must not scan every statement: the partial index serves it.
+    let conn = Connection::open(db_path(&dir)).unwrap();
+    let sql = crate::query::kinds_sql(&[RecordKind::Grant, RecordKind::Approval]);
+    let plan: Vec<String> = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .unwrap()
+        .query_map([], |row| row.get::<_, String>(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        plan.iter().any(|p| p.contains("access_changes")),
+        "{plan:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

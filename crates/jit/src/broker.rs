@@ -136,10 +136,10 @@ impl Broker {
 
 /// How long closed grants stay listed (and in memory); their records stay
 /// in the store for good.
-pub const KEEP_CLOSED_GRANTS: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const KEEP_CLOSED_GRANTS: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long settled approvals stay listed, counted from the decision or the
 /// end of their re-run window, whichever is later.
-pub const KEEP_SETTLED_APPROVALS: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const KEEP_SETTLED_APPROVALS: Duration = Duration::from_secs(24 * 3600);
 
 /// Drops long-settled grants and approvals, so a gateway that runs for
 /// months does not hold every approval it ever saw.

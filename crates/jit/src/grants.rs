@@ -309,7 +309,7 @@ impl Broker {
     }
 
     /// Records and applies the expiry of every active grant past its end,
-    /// and forgets what is long settled (see [`KEEP_CLOSED_GRANTS`]).
+    /// and forgets what is long settled (grants closed over 7 days, approvals settled over a day).
     pub async fn expire_due(&self) -> Result<(), JitError> {
         let now = SystemTime::now();
         let mut state = self.state.lock().await;

@@ -64,9 +64,13 @@ pub struct AdminConfig {
     /// Address of the admin API (plain HTTP).
     #[serde(default = "default_admin_listen")]
     pub listen: String,
-    /// Serve the admin API on a non-loopback address. It speaks plain HTTP,
-    /// so approvers' bearer tokens cross that network in clear text: only
-    /// behind a TLS-terminating proxy on a network you trust.
+    /// Serve the admin API over TLS, with the certificate of the
+    /// client-facing listeners (`tls:`, or the generated dev certificate).
+    #[serde(default)]
+    pub tls: bool,
+    /// Serve the plain-HTTP admin API on a non-loopback address: approvers'
+    /// bearer tokens cross that network in clear text, so only behind a
+    /// TLS-terminating proxy on a network you trust.
     #[serde(default)]
     pub insecure_plaintext: bool,
     /// Base URL approvers reach the admin API at, used in notices and webhook
@@ -85,6 +89,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
+            tls: false,
             insecure_plaintext: false,
             public_url: None,
             approval_timeout: default_approval_timeout(),
@@ -98,6 +103,7 @@ impl AdminConfig {
     pub fn base_url(&self) -> String {
         match &self.public_url {
             Some(url) => url.trim_end_matches('/').to_string(),
+            None if self.tls => format!("https://{}", self.listen),
             None => format!("http://{}", self.listen),
         }
     }

@@ -203,4 +203,10 @@ fn admin_api_off_loopback_needs_insecure_plaintext() {
         "listen: 0.0.0.0:8080\n  insecure_plaintext: true",
     );
     assert!(Config::parse("p.yaml", &text).is_ok());
+    let text = GOOD.replace(
+        "listen: 127.0.0.1:8080",
+        "listen: 0.0.0.0:8080\n  tls: true",
+    );
+    let c = Config::parse("p.yaml", &text).unwrap();
+    assert_eq!(c.admin.base_url(), "https://0.0.0.0:8080");
 }

@@ -63,11 +63,11 @@ fn validate_admin(config: &Config) -> Result<(), Violation> {
             &admin.listen,
         ));
     }
-    if !admin.insecure_plaintext && !is_loopback_listen(&admin.listen) {
+    if !admin.tls && !admin.insecure_plaintext && !is_loopback_listen(&admin.listen) {
         return Err(Violation::new(
             "admin.listen".into(),
             format!(
-                "{} is not a loopback address and the admin API speaks plain HTTP: bearer tokens would cross the network in clear text; listen on loopback behind a TLS proxy, or set admin.insecure_plaintext: true",
+                "{} is not a loopback address and the admin API would speak plain HTTP: bearer tokens would cross the network in clear text; set admin.tls: true (or, behind a TLS proxy, admin.insecure_plaintext: true)",
                 admin.listen
             ),
             &admin.listen,

@@ -157,6 +157,10 @@ pub struct AdminArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     pub admin: String,
+    /// PEM certificate to trust for an `https://` admin API besides the
+    /// system roots (e.g. the gateway's generated dev certificate).
+    #[arg(long, env = "PORTCULLIS_ADMIN_CA")]
+    pub admin_ca: Option<std::path::PathBuf>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,

@@ -48,9 +48,14 @@ pub async fn run(admin: &AdminArgs, call: Call) -> anyhow::Result<ExitCode> {
         _ => bail!("PORTCULLIS_TOKEN is not set: put your OIDC token in it"),
     };
     let url = format!("{}{}", admin.admin.trim_end_matches('/'), call.path);
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()?;
+    let mut client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+    if let Some(path) = &admin.admin_ca {
+        let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .with_context(|| format!("{}: not a PEM certificate", path.display()))?;
+        client = client.add_root_certificate(cert);
+    }
+    let client = client.build()?;
     let mut request = client.request(call.method, &url).bearer_auth(token);
     if let Some(body) = &call.body {
         request = request.json(body);

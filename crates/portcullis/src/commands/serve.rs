@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use portcullis_config::{
-    Access, Config, ConnectionConfig, JitApproval, PostgresConnection, UpstreamTls,
+    Access, AdminConfig, Config, ConnectionConfig, JitApproval, PostgresConnection, UpstreamTls,
 };
 use portcullis_identity::Verifier;
 use portcullis_jit::{Broker, BrokerSettings, Notifier};
@@ -72,7 +72,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    tasks.push(admin_api(&services, &config.admin.listen, stop_rx.clone()).await?);
+    tasks.push(admin_api(&services, &config.admin, stop_rx.clone()).await?);
     let mut gauges = Vec::new();
     for connection in &config.connections {
         match connection {
@@ -170,9 +170,11 @@ fn warn_if_nobody_can_approve(config: &Config) {
 /// than leaving approvers without a way in.
 async fn admin_api(
     services: &Services,
-    listen: &str,
+    admin: &AdminConfig,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listen = &admin.listen;
+    let tls = admin.tls.then(|| services.tls.clone());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("admin API: cannot listen on {listen}"))?;
@@ -180,7 +182,12 @@ async fn admin_api(
         verifier: services.verifier.clone(),
         broker: services.jit.clone(),
     });
-    tracing::info!(listen = %listen, "admin API ready");
+    tracing::info!(listen = %listen, tls = tls.is_some(), "admin API ready");
+    if let Some(tls) = tls {
+        return Ok(tokio::spawn(crate::admin::serve_tls(
+            listener, app, tls, stop,
+        )));
+    }
     Ok(tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move {

@@ -90,3 +90,31 @@ fn jit_admin_api_answers_401_403_404_and_400() {
     let (status, body) = http(port, "POST", &approve, Some(&alice), None);
     assert_eq!((status, body["status"].as_str()), (200, Some("active")));
 }
+
+#[test]
+fn jit_admin_api_over_tls_with_the_gateway_certificate() {
+    let env = crate::env::Env::with(crate::env::Options {
+        policies: JIT_POLICIES.to_string(),
+        admin_extra: "  tls: true\n".into(),
+        ..crate::env::Options::default()
+    });
+    let alice = env.token("alice", &["sre"]);
+    let https = format!("https://127.0.0.1:{}", env.admin_port);
+    let ca = env.dir().join("data/dev-cert.pem");
+    let grants = |admin: &str, ca: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(crate::env::BIN);
+        cmd.args(["grants", "list", "--json", "--admin", admin])
+            .env("PORTCULLIS_TOKEN", &alice);
+        if let Some(ca) = ca {
+            cmd.arg("--admin-ca").arg(ca);
+        }
+        test_support::run(&mut cmd, crate::env::TIMEOUT)
+    };
+    let trusted = grants(&https, Some(&ca));
+    assert!(trusted.success(), "{}", trusted.stderr);
+    assert_eq!(trusted.stdout.trim(), "[]");
+    // The dev certificate is not in the system roots.
+    assert!(!grants(&https, None).success());
+    // Plain HTTP gets nowhere on the TLS port.
+    assert!(!grants(&env.admin_url(), None).success());
+}

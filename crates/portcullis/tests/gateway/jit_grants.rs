@@ -2,6 +2,7 @@
 //! requested and decided with the `portcullis grants` CLI.
 
 use crate::env::{Env, Options};
+use crate::jit_http::Receiver;
 use crate::jit_support::psql_in_background;
 
 /// `ci` has no standing access: reads only inside a grant (max 1h, a human
@@ -253,4 +254,36 @@ fn jit_rules_do_not_apply_to_a_standing_session_without_a_grant() {
         "{}",
         granted.stderr
     );
+}
+
+#[test]
+fn jit_grant_requests_are_announced_even_past_a_receiver_that_never_answers() {
+    // A receiver that accepts and never answers must hold up neither the
+    // request nor the other webhook.
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let receiver = Receiver::start(0);
+    let env = Env::with(Options {
+        policies: JIT_POLICIES.to_string(),
+        admin_extra: format!(
+            "  webhooks:\n    - url: http://{}/hook\n    - url: {}\n",
+            black_hole.local_addr().unwrap(),
+            receiver.url("/hook")
+        ),
+        ..Options::default()
+    });
+    let ci = env.token("ci", &["ci"]);
+    let id = request(&env, &ci, "15m");
+    let hook = receiver.wait_for(1, |b| b["event"] == "grant_requested");
+    assert_eq!(hook["id"], id.as_str());
+    assert_eq!(hook["grant"]["principal"], "ci");
+    assert_eq!(hook["grant"]["reason"], "incident 42");
+    assert_eq!(
+        hook["approve"]["url"],
+        format!("{}/v1/grants/{id}/approve", env.admin_url())
+    );
+    assert_eq!(
+        hook["cli"],
+        format!("portcullis grants approve {id} --admin {}", env.admin_url())
+    );
+    drop(black_hole);
 }

@@ -61,17 +61,75 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Address of the admin API.
+    /// Address of the admin API (plain HTTP).
     #[serde(default = "default_admin_listen")]
     pub listen: String,
+    /// Serve the admin API over TLS, with the certificate of the
+    /// client-facing listeners (`tls:`, or the generated dev certificate).
+    #[serde(default)]
+    pub tls: bool,
+    /// Serve the plain-HTTP admin API on a non-loopback address: approvers'
+    /// bearer tokens cross that network in clear text, so only behind a
+    /// TLS-terminating proxy on a network you trust.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    /// Base URL approvers reach the admin API at, used in notices and webhook
+    /// links; `http://<listen>` when omitted (wrong behind a proxy, hence settable).
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// How long a held statement waits for an approver before it is refused.
+    #[serde(default = "default_approval_timeout")]
+    pub approval_timeout: HumanDuration,
+    /// Where new grant requests and held statements are announced.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
+            tls: false,
+            insecure_plaintext: false,
+            public_url: None,
+            approval_timeout: default_approval_timeout(),
+            webhooks: Vec::new(),
         }
     }
+}
+
+impl AdminConfig {
+    /// The base of links to the admin API, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None if self.tls => format!("https://{}", self.listen),
+            None => format!("http://{}", self.listen),
+        }
+    }
+}
+
+/// One notification endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where events are POSTed.
+    pub url: String,
+    /// `json`: the event as a JSON object; `slack`: a Slack incoming-webhook
+    /// message (`{"text": ...}`).
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// Attempts after the first failed one, with doubling delays.
+    #[serde(default = "default_webhook_retries")]
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    #[default]
+    Json,
+    Slack,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -370,6 +428,12 @@ fn default_data_dir() -> PathBuf {
 }
 fn default_admin_listen() -> String {
     "127.0.0.1:8080".into()
+}
+fn default_approval_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(300))
+}
+fn default_webhook_retries() -> u32 {
+    4
 }
 fn default_principal_claim() -> String {
     "sub".into()

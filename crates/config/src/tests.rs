@@ -170,3 +170,90 @@ fn mask_settings_are_checked_and_located() {
         );
     }
 }
+
+#[test]
+fn admin_defaults_to_five_minute_approvals_and_no_webhooks() {
+    let c = Config::parse("p.yaml", GOOD).expect("valid");
+    assert_eq!(
+        c.admin.approval_timeout.0,
+        std::time::Duration::from_secs(300)
+    );
+    assert!(c.admin.webhooks.is_empty());
+    assert_eq!(c.admin.base_url(), "http://127.0.0.1:8080");
+}
+
+#[test]
+fn admin_webhooks_and_public_url_parse() {
+    let text = GOOD.replace(
+        "  listen: 127.0.0.1:8080\n",
+        "  listen: 127.0.0.1:8080\n  public_url: https://gate.example/\n  approval_timeout: 90s\n  webhooks:\n    - url: https://hooks.slack.com/services/x\n      format: slack\n    - url: http://127.0.0.1:9999/hook\n      retries: 1\n",
+    );
+    let c = Config::parse("p.yaml", &text).expect("valid");
+    assert_eq!(c.admin.base_url(), "https://gate.example");
+    assert_eq!(
+        c.admin.approval_timeout.0,
+        std::time::Duration::from_secs(90)
+    );
+    assert_eq!(c.admin.webhooks[0].format, WebhookFormat::Slack);
+    assert_eq!(c.admin.webhooks[0].retries, 4);
+    assert_eq!(c.admin.webhooks[1].format, WebhookFormat::Json);
+    assert_eq!(c.admin.webhooks[1].retries, 1);
+}
+
+#[test]
+fn bad_webhook_url_is_located() {
+    let text = GOOD.replace(
+        "  listen: 127.0.0.1:8080\n",
+        "  listen: 127.0.0.1:8080\n  webhooks:\n    - url: ftp://hooks\n",
+    );
+    let err = Config::parse("p.yaml", &text).unwrap_err().to_string();
+    assert!(err.contains("p.yaml:5: admin.webhooks[0].url"), "{err}");
+}
+
+#[test]
+fn unknown_webhook_format_is_refused() {
+    let text = GOOD.replace(
+        "  listen: 127.0.0.1:8080\n",
+        "  listen: 127.0.0.1:8080\n  webhooks:\n    - url: http://x\n      format: teams\n",
+    );
+    assert!(Config::parse("p.yaml", &text).is_err());
+}
+
+#[test]
+fn zero_approval_timeout_and_zero_jit_max_are_refused() {
+    let text = GOOD.replace(
+        "  listen: 127.0.0.1:8080\n",
+        "  listen: 127.0.0.1:8080\n  approval_timeout: 0s\n",
+    );
+    let err = Config::parse("p.yaml", &text).unwrap_err().to_string();
+    assert!(err.contains("admin.approval_timeout"), "{err}");
+    let text = GOOD.replace("max: 1h", "max: 0s");
+    let err = Config::parse("p.yaml", &text).unwrap_err().to_string();
+    assert!(err.contains("policies[1].access.jit.max"), "{err}");
+}
+
+#[test]
+fn bad_admin_listen_is_refused() {
+    let text = GOOD.replace("listen: 127.0.0.1:8080", "listen: nowhere");
+    let err = Config::parse("p.yaml", &text).unwrap_err().to_string();
+    assert!(err.contains("admin.listen"), "{err}");
+}
+
+#[test]
+fn admin_api_off_loopback_needs_insecure_plaintext() {
+    let text = GOOD.replace("listen: 127.0.0.1:8080", "listen: 0.0.0.0:8080");
+    let err = Config::parse("p.yaml", &text).unwrap_err().to_string();
+    assert!(err.contains("p.yaml:3: admin.listen"), "{err}");
+    assert!(err.contains("clear text"), "{err}");
+    let text = GOOD.replace(
+        "listen: 127.0.0.1:8080",
+        "listen: 0.0.0.0:8080\n  insecure_plaintext: true",
+    );
+    assert!(Config::parse("p.yaml", &text).is_ok());
+    let text = GOOD.replace(
+        "listen: 127.0.0.1:8080",
+        "listen: 0.0.0.0:8080\n  tls: true",
+    );
+    let c = Config::parse("p.yaml", &text).unwrap();
+    assert_eq!(c.admin.base_url(), "https://0.0.0.0:8080");
+}

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use crate::{is_loopback_listen, Config, ConnectionConfig, MaskConfig};
+use crate::{is_loopback_listen, Access, Config, ConnectionConfig, MaskConfig};
 
 const STATEMENT_CLASSES: [&str; 4] = ["read", "write", "ddl", "admin"];
 const DETECTORS: [&str; 8] = [
@@ -46,14 +46,68 @@ impl Violation {
 }
 
 pub(crate) fn validate(config: &Config) -> Result<(), Violation> {
+    validate_admin(config)?;
     validate_identity(config)?;
     validate_connections(config)?;
     validate_policies(config)
 }
 
+fn validate_admin(config: &Config) -> Result<(), Violation> {
+    let admin = &config.admin;
+    if admin.listen.parse::<std::net::SocketAddr>().is_err()
+        && !admin.listen.starts_with("localhost:")
+    {
+        return Err(Violation::new(
+            "admin.listen".into(),
+            format!("{:?} is not HOST:PORT", admin.listen),
+            &admin.listen,
+        ));
+    }
+    if !admin.tls && !admin.insecure_plaintext && !is_loopback_listen(&admin.listen) {
+        return Err(Violation::new(
+            "admin.listen".into(),
+            format!(
+                "{} is not a loopback address and the admin API would speak plain HTTP: bearer tokens would cross the network in clear text; set admin.tls: true (or, behind a TLS proxy, admin.insecure_plaintext: true)",
+                admin.listen
+            ),
+            &admin.listen,
+        ));
+    }
+    if let Some(url) = &admin.public_url {
+        if !is_http_url(url) {
+            return Err(Violation::new(
+                "admin.public_url".into(),
+                format!("{url:?} is not an http(s) URL"),
+                url,
+            ));
+        }
+    }
+    if admin.approval_timeout.0.is_zero() {
+        return Err(Violation::new(
+            "admin.approval_timeout".into(),
+            "must be longer than zero (every held statement would be refused at once)".into(),
+            "approval_timeout",
+        ));
+    }
+    for (i, hook) in admin.webhooks.iter().enumerate() {
+        if !is_http_url(&hook.url) {
+            return Err(Violation::new(
+                format!("admin.webhooks[{i}].url"),
+                format!("{:?} is not an http(s) URL", hook.url),
+                &hook.url,
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_http_url(url: &str) -> bool {
+    url.starts_with("https://") || url.starts_with("http://")
+}
+
 fn validate_identity(config: &Config) -> Result<(), Violation> {
     for (i, issuer) in config.identity.oidc.iter().enumerate() {
-        if !(issuer.issuer.starts_with("https://") || issuer.issuer.starts_with("http://")) {
+        if !is_http_url(&issuer.issuer) {
             return Err(Violation::new(
                 format!("identity.oidc[{i}].issuer"),
                 format!("{:?} is not an http(s) URL", issuer.issuer),
@@ -142,6 +196,15 @@ fn validate_policies(config: &Config) -> Result<(), Violation> {
                 format!("no connection named {:?}", policy.connection),
                 &policy.connection,
             ));
+        }
+        if let Access::Jit(jit) = &policy.access {
+            if jit.max.0.is_zero() {
+                return Err(Violation::new(
+                    field("access.jit.max"),
+                    "must be longer than zero".into(),
+                    "max:",
+                ));
+            }
         }
         let m = &policy.matcher;
         if m.claims.is_empty() && m.groups.is_empty() && m.principals.is_empty() {

@@ -64,6 +64,106 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Just-in-time grants, through the running gateway's admin API.
+    Grants {
+        #[command(subcommand)]
+        command: GrantsCommand,
+    },
+    /// Statements held for approval, through the running gateway's admin API.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum GrantsCommand {
+    /// Ask for time-boxed access to a connection, for the caller itself.
+    Request {
+        #[arg(long)]
+        connection: String,
+        /// How long access lasts once approved (at most the policy's max).
+        #[arg(long)]
+        duration: humantime::Duration,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Grants the caller may see: all for approvers, their own otherwise.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Approve a pending request (not your own).
+    Approve {
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Deny a pending request.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// End a grant now; sessions under it are cut.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ApprovalsCommand {
+    /// Held statements, pending and decided.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Let a held statement run (once).
+    Approve {
+        id: String,
+        /// Also let this exact statement re-run without approval for this
+        /// long (same principal and connection), e.g. `10m`.
+        #[arg(long = "for")]
+        window: Option<humantime::Duration>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Refuse a held statement.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Live-state commands talk to the running gateway as the caller, whose
+/// token is in `PORTCULLIS_TOKEN`.
+#[derive(Args)]
+pub struct AdminArgs {
+    /// The gateway's admin API.
+    #[arg(
+        long,
+        env = "PORTCULLIS_ADMIN",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub admin: String,
+    /// PEM certificate to trust for an `https://` admin API besides the
+    /// system roots (e.g. the gateway's generated dev certificate).
+    #[arg(long, env = "PORTCULLIS_ADMIN_CA")]
+    pub admin_ca: Option<std::path::PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand)]

@@ -2,6 +2,7 @@
 //! it parses the command line, loads config, wires listeners, and prints.
 //! `anyhow` lives here and nowhere else.
 
+mod admin;
 mod cli;
 mod commands;
 mod logging;

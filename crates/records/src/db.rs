@@ -49,6 +49,12 @@ CREATE INDEX records_by_time ON records(time);
 CREATE INDEX session_starts ON records(id) WHERE kind = 'session_start';
 ";
 
+/// Added to stores of any version on open (older binaries ignore it): the
+/// gateway replays grant and approval records at start, which must not scan
+/// every statement ever recorded. Partial, so statements cost it nothing.
+const ACCESS_INDEX: &str = "CREATE INDEX IF NOT EXISTS access_changes ON records(id) \
+    WHERE kind IN ('grant', 'approval')";
+
 /// Column list matching [`record_from_row`].
 pub(crate) const COLUMNS: &str =
     "id, time, kind, session_id, principal, connection, decision, policy, rule, detail, prev_hash, hash";
@@ -197,6 +203,7 @@ fn ensure_schema(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
                 .map_err(open_err)?;
         }
     }
+    tx.execute_batch(ACCESS_INDEX).map_err(open_err)?;
     tx.commit().map_err(open_err)
 }
 

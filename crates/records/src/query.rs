@@ -10,7 +10,7 @@ use rusqlite::{params, Connection};
 use serde::Serialize;
 
 use crate::db::{self, COLUMNS};
-use crate::{Record, StoreError};
+use crate::{Record, RecordKind, StoreError};
 
 /// Which sessions [`crate::Store::sessions`] lists; empty fields match everything.
 #[derive(Debug, Default, Clone)]
@@ -118,6 +118,28 @@ pub(crate) fn records(
             collect(conn, &sql, [])
         }
     }
+}
+
+/// Every record of the given kinds, in id order.
+pub(crate) fn records_of_kinds(
+    conn: &Connection,
+    kinds: &[RecordKind],
+) -> Result<Vec<Record>, StoreError> {
+    if kinds.is_empty() {
+        return Ok(Vec::new());
+    }
+    collect(conn, &kinds_sql(kinds), [])
+}
+
+/// The kinds are spelt out as literals, not bound, so SQLite can see that
+/// `grant`/`approval` queries fit the partial index `access_changes`. They
+/// are our own enum's names, never caller text.
+pub(crate) fn kinds_sql(kinds: &[RecordKind]) -> String {
+    let list: Vec<String> = kinds.iter().map(|k| format!("'{}'", k.as_str())).collect();
+    format!(
+        "SELECT {COLUMNS} FROM records WHERE kind IN ({}) ORDER BY id",
+        list.join(", ")
+    )
 }
 
 fn collect(

@@ -24,6 +24,15 @@ pub enum RecordKind {
     Statement,
     /// How a forwarded statement turned out (duration, rows, error).
     StatementResult,
+    /// A just-in-time grant changed state; `decision` names the event (`requested`, `approved`,
+    /// `denied`, `revoked`, `expired`) and `detail` holds the whole grant after it, so the
+    /// grant book can be rebuilt from these records alone.
+    Grant,
+    /// A held statement changed state; `decision` names the event (`requested`, `approved`,
+    /// `denied`, `timed_out`, `abandoned`) and `detail` holds the whole approval after it.
+    Approval,
+    /// A webhook could not be delivered after its retries.
+    Notification,
     /// Something went wrong outside a statement. Also the default, only so that
     /// `NewRecord { kind: .., ..Default::default() }` works: always set `kind`.
     #[default]
@@ -32,12 +41,15 @@ pub enum RecordKind {
 
 impl RecordKind {
     /// Every kind, in declaration order.
-    pub const ALL: [RecordKind; 6] = [
+    pub const ALL: [RecordKind; 9] = [
         RecordKind::ConnectionAttempt,
         RecordKind::SessionStart,
         RecordKind::SessionEnd,
         RecordKind::Statement,
         RecordKind::StatementResult,
+        RecordKind::Grant,
+        RecordKind::Approval,
+        RecordKind::Notification,
         RecordKind::Error,
     ];
 
@@ -49,6 +61,9 @@ impl RecordKind {
             RecordKind::SessionEnd => "session_end",
             RecordKind::Statement => "statement",
             RecordKind::StatementResult => "statement_result",
+            RecordKind::Grant => "grant",
+            RecordKind::Approval => "approval",
+            RecordKind::Notification => "notification",
             RecordKind::Error => "error",
         }
     }

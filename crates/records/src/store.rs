@@ -281,6 +281,11 @@ impl Store {
         query::records(&self.reader()?, since)
     }
 
+    /// Every record of the given kinds, in id order (grant state is rebuilt from these).
+    pub fn records_of_kinds(&self, kinds: &[crate::RecordKind]) -> Result<Vec<Record>, StoreError> {
+        query::records_of_kinds(&self.reader()?, kinds)
+    }
+
     /// Walks the whole chain; see [`VerifyReport`]. `Err` means the store could not be read, not
     /// that the chain is broken.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {

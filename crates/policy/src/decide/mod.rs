@@ -21,7 +21,7 @@ mod tests;
 
 use std::fmt;
 
-use portcullis_config::{Access, MaskConfig, PolicyConfig};
+use portcullis_config::{Access, JitAccess, JitApproval, MaskConfig, PolicyConfig};
 use portcullis_identity::Principal;
 
 use crate::classify::{Classification, Statement, StatementClass};
@@ -178,6 +178,29 @@ impl Applicable<'_> {
             .map(|p| &p.access)
             .find(|a| **a == Access::Standing)
             .or_else(|| self.policies.first().map(|p| &p.access))
+    }
+
+    /// The terms a just-in-time grant on this connection is given under, or
+    /// `None` when no applicable policy is `jit`. With several jit policies the
+    /// strictest terms win: the shortest `max`, and `required` if any requires
+    /// a human, so adding a policy can never loosen a grant.
+    pub fn jit_terms(&self) -> Option<JitAccess> {
+        self.policies
+            .iter()
+            .filter_map(|p| match &p.access {
+                Access::Jit(j) => Some(j.clone()),
+                Access::Standing => None,
+            })
+            .reduce(|a, b| JitAccess {
+                max: a.max.min(b.max),
+                approval: if a.approval == JitApproval::Required
+                    || b.approval == JitApproval::Required
+                {
+                    JitApproval::Required
+                } else {
+                    JitApproval::Auto
+                },
+            })
     }
 
     /// Only the standing policies: what applies when the principal holds no

@@ -365,6 +365,34 @@ fn access_prefers_standing_then_the_first_jit_policy() {
 }
 
 #[test]
+fn jit_terms_are_the_strictest_of_the_jit_policies() {
+    let jit = |name: &str, max: &str, approval: &str| {
+        json!({
+            "name": name,
+            "match": { "groups": ["ci"] },
+            "connection": "orders-db",
+            "access": { "jit": { "max": max, "approval": approval } },
+            "allow": ["read"],
+        })
+    };
+    assert_eq!(
+        set(vec![ci_reads()])
+            .applicable(&ci(), "orders-db")
+            .jit_terms(),
+        None
+    );
+    let one = set(vec![ci_reads(), jit("a", "1h", "auto")]);
+    let terms = one.applicable(&ci(), "orders-db").jit_terms().unwrap();
+    assert_eq!(terms.max.0.as_secs(), 3600);
+    assert_eq!(terms.approval, JitApproval::Auto);
+    let two = set(vec![jit("a", "1h", "auto"), jit("b", "15m", "required")]);
+    let terms = two.applicable(&ci(), "orders-db").jit_terms().unwrap();
+    assert_eq!(terms.max.0.as_secs(), 900);
+    assert_eq!(terms.approval, JitApproval::Required);
+    assert_eq!(two.applicable(&ci(), "other-db").jit_terms(), None);
+}
+
+#[test]
 fn masks_of_applicable_policies_are_exposed() {
     let mut with_mask = ci_reads();
     with_mask["mask"] = json!({ "columns": ["customers.email"] });

@@ -1,12 +1,13 @@
 //! One module per family of subcommands.
 
+mod access;
 mod idp;
 mod records;
 mod serve;
 
 use std::process::ExitCode;
 
-use crate::cli::{AuditCommand, Command, SessionsCommand};
+use crate::cli::{ApprovalsCommand, AuditCommand, Command, GrantsCommand, SessionsCommand};
 
 pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
@@ -41,7 +42,61 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     store,
                 },
         } => records::export(&store, format, since.map(Into::into)),
+        Command::Grants { command } => grants(command).await,
+        Command::Approvals { command } => approvals(command).await,
     }
+}
+
+async fn grants(command: GrantsCommand) -> anyhow::Result<ExitCode> {
+    use access::Call;
+    let (admin, call) = match command {
+        GrantsCommand::Request {
+            connection,
+            duration,
+            reason,
+            admin,
+        } => (
+            admin,
+            Call::post(
+                "/v1/grants".into(),
+                serde_json::json!({
+                    "connection": connection,
+                    "duration": duration.to_string(),
+                    "reason": reason,
+                }),
+            ),
+        ),
+        GrantsCommand::List { admin } => (admin, Call::get("/v1/grants".into())),
+        GrantsCommand::Approve { id, admin } => (admin, Call::act("grants", &id, "approve", None)),
+        GrantsCommand::Deny { id, reason, admin } => {
+            (admin, Call::act("grants", &id, "deny", reason))
+        }
+        GrantsCommand::Revoke { id, reason, admin } => {
+            (admin, Call::act("grants", &id, "revoke", reason))
+        }
+    };
+    access::run(&admin, call).await
+}
+
+async fn approvals(command: ApprovalsCommand) -> anyhow::Result<ExitCode> {
+    use access::Call;
+    let (admin, call) = match command {
+        ApprovalsCommand::List { admin } => (admin, Call::get("/v1/approvals".into())),
+        ApprovalsCommand::Approve { id, window, admin } => {
+            let body = match window {
+                Some(w) => serde_json::json!({ "for": w.to_string() }),
+                None => serde_json::json!({}),
+            };
+            (
+                admin,
+                Call::post(format!("/v1/approvals/{id}/approve"), body),
+            )
+        }
+        ApprovalsCommand::Deny { id, reason, admin } => {
+            (admin, Call::act("approvals", &id, "deny", reason))
+        }
+    };
+    access::run(&admin, call).await
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {

@@ -115,6 +115,18 @@ fn replay_line(r: &Record, results: &HashMap<i64, &Value>) -> Option<String> {
         ),
         RecordKind::SessionEnd => format!("session end: {}", text("reason")),
         RecordKind::Statement => statement_line(r, results.get(&r.id).copied()),
+        RecordKind::Grant => format!(
+            "grant {} {}",
+            text("id"),
+            r.decision.as_deref().unwrap_or("?")
+        ),
+        RecordKind::Approval => format!(
+            "approval {} {}: {}",
+            text("id"),
+            r.decision.as_deref().unwrap_or("?"),
+            text("statement")
+        ),
+        RecordKind::Notification => format!("notification failed: {}", text("error")),
         RecordKind::Error => format!("error: {}", d),
         RecordKind::StatementResult => return None,
     };

@@ -1,13 +1,17 @@
 //! `portcullis serve`: builds the shared services once (verifier, compiled
-//! policies, classifier cache, audit store, TLS) and starts every listener.
+//! policies, classifier cache, audit store, TLS, the grant/approval broker)
+//! and starts every listener and the admin API.
 
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use portcullis_config::{Config, ConnectionConfig, PostgresConnection, UpstreamTls};
+use portcullis_config::{
+    Access, AdminConfig, Config, ConnectionConfig, JitApproval, PostgresConnection, UpstreamTls,
+};
 use portcullis_identity::Verifier;
+use portcullis_jit::{Broker, BrokerSettings, Notifier};
 use portcullis_policy::classify::Classifier;
 use portcullis_policy::decide::PolicySet;
 use portcullis_postgres::proxy::SessionGauge;
@@ -23,7 +27,12 @@ struct Services {
     store: Store,
     tls: Arc<rustls::ServerConfig>,
     masker: Arc<portcullis_masking::Masker>,
+    jit: Arc<Broker>,
 }
+
+/// How often ended grants are swept into `expired` records. Sessions do not
+/// wait for it: each knows its grant's end.
+const EXPIRY_SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let config = match Config::load(config_path) {
@@ -35,17 +44,37 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     };
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let policies = Arc::new(PolicySet::compile(&config.policies).context("policies")?);
+    let store = Store::open(&config.store)
+        .with_context(|| format!("cannot open store {}", config.store))?;
+    let base_url = config.admin.base_url();
+    let notifier = Notifier::start(
+        config.admin.webhooks.clone(),
+        base_url.clone(),
+        store.clone(),
+    );
+    let settings = BrokerSettings {
+        approvers: config.identity.approvers.clone(),
+        approval_timeout: config.admin.approval_timeout.0,
+        base_url,
+    };
+    warn_if_nobody_can_approve(&config);
+    let jit = Broker::open(store.clone(), policies.clone(), settings, notifier)
+        .await
+        .context("cannot load grants from the store")?;
+    let _expiry = jit.spawn_expiry(EXPIRY_SWEEP);
     let services = Services {
         verifier: Verifier::new(&config.identity.oidc),
-        policies: Arc::new(PolicySet::compile(&config.policies).context("policies")?),
+        policies,
         classifier: Arc::new(Classifier::new(10_000)),
-        store: Store::open(&config.store)
-            .with_context(|| format!("cannot open store {}", config.store))?,
+        store,
         tls: crate::tls::server_config(&config)?,
         masker: Arc::new(crate::tls::masking_key(&config)?),
+        jit,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    tasks.push(admin_api(&services, &config.admin, stop_rx.clone()).await?);
     let mut gauges = Vec::new();
     for connection in &config.connections {
         match connection {
@@ -121,6 +150,57 @@ fn postgres_gateway(
         sessions: SessionGauge::default(),
         masker: services.masker.clone(),
         catalog: Default::default(),
+        jit: services.jit.clone(),
+    }))
+}
+
+/// Held statements and `approval: required` grants wait for an approver; with
+/// none configured they can only time out, which is legal but rarely meant.
+fn warn_if_nobody_can_approve(config: &Config) {
+    let approvers = &config.identity.approvers;
+    if !approvers.principals.is_empty() || !approvers.groups.is_empty() {
+        return;
+    }
+    for p in &config.policies {
+        let needs_human = !p.require_approval.is_empty()
+            || matches!(&p.access, Access::Jit(j) if j.approval == JitApproval::Required);
+        if needs_human {
+            tracing::warn!(policy = %p.name, "policy needs an approver but identity.approvers is empty: its held statements will time out and its grants cannot be approved");
+        }
+    }
+}
+
+/// Binds the admin API now, so a taken port fails `serve` at start rather
+/// than leaving approvers without a way in.
+async fn admin_api(
+    services: &Services,
+    admin: &AdminConfig,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listen = &admin.listen;
+    let tls = admin.tls.then(|| services.tls.clone());
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("admin API: cannot listen on {listen}"))?;
+    let app = crate::admin::router(crate::admin::AdminState {
+        verifier: services.verifier.clone(),
+        broker: services.jit.clone(),
+    });
+    tracing::info!(listen = %listen, tls = tls.is_some(), "admin API ready");
+    if let Some(tls) = tls {
+        return Ok(tokio::spawn(crate::admin::serve_tls(
+            listener, app, tls, stop,
+        )));
+    }
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "admin API stopped");
+        }
     }))
 }
 

@@ -26,8 +26,8 @@ fn the_example_config_is_valid() {
 #[test]
 fn a_misspelt_field_is_located_and_exits_2() {
     let broken = EXAMPLE.replace(
-        "    deny: [\"DROP *\", \"TRUNCATE *\"]\n  # The main",
-        "    denny: [\"DROP *\", \"TRUNCATE *\"]\n  # The main",
+        "    deny: [\"DROP *\", \"TRUNCATE *\"]\n    mask:",
+        "    denny: [\"DROP *\", \"TRUNCATE *\"]\n    mask:",
     );
     assert_ne!(broken, EXAMPLE, "the example changed; update this test");
     let out = check(&broken);

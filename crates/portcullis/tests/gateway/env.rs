@@ -29,6 +29,10 @@ pub struct Options {
     pub issuer: Option<String>,
     /// The claim that names the principal.
     pub principal_claim: &'static str,
+    /// `admin.approval_timeout`.
+    pub approval_timeout: &'static str,
+    /// Extra lines under `admin:` (webhooks), indented by two spaces.
+    pub admin_extra: String,
 }
 
 impl Default for Options {
@@ -44,6 +48,8 @@ impl Default for Options {
             policies: DEFAULT_POLICIES.to_string(),
             issuer: None,
             principal_claim: "sub",
+            approval_timeout: "5m",
+            admin_extra: String::new(),
         }
     }
 }
@@ -66,6 +72,8 @@ pub struct Env {
     pub pg: PgServer,
     pub issuer: String,
     pub gw_port: u16,
+    /// The admin API's port (every test gets its own).
+    pub admin_port: u16,
     pub config: PathBuf,
     idp: Option<Process>,
     gateway: Option<Process>,
@@ -100,16 +108,18 @@ impl Env {
             }
         };
         let gw_port = free_port();
+        let admin_port = free_port();
         let config = dir.path().join("portcullis.yaml");
         std::fs::write(
             &config,
-            config_text(&opts, &issuer, &pg, gw_port, dir.path()),
+            config_text(&opts, &issuer, &pg, (gw_port, admin_port), dir.path()),
         )
         .expect("write config");
         let mut env = Env {
             pg,
             issuer,
             gw_port,
+            admin_port,
             config,
             idp,
             gateway: None,
@@ -131,7 +141,7 @@ impl Env {
             &self.opts,
             &self.issuer,
             &self.pg,
-            self.gw_port,
+            (self.gw_port, self.admin_port),
             self.dir.path(),
         );
         std::fs::write(&self.config, text).expect("write config");
@@ -144,6 +154,7 @@ impl Env {
         cmd.env("RUST_LOG", "info,portcullis=debug");
         let gw = Process::spawn(cmd, "portcullis-serve");
         wait_for_port(&format!("127.0.0.1:{}", self.gw_port), Some(&gw));
+        wait_for_port(&format!("127.0.0.1:{}", self.admin_port), Some(&gw));
         self.gateway = Some(gw);
     }
 
@@ -211,6 +222,35 @@ impl Env {
         run(&mut cmd, TIMEOUT)
     }
 
+    /// The admin API's base URL.
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
+    /// A `grants` / `approvals` command as the holder of `token`, against
+    /// this gateway's admin API.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .args(["--admin", &self.admin_url()])
+            .env("PORTCULLIS_TOKEN", token);
+        run(&mut cmd, TIMEOUT)
+    }
+
+    /// Like [`Env::cli_as`] with `--json`, parsing what it prints.
+    pub fn cli_json(&self, token: &str, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.cli_as(token, &all);
+        assert!(
+            out.success(),
+            "{args:?} failed: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        serde_json::from_str(&out.stdout).expect("JSON output")
+    }
+
     /// All records as JSON values (`audit export --format jsonl`).
     pub fn records(&self) -> Vec<serde_json::Value> {
         let out = self.cli(&["audit", "export", "--format", "jsonl"]);
@@ -234,9 +274,19 @@ impl Env {
     }
 }
 
-fn config_text(opts: &Options, issuer: &str, pg: &PgServer, gw_port: u16, dir: &Path) -> String {
+fn config_text(
+    opts: &Options,
+    issuer: &str,
+    pg: &PgServer,
+    (gw_port, admin_port): (u16, u16),
+    dir: &Path,
+) -> String {
     format!(
         r#"
+admin:
+  listen: 127.0.0.1:{admin_port}
+  approval_timeout: {approval_timeout}
+{admin_extra}
 store: sqlite://{store}
 data_dir: {dir}/data
 identity:
@@ -246,6 +296,8 @@ identity:
       principal_claim: {principal_claim}
       groups_claim: groups
       leeway: {leeway}
+  approvers:
+    groups: [sre]
 connections:
   - name: app-db
     type: postgres
@@ -268,6 +320,8 @@ policies:
             .unwrap_or_else(|| dir.join("portcullis.db"))
             .display(),
         leeway = opts.leeway,
+        approval_timeout = opts.approval_timeout,
+        admin_extra = opts.admin_extra,
         principal_claim = opts.principal_claim,
         plain = opts.insecure_plaintext,
         pg_port = pg.port,

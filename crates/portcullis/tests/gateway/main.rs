@@ -4,6 +4,11 @@
 
 mod config_cli;
 mod env;
+mod jit_api;
+mod jit_approvals;
+mod jit_grants;
+mod jit_http;
+mod jit_support;
 mod postgres_access;
 mod postgres_clients;
 mod postgres_masking;

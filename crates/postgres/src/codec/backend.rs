@@ -20,6 +20,7 @@ pub mod sqlstate {
     pub const SYNTAX_ERROR: &str = "42601";
     pub const CONFIGURATION_LIMIT: &str = "53400";
     pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
+    pub const QUERY_CANCELED: &str = "57014";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use subtle::ConstantTimeEq;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use crate::codec::startup::encode_cancel;
 
@@ -21,6 +22,9 @@ struct Entry {
     upstream_addr: String,
     upstream_pid: u32,
     upstream_secret: u32,
+    /// Woken by a matching cancel: a statement held for approval has no
+    /// upstream query to cancel, so the session itself must hear it.
+    cancelled: Arc<Notify>,
 }
 
 #[derive(Default)]
@@ -33,6 +37,8 @@ pub struct Registration {
     registry: Arc<CancelRegistry>,
     pub pid: ClientPid,
     pub secret: u32,
+    /// Notified (waiters only) when the client sends a matching cancel.
+    pub cancelled: Arc<Notify>,
 }
 
 impl Drop for Registration {
@@ -57,6 +63,7 @@ impl CancelRegistry {
             }
         };
         let secret = rand::random();
+        let cancelled = Arc::new(Notify::new());
         map.insert(
             pid,
             Entry {
@@ -64,12 +71,14 @@ impl CancelRegistry {
                 upstream_addr,
                 upstream_pid: upstream_key.0,
                 upstream_secret: upstream_key.1,
+                cancelled: cancelled.clone(),
             },
         );
         Some(Registration {
             registry: self.clone(),
             pid,
             secret,
+            cancelled,
         })
     }
 
@@ -83,6 +92,7 @@ impl CancelRegistry {
             };
             match map.get(&ClientPid(pid)) {
                 Some(e) if bool::from(e.secret.to_be_bytes().ct_eq(&secret.to_be_bytes())) => {
+                    e.cancelled.notify_waiters();
                     Some((e.upstream_addr.clone(), e.upstream_pid, e.upstream_secret))
                 }
                 _ => None,
@@ -105,11 +115,29 @@ impl CancelRegistry {
 mod tests {
     use super::*;
 
+    fn futures_poll_once<F: std::future::Future>(
+        f: std::pin::Pin<&mut F>,
+    ) -> std::task::Poll<F::Output> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        f.poll(&mut cx)
+    }
+
     #[tokio::test]
-    async fn wrong_secret_is_not_forwarded_and_entries_expire() {
+    async fn only_the_right_pair_wakes_the_session_and_entries_expire() {
         let registry = Arc::new(CancelRegistry::default());
         let reg = registry.register("127.0.0.1:1".into(), (42, 43)).unwrap();
+        let heard = reg.cancelled.clone();
+        let waiting = heard.notified();
+        tokio::pin!(waiting);
+        waiting.as_mut().enable();
         assert!(!registry.cancel(reg.pid.0, reg.secret.wrapping_add(1)).await);
+        assert!(
+            futures_poll_once(waiting.as_mut()).is_pending(),
+            "wrong secret wakes nobody"
+        );
+        // The right pair wakes the session even when the upstream is unreachable.
+        assert!(!registry.cancel(reg.pid.0, reg.secret).await);
+        assert!(futures_poll_once(waiting.as_mut()).is_ready());
         let pid = reg.pid.0;
         drop(reg);
         assert!(registry

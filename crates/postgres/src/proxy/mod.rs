@@ -9,6 +9,7 @@
 
 mod cancel;
 pub mod catalog;
+mod hold;
 mod mask;
 mod output;
 mod relay;
@@ -49,6 +50,8 @@ pub struct PgGateway {
     pub masker: Arc<portcullis_masking::Masker>,
     /// Where result fields come from, for declared masked columns.
     pub catalog: catalog::Catalog,
+    /// Grants (admission to `jit` connections) and held statements.
+    pub jit: Arc<portcullis_jit::Broker>,
 }
 
 /// Counts live sessions: each holds a clone for its lifetime.

@@ -10,6 +10,12 @@
 //! stood, so implicit-transaction rollback, skip-to-Sync and failed explicit
 //! transactions all behave as if PostgreSQL itself had refused it; the
 //! upstream's 26000 error is replaced on the way back by our 42501.
+//!
+//! A statement policy holds for approval stops the client side where it
+//! stands: nothing after it is decided or forwarded until an approver
+//! answers, so message order is kept in both protocols, while the client
+//! socket is still read (into the buffer) to notice a disconnect. A session
+//! admitted through a grant ends when the grant does.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -17,6 +23,7 @@ use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use portcullis_identity::Principal;
+use portcullis_jit::{ApprovalStatus, GrantLease, Held, HoldRequest};
 use portcullis_masking::{Expressions, MaskRules};
 use portcullis_policy::classify::{Classification, ClassifyError, StatementClass};
 use portcullis_policy::decide::{Applicable, Decision, Verdict};
@@ -33,9 +40,9 @@ use crate::codec::frontend::{
 use crate::codec::rows::parse_row_description;
 use crate::codec::{decode_frame, peek_frame_len, CodecError, Frame};
 
+use super::hold;
 use super::mask::{SessionMask, Shape, Tally};
 use super::output::OutputSample;
-
 use super::session::Client;
 use super::stream::MaybeTls;
 use super::upstream::Upstream;
@@ -44,12 +51,17 @@ use super::PgGateway;
 /// Upstream messages can be as large as PostgreSQL allows.
 const MAX_BACKEND_MESSAGE: usize = 1 << 30;
 
+/// While a statement is held, client bytes are read (to notice a
+/// disconnect) and buffered up to this much; beyond it, reading pauses.
+const MAX_BUFFERED_WHILE_HELD: usize = 1 << 20;
+
 pub(crate) async fn run(
     gw: Arc<PgGateway>,
     client: Client,
     upstream: Upstream,
     principal: Principal,
     session_id: String,
+    mut grant: Option<GrantLease>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let started = Instant::now();
@@ -79,7 +91,12 @@ pub(crate) async fn run(
     }
 
     let expectations = Mutex::new(VecDeque::new());
-    let applicable = gw.policies.applicable(&principal, &gw.name).standing_only();
+    // A jit policy's rules apply only inside a grant in force.
+    let applicable = match &grant {
+        Some(_) => gw.policies.applicable(&principal, &gw.name),
+        None => gw.policies.applicable(&principal, &gw.name).standing_only(),
+    };
+    let (notice_tx, notice_rx) = tokio::sync::mpsc::unbounded_channel();
     let mask = match MaskRules::compile(applicable.masks()) {
         Ok(rules) => rules.map(|rules| SessionMask {
             rules,
@@ -111,6 +128,10 @@ pub(crate) async fn run(
         skipping_to_sync: false,
         statements: 0,
         denied: 0,
+        grant: grant.as_ref().map(|g| g.id.clone()),
+        held: None,
+        notices: notice_tx,
+        cancelled: registration.as_ref().map(|r| r.cancelled.clone()),
     };
     let mut responder = ServerSide {
         gw: &gw,
@@ -125,12 +146,16 @@ pub(crate) async fn run(
             portals: HashMap::new(),
             copy: CopyOut::None,
         }),
+        notices: notice_rx,
     };
     let end = tokio::select! {
         end = decider.run(&mut client_read, client_buf, &mut upstream_write) => end,
         end = responder.run(&mut upstream_read, pending, &mut client_write) => end,
         _ = shutdown.wait_for(|stop| *stop) => End::Shutdown,
+        reason = grant_ended(&mut grant) => End::GrantEnded(reason),
     };
+    // A statement still held is abandoned here (its `Held` drops).
+    decider.held = None;
     responder.flush_results();
     finish(
         &gw,
@@ -147,6 +172,22 @@ pub(crate) async fn run(
         .await;
 }
 
+/// Resolves when the client cancels; never without a cancel key.
+async fn cancel_requested(cancelled: Option<&tokio::sync::Notify>) {
+    match cancelled {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the session's grant ends; never without a grant.
+async fn grant_ended(grant: &mut Option<GrantLease>) -> String {
+    match grant {
+        Some(lease) => lease.ended().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Why a session ended.
 #[derive(Debug)]
 enum End {
@@ -156,6 +197,8 @@ enum End {
     ClientProtocol(String),
     UpstreamProtocol(String),
     Shutdown,
+    /// The grant the session was admitted under expired or was revoked.
+    GrantEnded(String),
 }
 
 impl End {
@@ -167,6 +210,7 @@ impl End {
             Self::ClientProtocol(e) => format!("client protocol violation: {e}"),
             Self::UpstreamProtocol(e) => format!("upstream protocol error: {e}"),
             Self::Shutdown => "the gateway is shutting down".into(),
+            Self::GrantEnded(reason) => format!("access ended: {reason}"),
         }
     }
 
@@ -177,7 +221,7 @@ impl End {
             Self::UpstreamGone => (sqlstate::CONNECTION_FAILURE, self.describe()),
             Self::ClientProtocol(_) => (sqlstate::PROTOCOL_VIOLATION, self.describe()),
             Self::UpstreamProtocol(_) => (sqlstate::CONNECTION_FAILURE, self.describe()),
-            Self::Shutdown => (sqlstate::ADMIN_SHUTDOWN, self.describe()),
+            Self::Shutdown | Self::GrantEnded(_) => (sqlstate::ADMIN_SHUTDOWN, self.describe()),
         };
         Some(ErrorFields::fatal(code, msg))
     }
@@ -221,6 +265,7 @@ async fn finish(
             "duration_us": started.elapsed().as_micros() as u64,
             "statements": decider.statements,
             "denied": decider.denied,
+            "grant": decider.grant,
         }));
     gw.store.append_detached(record);
     tracing::info!(session = %session_id, reason = %end.describe(), "session ended");
@@ -304,6 +349,27 @@ struct ClientSide<'a> {
     skipping_to_sync: bool,
     statements: u64,
     denied: u64,
+    /// The grant this session runs under; named in every statement record.
+    grant: Option<String>,
+    /// A statement waiting for an approver; nothing after it is handled
+    /// until it is settled.
+    held: Option<PendingHold>,
+    /// Messages for the client from the gateway itself (the hold NOTICE),
+    /// written by the server side between upstream messages.
+    notices: tokio::sync::mpsc::UnboundedSender<BytesMut>,
+    /// Woken by the client's CancelRequest, which gives up a held statement.
+    cancelled: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// A held statement and what is needed to run or refuse it once decided.
+struct PendingHold {
+    held: Held,
+    frame: Frame,
+    text: String,
+    classification: Arc<Classification>,
+    decision: Decision,
+    /// `None` for a simple Query; the portal and bound parameter count for an Execute.
+    extended: Option<(String, usize)>,
 }
 
 type UpstreamWriter = WriteHalf<MaybeTls>;
@@ -326,6 +392,11 @@ impl ClientSide<'_> {
                     Ok(None) => {}
                     Ok(Some(end)) => return end,
                     Err(end) => return end,
+                }
+                if let Some(pending) = self.held.take() {
+                    if let Err(end) = self.settle(pending, client, &mut buf, upstream).await {
+                        return end;
+                    }
                 }
             }
             // Everything the client has sent so far is decided: send it in
@@ -437,6 +508,11 @@ impl ClientSide<'_> {
 
     async fn simple_query(&mut self, frame: &Frame, sql: &str) {
         let (classification, decision) = self.decide(sql);
+        if decision.verdict == Verdict::Hold {
+            return self
+                .hold(frame, sql.to_string(), classification, decision, None)
+                .await;
+        }
         let record = self.statement_record(sql, &classification, &decision, Via::Simple);
         self.statements += 1;
         if decision.verdict != Verdict::Allow {
@@ -444,18 +520,23 @@ impl ClientSide<'_> {
             self.refuse_recorded(record, &decision).await;
             return;
         }
-        let record_id = match self.gw.store.append(record).await {
-            Ok(id) => id,
-            Err(e) => {
-                self.refuse_simple(store_error(&e));
-                return;
+        self.record_then_forward_query(frame, record, is_ddl(&classification))
+            .await;
+    }
+
+    /// A simple Query is forwarded only once its record is committed; if
+    /// the record cannot be written, it is refused.
+    async fn record_then_forward_query(&mut self, frame: &Frame, record: NewRecord, ddl: bool) {
+        match self.gw.store.append(record).await {
+            Ok(record_id) => {
+                let mut tracker = Tracker::new(record_id, true, None);
+                tracker.ddl = ddl;
+                self.expect(Expect::Statement(tracker));
+                self.expect(Expect::SyncPoint);
+                frame.encode_into(&mut self.batch);
             }
-        };
-        let mut tracker = Tracker::new(record_id, true, None);
-        tracker.ddl = is_ddl(&classification);
-        self.expect(Expect::Statement(tracker));
-        self.expect(Expect::SyncPoint);
-        frame.encode_into(&mut self.batch);
+            Err(e) => self.refuse_simple(store_error(&e)),
+        }
     }
 
     fn parse(&mut self, frame: &Frame, name: String, query: String) {
@@ -465,7 +546,9 @@ impl ClientSide<'_> {
             classification,
             decision,
         });
-        if prepared.decision.verdict != Verdict::Allow {
+        // A held statement is parsed upstream (parsing runs nothing); it is
+        // held at each Execute, which is when it would run.
+        if !matches!(prepared.decision.verdict, Verdict::Allow | Verdict::Hold) {
             self.statements += 1;
             self.denied += 1;
             let record = self.statement_record(
@@ -502,6 +585,15 @@ impl ClientSide<'_> {
             // a cursor opened by DECLARE, which was decided when declared.
             return self.execute_cursor(frame, portal).await;
         };
+        if prepared.decision.verdict == Verdict::Hold {
+            let extended = Some((portal.to_string(), params));
+            let (text, c, d) = (
+                prepared.text.clone(),
+                prepared.classification.clone(),
+                prepared.decision.clone(),
+            );
+            return self.hold(frame, text, c, d, extended).await;
+        }
         self.statements += 1;
         let via = Via::Extended {
             portal: Some(portal),
@@ -606,11 +698,137 @@ impl ClientSide<'_> {
                 "commands": c.statements.iter().map(|s| s.command.as_str()).collect::<Vec<_>>(),
                 "relations": c.statements.iter().flat_map(|s| s.relations.iter()).collect::<Vec<_>>(),
                 "reason": d.reason,
+                "grant": self.grant,
             }));
         if let Some(p) = &d.policy {
             r = r.policy(p.clone());
         }
         r
+    }
+
+    /// Registers a held statement with the broker and tells the client what
+    /// it is waiting for; `run` then settles it before anything else. If the
+    /// hold cannot be recorded the statement is refused (fail closed).
+    async fn hold(
+        &mut self,
+        frame: &Frame,
+        text: String,
+        classification: Arc<Classification>,
+        decision: Decision,
+        extended: Option<(String, usize)>,
+    ) {
+        let request = HoldRequest {
+            session_id: self.session_id.to_string(),
+            principal: self.principal.name.clone(),
+            connection: self.gw.name.clone(),
+            statement: text.clone(),
+            policy: decision.policy.clone(),
+            rule: decision.rule.clone(),
+            reason: decision.reason.clone(),
+            grant: self.grant.clone(),
+        };
+        let held = match self.gw.jit.hold(request).await {
+            Ok(held) => held,
+            Err(e) => {
+                self.statements += 1;
+                self.denied += 1;
+                let error = ErrorFields::error(
+                    sqlstate::SYSTEM_ERROR,
+                    format!("statement not run: it needs approval and the hold could not be recorded ({e})"),
+                );
+                return self.refuse_in_place(error, extended.is_some());
+            }
+        };
+        // One covered by an earlier approval's re-run window is not waiting
+        // for anyone, so the client is not told it is.
+        if held.approval.status == ApprovalStatus::Pending {
+            let notice = hold::notice(
+                &held.approval,
+                &self.gw.jit.settings().base_url,
+                &decision.reason,
+            );
+            let _ = self.notices.send(notice.encode(BytesMut::new()));
+        }
+        self.held = Some(PendingHold {
+            held,
+            frame: frame.clone(),
+            text,
+            classification,
+            decision,
+            extended,
+        });
+    }
+
+    /// Waits for the held statement's outcome, reading (not handling) client
+    /// bytes meanwhile so a disconnect ends the wait; then runs the
+    /// statement once, or refuses it naming the approval.
+    async fn settle(
+        &mut self,
+        mut pending: PendingHold,
+        client: &mut ReadHalf<MaybeTls>,
+        buf: &mut BytesMut,
+        upstream: &mut UpstreamWriter,
+    ) -> Result<(), End> {
+        // What came before the held statement goes out now, in order.
+        self.flush(upstream).await?;
+        // `None`: the client cancelled (Ctrl-C in psql) before a decision.
+        let outcome = loop {
+            tokio::select! {
+                outcome = pending.held.outcome() => break Some(outcome),
+                _ = cancel_requested(self.cancelled.as_deref()) => break None,
+                read = client.read_buf(buf), if buf.len() < MAX_BUFFERED_WHILE_HELD => match read {
+                    // Dropping `pending` records the approval as abandoned.
+                    Ok(0) | Err(_) => return Err(End::ClientGone),
+                    Ok(_) => {}
+                },
+            }
+        };
+        let via = match &pending.extended {
+            None => Via::Simple,
+            Some((portal, params)) => Via::Extended {
+                portal: Some(portal),
+                params: *params,
+            },
+        };
+        self.statements += 1;
+        let id = &pending.held.approval.id;
+        let (decision, error) = hold::settled(&pending.decision, id, outcome.as_ref());
+        let mut record =
+            self.statement_record(&pending.text, &pending.classification, &decision, via);
+        record.detail["approval"] = json!(id);
+        let extended = pending.extended.is_some();
+        let ddl = is_ddl(&pending.classification);
+        match (error, extended) {
+            (Some(error), _) => {
+                self.denied += 1;
+                let error = match self.gw.store.append(record).await {
+                    Ok(_) => error,
+                    Err(e) => store_error(&e),
+                };
+                self.refuse_in_place(error, extended);
+            }
+            (None, _) => match &pending.extended {
+                Some((portal, _)) => {
+                    self.record_then_forward(&pending.frame, record, portal, ddl)
+                        .await
+                }
+                None => {
+                    self.record_then_forward_query(&pending.frame, record, ddl)
+                        .await
+                }
+            },
+        }
+        Ok(())
+    }
+
+    /// A refusal where the statement stood: a simple Query gets its own
+    /// Sync; an Execute is poisoned and the rest of its batch skipped.
+    fn refuse_in_place(&mut self, error: ErrorFields, extended: bool) {
+        if extended {
+            self.poison(error);
+        } else {
+            self.refuse_simple(error);
+        }
     }
 
     /// Refuses a simple Query (or fastpath call): the upstream gets a poison
@@ -718,7 +936,7 @@ fn refusal_error(d: &Decision) -> ErrorFields {
     }
     let message = match (&d.policy, d.verdict) {
         (Some(p), Verdict::Hold) => format!(
-            "statement needs approval under rule \"{}\" of policy \"{p}\", and this gateway has no approval workflow yet",
+            "statement needs approval under rule \"{}\" of policy \"{p}\"",
             d.rule
         ),
         (Some(p), _) => format!("permission denied by policy \"{p}\", rule \"{}\"", d.rule),
@@ -745,6 +963,8 @@ struct ServerSide<'a> {
     /// Results waiting to be written as one record (see `record_result`).
     results: Vec<serde_json::Value>,
     oldest_result: Option<Instant>,
+    /// The gateway's own messages for the client (see `ClientSide::notices`).
+    notices: tokio::sync::mpsc::UnboundedReceiver<BytesMut>,
     /// `None` for principals without mask rules.
     mask: Option<MaskState<'a>>,
 }
@@ -789,16 +1009,22 @@ impl ServerSide<'_> {
                 return end;
             }
             buf.reserve(16 * 1024);
-            let read = match self.oldest_result {
-                // An idle session must not sit on its results for ever.
-                Some(oldest) => tokio::select! {
-                    read = upstream.read_buf(&mut buf) => read,
-                    _ = tokio::time::sleep_until((oldest + RESULTS_MAX_DELAY).into()) => {
-                        self.flush_results();
-                        continue;
+            // An idle session must not sit on its results for ever.
+            let flush_at = self.oldest_result.map(|oldest| oldest + RESULTS_MAX_DELAY);
+            let read = tokio::select! {
+                read = upstream.read_buf(&mut buf) => read,
+                _ = sleep_until_some(flush_at) => {
+                    self.flush_results();
+                    continue;
+                }
+                // Complete messages were all written above, so the client
+                // stream is at a message boundary here.
+                Some(notice) = self.notices.recv() => {
+                    if let Err(end) = write(client, &notice).await {
+                        return end;
                     }
-                },
-                None => upstream.read_buf(&mut buf).await,
+                    continue;
+                }
             };
             match read {
                 Ok(0) | Err(_) => return End::UpstreamGone,
@@ -1214,6 +1440,13 @@ enum Masked {
     Keep,
     Drop,
     Replace(BytesMut),
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The classifier lexes strings as PostgreSQL does with

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use portcullis_identity::Principal;
+use portcullis_jit::GrantLease;
 use portcullis_records::{NewRecord, RecordKind};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -93,23 +94,35 @@ pub(crate) async fn run(
         principal,
         upstream,
         client_params,
+        grant,
     } = admitted;
-    if let Err(refusal) =
-        record_admission(&gw, &client, &session_id, &principal, &client_params).await
+    let grant_id = grant.as_ref().map(|g| g.id.as_str());
+    if let Err(refusal) = record_admission(
+        &gw,
+        &client,
+        &session_id,
+        &principal,
+        &client_params,
+        grant_id,
+    )
+    .await
     {
         return refuse(&gw, &mut client, &session_id, refusal).await;
     }
     tracing::info!(
         session = %session_id, connection = %gw.name, principal = %principal.name,
-        token = %principal.token_fingerprint, client = %peer, "session started"
+        token = %principal.token_fingerprint, client = %peer, grant = grant_id.unwrap_or("-"),
+        "session started"
     );
-    relay::run(gw, client, upstream, principal, session_id, shutdown).await;
+    relay::run(gw, client, upstream, principal, session_id, grant, shutdown).await;
 }
 
 struct Admitted {
     principal: Principal,
     upstream: Upstream,
     client_params: Vec<(String, String)>,
+    /// The grant the session depends on, when admitted through one.
+    grant: Option<GrantLease>,
 }
 
 async fn handshake(gw: &PgGateway, client: &mut Client) -> Result<Option<Admitted>, Refusal> {
@@ -133,7 +146,7 @@ async fn handshake(gw: &PgGateway, client: &mut Client) -> Result<Option<Admitte
         gw.verifier.verify(&token).await.map_err(|e| {
             Refusal::new(sqlstate::INVALID_PASSWORD, format!("token rejected: {e}"))
         })?;
-    admit(gw, &principal).map_err(|r| r.of(&principal))?;
+    let grant = admit(gw, &principal).await.map_err(|r| r.of(&principal))?;
     let forwarded: Vec<(String, String)> = params
         .iter()
         .filter(|(k, _)| FORWARDED_PARAMS.contains(&k.as_str()))
@@ -154,10 +167,14 @@ async fn handshake(gw: &PgGateway, client: &mut Client) -> Result<Option<Admitte
         principal,
         upstream,
         client_params: params,
+        grant,
     }))
 }
 
-fn admit(gw: &PgGateway, principal: &Principal) -> Result<(), Refusal> {
+/// Admits a principal some policy applies to: through a grant in force when
+/// it holds one (its `jit` rules then apply too, and the session ends with
+/// the grant), else through a standing policy, else not at all.
+async fn admit(gw: &PgGateway, principal: &Principal) -> Result<Option<GrantLease>, Refusal> {
     let applicable = gw.policies.applicable(principal, &gw.name);
     if applicable.is_empty() {
         return Err(Refusal::new(
@@ -168,18 +185,21 @@ fn admit(gw: &PgGateway, principal: &Principal) -> Result<(), Refusal> {
             ),
         ));
     }
-    // Grants do not exist yet (they come with just-in-time access), so only
-    // standing policies admit anyone.
+    if applicable.jit_terms().is_some() {
+        if let Some(lease) = gw.jit.lease(&principal.name, &gw.name).await {
+            return Ok(Some(lease));
+        }
+    }
     if applicable.standing_only().is_empty() {
         return Err(Refusal::new(
             sqlstate::INVALID_AUTHORIZATION,
             format!(
-                "principal \"{}\" has just-in-time access to connection \"{}\" and no active grant",
-                principal.name, gw.name
+                "principal \"{}\" has just-in-time access to connection \"{}\" and no active grant; request one with `portcullis grants request --connection {} --duration 15m --reason ...`",
+                principal.name, gw.name, gw.name
             ),
         ));
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Our statement classifier lexes strings the way PostgreSQL does only with
@@ -338,6 +358,7 @@ async fn record_admission(
     session_id: &str,
     principal: &Principal,
     params: &[(String, String)],
+    grant: Option<&str>,
 ) -> Result<(), Refusal> {
     let attempt = attempt_record(gw, client, session_id, "ok", None)
         .principal(principal.name.clone())
@@ -358,6 +379,7 @@ async fn record_admission(
             "application_name": StartupPacket::param(params, "application_name"),
             "client_user": StartupPacket::param(params, "user"),
             "client_database": StartupPacket::param(params, "database"),
+            "grant": grant,
         }));
     for record in [attempt, start] {
         gw.store.append(record).await.map_err(|e| {

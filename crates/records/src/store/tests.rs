@@ -172,6 +172,57 @@ async fn append_and_read_back() {
     assert_intact(&store.verify().unwrap(), 5);
 }
 
+#[tokio::test]
+async fn records_of_kinds_returns_only_those_kinds_in_order() {
+    let (dir, url) = temp_url();
+    let store = Store::open(&url).unwrap();
+    let grant = |event: &str| {
+        NewRecord::new(RecordKind::Grant)
+            .principal("ci")
+            .decision(event)
+            .detail(json!({ "id": "g1" }))
+    };
+    store.append(grant("requested")).await.unwrap();
+    store
+        .append(statement("s1", "allow", "SELECT 1"))
+        .await
+        .unwrap();
+    store
+        .append(NewRecord::new(RecordKind::Approval).decision("requested"))
+        .await
+        .unwrap();
+    store.append(grant("approved")).await.unwrap();
+    let got = store
+        .records_of_kinds(&[RecordKind::Grant, RecordKind::Approval])
+        .unwrap();
+    let seen: Vec<(i64, Option<&str>)> =
+        got.iter().map(|r| (r.id, r.decision.as_deref())).collect();
+    assert_eq!(
+        seen,
+        [
+            (1, Some("requested")),
+            (3, Some("requested")),
+            (4, Some("approved"))
+        ]
+    );
+    assert!(store.records_of_kinds(&[]).unwrap().is_empty());
+    assert_intact(&store.verify().unwrap(), 4);
+    // Replaying grants must not scan every statement: the partial index serves it.
+    let conn = Connection::open(db_path(&dir)).unwrap();
+    let sql = crate::query::kinds_sql(&[RecordKind::Grant, RecordKind::Approval]);
+    let plan: Vec<String> = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .unwrap()
+        .query_map([], |row| row.get::<_, String>(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        plan.iter().any(|p| p.contains("access_changes")),
+        "{plan:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_appends_get_unique_contiguous_ids() {
     let (_dir, url) = temp_url();

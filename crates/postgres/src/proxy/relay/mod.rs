@@ -1,0 +1,296 @@
+//! The relay: two halves polled by one task. `ClientSide` reads client
+//! messages, decides each statement once, records it (committed) and only
+//! then forwards it (`client.rs`). `ServerSide` streams upstream bytes
+//! back, noting completions for the result records and swapping in the
+//! gateway's own ErrorResponse where a refused statement was
+//! (`server.rs`); for principals with `mask:` rules it rewrites results on
+//! the way (`server/masked.rs`).
+//!
+//! A refused statement is replaced upstream by a "poison" message: a Describe
+//! of a statement name that cannot exist, followed by what the client's batch
+//! ends with. The upstream then fails exactly where the refused statement
+//! stood, so implicit-transaction rollback, skip-to-Sync and failed explicit
+//! transactions all behave as if PostgreSQL itself had refused it; the
+//! upstream's 26000 error is replaced on the way back by our 42501.
+//!
+//! A statement policy holds for approval stops the client side where it
+//! stands: nothing after it is decided or forwarded until an approver
+//! answers, so message order is kept in both protocols, while the client
+//! socket is still read (into the buffer) to notice a disconnect. A session
+//! admitted through a grant ends when the grant does.
+
+mod client;
+mod server;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use portcullis_identity::Principal;
+use portcullis_jit::GrantLease;
+use portcullis_masking::MaskRules;
+use portcullis_records::{NewRecord, RecordKind};
+use serde_json::json;
+use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
+
+use crate::codec::backend::{self, sqlstate, ErrorFields};
+use crate::codec::frontend::encode_terminate;
+
+use crate::proxy::mask::{SessionMask, Tally};
+use crate::proxy::output::OutputSample;
+use crate::proxy::session::Client;
+use crate::proxy::stream::MaybeTls;
+use crate::proxy::upstream::Upstream;
+use crate::proxy::PgGateway;
+
+use client::ClientSide;
+use server::ServerSide;
+
+pub(crate) async fn run(
+    gw: Arc<PgGateway>,
+    client: Client,
+    upstream: Upstream,
+    principal: Principal,
+    session_id: String,
+    mut grant: Option<GrantLease>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let started = Instant::now();
+    let Client {
+        stream: client_stream,
+        buf: client_buf,
+        peer: _,
+    } = client;
+    let (mut client_read, mut client_write) = tokio::io::split(client_stream);
+    let Upstream {
+        stream: upstream_stream,
+        parameters,
+        backend_key,
+        pending,
+    } = upstream;
+    let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream_stream);
+
+    let registration = backend_key.and_then(|key| {
+        gw.cancels
+            .register(format!("{}:{}", gw.upstream.host, gw.upstream.port), key)
+    });
+    if greet(&mut client_write, &parameters, registration.as_ref())
+        .await
+        .is_err()
+    {
+        return;
+    }
+
+    let expectations = Mutex::new(VecDeque::new());
+    // A jit policy's rules apply only inside a grant in force.
+    let applicable = match &grant {
+        Some(_) => gw.policies.applicable(&principal, &gw.name),
+        None => gw.policies.applicable(&principal, &gw.name).standing_only(),
+    };
+    let (notice_tx, notice_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mask = match MaskRules::compile(applicable.masks()) {
+        Ok(rules) => rules.map(|rules| SessionMask {
+            rules,
+            masker: gw.masker.clone(),
+        }),
+        Err(e) => {
+            // The validator refuses such configs; if one slips through,
+            // the session must not run unmasked.
+            tracing::error!(session = %session_id, error = %e, "mask rules do not compile");
+            let error = ErrorFields::fatal(
+                sqlstate::SYSTEM_ERROR,
+                format!("masking is misconfigured: {e}"),
+            );
+            let _ = client_write.write_all(&error.encode(BytesMut::new())).await;
+            return;
+        }
+    };
+    let mut decider = ClientSide::new(
+        &gw,
+        applicable,
+        mask.as_ref(),
+        (&principal, &session_id),
+        &expectations,
+        grant.as_ref().map(|g| g.id.clone()),
+        notice_tx,
+        registration.as_ref().map(|r| r.cancelled.clone()),
+    );
+    let mut responder = ServerSide::new(&gw, &session_id, &expectations, mask.as_ref(), notice_rx);
+    let end = tokio::select! {
+        end = decider.run(&mut client_read, client_buf, &mut upstream_write) => end,
+        end = responder.run(&mut upstream_read, pending, &mut client_write) => end,
+        _ = shutdown.wait_for(|stop| *stop) => End::Shutdown,
+        reason = grant_ended(&mut grant) => End::GrantEnded(reason),
+    };
+    decider.abandon_hold();
+    responder.flush_results();
+    finish(
+        &gw,
+        &session_id,
+        &principal,
+        started,
+        &decider,
+        &end,
+        &mut client_write,
+    )
+    .await;
+    let _ = upstream_write
+        .write_all(&encode_terminate(BytesMut::new()))
+        .await;
+}
+
+/// Resolves when the client cancels; never without a cancel key.
+async fn cancel_requested(cancelled: Option<&tokio::sync::Notify>) {
+    match cancelled {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the session's grant ends; never without a grant.
+async fn grant_ended(grant: &mut Option<GrantLease>) -> String {
+    match grant {
+        Some(lease) => lease.ended().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    ClientTerminated,
+    ClientGone,
+    UpstreamGone,
+    ClientProtocol(String),
+    UpstreamProtocol(String),
+    Shutdown,
+    /// The grant the session was admitted under expired or was revoked.
+    GrantEnded(String),
+}
+
+impl End {
+    fn describe(&self) -> String {
+        match self {
+            Self::ClientTerminated => "client terminated".into(),
+            Self::ClientGone => "client disconnected".into(),
+            Self::UpstreamGone => "upstream closed the connection".into(),
+            Self::ClientProtocol(e) => format!("client protocol violation: {e}"),
+            Self::UpstreamProtocol(e) => format!("upstream protocol error: {e}"),
+            Self::Shutdown => "the gateway is shutting down".into(),
+            Self::GrantEnded(reason) => format!("access ended: {reason}"),
+        }
+    }
+
+    /// The FATAL error the client is sent, when it is still there to read it.
+    fn client_error(&self) -> Option<ErrorFields> {
+        let (code, msg) = match self {
+            Self::ClientTerminated | Self::ClientGone => return None,
+            Self::UpstreamGone => (sqlstate::CONNECTION_FAILURE, self.describe()),
+            Self::ClientProtocol(_) => (sqlstate::PROTOCOL_VIOLATION, self.describe()),
+            Self::UpstreamProtocol(_) => (sqlstate::CONNECTION_FAILURE, self.describe()),
+            Self::Shutdown | Self::GrantEnded(_) => (sqlstate::ADMIN_SHUTDOWN, self.describe()),
+        };
+        Some(ErrorFields::fatal(code, msg))
+    }
+}
+
+async fn greet<W: AsyncWrite + Unpin>(
+    client: &mut W,
+    parameters: &[(String, String)],
+    registration: Option<&super::cancel::Registration>,
+) -> std::io::Result<()> {
+    let mut out = backend::encode_auth_ok(BytesMut::with_capacity(512));
+    for (k, v) in parameters {
+        out = backend::encode_parameter_status(out, k, v);
+    }
+    if let Some(r) = registration {
+        out = backend::encode_backend_key(out, r.pid.0, r.secret);
+    }
+    out = backend::encode_ready_for_query(out, b'I');
+    client.write_all(&out).await
+}
+
+async fn finish(
+    gw: &PgGateway,
+    session_id: &str,
+    principal: &Principal,
+    started: Instant,
+    decider: &ClientSide<'_>,
+    end: &End,
+    client: &mut WriteHalf<MaybeTls>,
+) {
+    if let Some(error) = end.client_error() {
+        let _ = client.write_all(&error.encode(BytesMut::new())).await;
+    }
+    let _ = client.shutdown().await;
+    let record = NewRecord::new(RecordKind::SessionEnd)
+        .session_id(session_id)
+        .principal(principal.name.clone())
+        .connection(gw.name.clone())
+        .detail(json!({
+            "reason": end.describe(),
+            "duration_us": started.elapsed().as_micros() as u64,
+            "statements": decider.statements,
+            "denied": decider.denied,
+            "grant": decider.grant,
+        }));
+    gw.store.append_detached(record);
+    tracing::info!(session = %session_id, reason = %end.describe(), "session ended");
+}
+
+/// What the server side should expect, in upstream response order.
+#[derive(Debug)]
+enum Expect {
+    /// A forwarded Query or Execute whose completion gets a result record.
+    Statement(Tracker),
+    /// A refusal stands here: the upstream's error for `name` is replaced.
+    Poison { name: String, error: ErrorFields },
+    /// A Sync or Query was forwarded: the next ReadyForQuery closes the group.
+    SyncPoint,
+    /// A Describe was forwarded (masking sessions only): its RowDescription
+    /// or NoData gives a portal's shape; `swallow` when the gateway sent it
+    /// itself and the client must not see the answer.
+    Describe {
+        portal: Option<String>,
+        swallow: bool,
+    },
+}
+
+#[derive(Debug)]
+struct Tracker {
+    record_id: i64,
+    started: Instant,
+    /// A simple Query completes at ReadyForQuery (it may hold many statements).
+    whole_query: bool,
+    rows: u64,
+    bytes: u64,
+    completed: bool,
+    error: Option<String>,
+    /// The portal an Execute runs: its rows take that portal's shape.
+    portal: Option<String>,
+    /// A DDL statement: the catalog cache is dropped when it completes.
+    ddl: bool,
+    /// What masking changed in this statement's results.
+    masked: Option<Box<Tally>>,
+    /// The first rows the client received.
+    output: OutputSample,
+}
+
+impl Tracker {
+    fn new(record_id: i64, whole_query: bool, portal: Option<&str>) -> Self {
+        Self {
+            record_id,
+            started: Instant::now(),
+            whole_query,
+            rows: 0,
+            bytes: 0,
+            completed: false,
+            error: None,
+            portal: portal.map(str::to_string),
+            ddl: false,
+            masked: None,
+            output: OutputSample::default(),
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! The server half of the relay: streams upstream bytes to the client,
+//! noting completions for result records and swapping in the gateway's own
+//! errors where a refused statement stood.
+
+mod masked;
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use portcullis_records::{NewRecord, RecordKind};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+
+use crate::codec::backend::{
+    self, command_rows, error_field, parse_error_fields, sqlstate, ErrorFields,
+};
+use crate::codec::{peek_frame_len, CodecError};
+
+use crate::proxy::mask::SessionMask;
+use crate::proxy::stream::MaybeTls;
+use crate::proxy::PgGateway;
+
+use super::{End, Expect, Tracker};
+use masked::MaskState;
+
+/// Upstream messages can be as large as PostgreSQL allows.
+const MAX_BACKEND_MESSAGE: usize = 1 << 30;
+
+pub(super) struct ServerSide<'a> {
+    gw: &'a PgGateway,
+    session_id: &'a str,
+    expectations: &'a Mutex<VecDeque<Expect>>,
+    /// Expectations taken off the shared queue, in response order.
+    local: VecDeque<Expect>,
+    /// Results waiting to be written as one record (see `record_result`).
+    results: Vec<serde_json::Value>,
+    oldest_result: Option<Instant>,
+    /// The gateway's own messages for the client (see `ClientSide::notices`).
+    notices: tokio::sync::mpsc::UnboundedReceiver<BytesMut>,
+    /// `None` for principals without mask rules.
+    mask: Option<MaskState<'a>>,
+}
+
+/// Results are written in batches per session: one record per statement
+/// result would double the writer's work on the hot path for facts that are
+/// recorded after the fact anyway (the statement itself was recorded and
+/// committed before it ran).
+const RESULTS_PER_RECORD: usize = 64;
+const RESULTS_MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+
+impl<'a> ServerSide<'a> {
+    pub(super) fn new(
+        gw: &'a PgGateway,
+        session_id: &'a str,
+        expectations: &'a Mutex<VecDeque<Expect>>,
+        mask: Option<&'a SessionMask>,
+        notices: tokio::sync::mpsc::UnboundedReceiver<BytesMut>,
+    ) -> Self {
+        Self {
+            gw,
+            session_id,
+            expectations,
+            local: VecDeque::new(),
+            results: Vec::new(),
+            oldest_result: None,
+            notices,
+            mask: mask.map(MaskState::new),
+        }
+    }
+}
+
+impl ServerSide<'_> {
+    pub(super) async fn run(
+        &mut self,
+        upstream: &mut ReadHalf<MaybeTls>,
+        mut buf: BytesMut,
+        client: &mut WriteHalf<MaybeTls>,
+    ) -> End {
+        loop {
+            if let Err(end) = self.relay_complete_messages(&mut buf, client).await {
+                return end;
+            }
+            buf.reserve(16 * 1024);
+            // An idle session must not sit on its results for ever.
+            let flush_at = self.oldest_result.map(|oldest| oldest + RESULTS_MAX_DELAY);
+            let read = tokio::select! {
+                read = upstream.read_buf(&mut buf) => read,
+                _ = sleep_until_some(flush_at) => {
+                    self.flush_results();
+                    continue;
+                }
+                // Complete messages were all written above, so the client
+                // stream is at a message boundary here.
+                Some(notice) = self.notices.recv() => {
+                    if let Err(end) = write(client, &notice).await {
+                        return end;
+                    }
+                    continue;
+                }
+            };
+            match read {
+                Ok(0) | Err(_) => return End::UpstreamGone,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Scans the complete messages in `buf`, forwarding them in as few
+    /// writes as possible: untouched runs go out as one slice, without copying.
+    async fn relay_complete_messages(
+        &mut self,
+        buf: &mut BytesMut,
+        client: &mut WriteHalf<MaybeTls>,
+    ) -> Result<(), End> {
+        // Expectations are queued before their message is written upstream,
+        // so everything these bytes answer is already queued: one pull per
+        // read instead of a lock per message (per DataRow on big results).
+        self.pull();
+        if self.mask.is_some() {
+            return self.relay_masked(buf, client).await;
+        }
+        let mut pos = 0;
+        let mut run_start = 0;
+        while let Some(len) = peek_frame_len(&buf[pos..], MAX_BACKEND_MESSAGE)
+            .map_err(|e: CodecError| End::UpstreamProtocol(e.to_string()))?
+        {
+            let frame = &buf[pos..pos + len];
+            if frame[0] == b'S' {
+                check_parameter(&frame[5..])?;
+            }
+            if let Some(replacement) = self.observe(frame[0], &frame[5..]) {
+                write(client, &buf[run_start..pos]).await?;
+                write(client, &replacement).await?;
+                run_start = pos + len;
+            }
+            pos += len;
+        }
+        write(client, &buf[run_start..pos]).await?;
+        buf.advance(pos);
+        Ok(())
+    }
+
+    fn pull(&mut self) {
+        if let Ok(mut shared) = self.expectations.lock() {
+            self.local.extend(shared.drain(..));
+        }
+    }
+
+    /// Notes one upstream message; returns bytes to send instead of it.
+    fn observe(&mut self, tag: u8, body: &[u8]) -> Option<BytesMut> {
+        match tag {
+            b'D' => {
+                if let Some(t) = self.current_tracker() {
+                    t.bytes += body.len() as u64;
+                    t.output.note_row(body);
+                }
+                None
+            }
+            b'd' => {
+                if let Some(t) = self.current_tracker() {
+                    t.bytes += body.len() as u64;
+                }
+                None
+            }
+            b'T' => {
+                if let Some(t) = self.current_tracker() {
+                    t.output.note_columns(body);
+                }
+                None
+            }
+            b'C' => {
+                self.complete(command_rows(body), None);
+                None
+            }
+            b'I' | b's' => {
+                self.complete(None, None);
+                None
+            }
+            b'E' => self.on_error(body),
+            b'Z' => {
+                self.on_ready();
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn current_tracker(&mut self) -> Option<&mut Tracker> {
+        self.local.iter_mut().find_map(|e| match e {
+            Expect::Statement(t) if !t.completed => Some(t),
+            _ => None,
+        })
+    }
+
+    fn complete(&mut self, rows: Option<u64>, error: Option<String>) {
+        let Some(t) = self.current_tracker() else {
+            return;
+        };
+        if t.ddl {
+            // Names may have changed; masking must not trust the old ones.
+            self.gw.catalog.invalidate();
+        }
+        let Some(t) = self.current_tracker() else {
+            return;
+        };
+        t.rows += rows.unwrap_or(0);
+        if error.is_some() {
+            t.error = error;
+        }
+        if !t.whole_query {
+            t.completed = true;
+        }
+        self.retire_completed_front();
+    }
+
+    fn on_error(&mut self, body: &[u8]) -> Option<BytesMut> {
+        let fields = parse_error_fields(body).ok()?;
+        let code = error_field(&fields, b'C');
+        let message = error_field(&fields, b'M').unwrap_or_default();
+        if code.as_deref() == Some(sqlstate::INVALID_SQL_STATEMENT_NAME) {
+            if let Some(replacement) = self.take_poison(&message) {
+                return Some(replacement.encode(BytesMut::new()));
+            }
+        }
+        let error = format!("{message} (SQLSTATE {})", code.unwrap_or_default());
+        if let Some(t) = self.current_tracker() {
+            t.error = Some(error);
+            t.completed = true;
+        }
+        self.retire_completed_front();
+        None
+    }
+
+    fn take_poison(&mut self, message: &str) -> Option<ErrorFields> {
+        let index = self.local.iter().position(
+            |e| matches!(e, Expect::Poison { name, .. } if message.contains(name.as_str())),
+        )?;
+        match self.local.remove(index) {
+            Some(Expect::Poison { error, .. }) => Some(error),
+            _ => None,
+        }
+    }
+
+    /// ReadyForQuery ends the group up to the first SyncPoint: whatever did
+    /// not complete there was skipped by the upstream after an error.
+    fn on_ready(&mut self) {
+        while let Some(e) = self.local.pop_front() {
+            match e {
+                Expect::SyncPoint => break,
+                Expect::Statement(mut t) => {
+                    if !t.completed && !t.whole_query && t.error.is_none() {
+                        t.error =
+                            Some("not executed: an earlier message in the batch failed".into());
+                    }
+                    self.record_result(t);
+                }
+                Expect::Poison { .. } | Expect::Describe { .. } => {}
+            }
+        }
+    }
+
+    fn retire_completed_front(&mut self) {
+        while matches!(self.local.front(), Some(Expect::Statement(t)) if t.completed) {
+            if let Some(Expect::Statement(t)) = self.local.pop_front() {
+                self.record_result(t);
+            }
+        }
+    }
+
+    fn record_result(&mut self, t: Tracker) {
+        let mut result = json!({
+            "statement": t.record_id,
+            "duration_us": t.started.elapsed().as_micros() as u64,
+            "rows": t.rows,
+            "bytes": t.bytes,
+            "error": t.error,
+        });
+        if let Some(masked) = &t.masked {
+            result["masked"] = masked.to_json();
+        }
+        if !t.output.is_empty() {
+            result["output"] = t.output.to_json();
+        }
+        self.results.push(result);
+        let oldest = *self.oldest_result.get_or_insert_with(Instant::now);
+        if self.results.len() >= RESULTS_PER_RECORD || oldest.elapsed() >= RESULTS_MAX_DELAY {
+            self.flush_results();
+        }
+    }
+
+    pub(super) fn flush_results(&mut self) {
+        if self.results.is_empty() {
+            return;
+        }
+        let results = std::mem::take(&mut self.results);
+        self.oldest_result = None;
+        let failed = results.iter().filter(|r| !r["error"].is_null()).count();
+        let record = NewRecord::new(RecordKind::StatementResult)
+            .session_id(self.session_id)
+            .connection(self.gw.name.clone())
+            .decision(if failed > 0 { "fail" } else { "ok" })
+            .detail(json!({ "results": results }));
+        self.gw.store.append_detached(record);
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The classifier lexes strings as PostgreSQL does with
+/// standard_conforming_strings on; if a session turns it off (only an
+/// `admin` statement can), the gateway can no longer read statements
+/// reliably, so the session ends before the next one.
+fn check_parameter(body: &[u8]) -> Result<(), End> {
+    match backend::parse_parameter_status(body) {
+        Ok(("standard_conforming_strings", value)) if value != "on" => Err(End::UpstreamProtocol(
+            "standard_conforming_strings was turned off; the gateway cannot analyse statements safely, so the session ends".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+async fn write(client: &mut WriteHalf<MaybeTls>, bytes: &[u8]) -> Result<(), End> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    client.write_all(bytes).await.map_err(|_| End::ClientGone)
+}

@@ -1,0 +1,263 @@
+//! Masking on the server half: results of sessions with `mask:` rules are
+//! looked at message by message and rewritten (see `proxy/mask.rs`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use portcullis_masking::Expressions;
+use tokio::io::WriteHalf;
+
+use crate::codec::backend::{parse_error_fields, sqlstate, ErrorFields};
+use crate::codec::rows::parse_row_description;
+use crate::codec::{peek_frame_len, CodecError};
+
+use crate::proxy::mask::{SessionMask, Shape, Tally};
+use crate::proxy::stream::MaybeTls;
+
+use super::super::{End, Expect};
+use super::{check_parameter, write, ServerSide, MAX_BACKEND_MESSAGE};
+
+/// The masking side of a session's results.
+pub(super) struct MaskState<'a> {
+    session: &'a SessionMask,
+    /// The shape of the simple-query result set being streamed.
+    current: Option<Arc<Shape>>,
+    /// Shapes of described portals, for their Executes' rows.
+    portals: HashMap<String, Arc<Shape>>,
+    copy: CopyOut,
+}
+
+/// What is being done with a COPY TO STDOUT in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyOut {
+    None,
+    /// Text or CSV: each line is scanned by the detectors.
+    Text,
+    /// Binary COPY cannot be scanned: its data is dropped and the command
+    /// ends in an error instead.
+    Refused,
+}
+
+/// What masking does with one upstream message.
+enum Masked {
+    Keep,
+    Drop,
+    Replace(BytesMut),
+}
+
+impl<'a> MaskState<'a> {
+    pub(super) fn new(session: &'a SessionMask) -> Self {
+        Self {
+            session,
+            current: None,
+            portals: HashMap::new(),
+            copy: CopyOut::None,
+        }
+    }
+}
+
+impl ServerSide<'_> {
+    /// The masking session's relay: every message is looked at, and the
+    /// output is assembled in one buffer per read.
+    pub(super) async fn relay_masked(
+        &mut self,
+        buf: &mut BytesMut,
+        client: &mut WriteHalf<MaybeTls>,
+    ) -> Result<(), End> {
+        let mut out = BytesMut::with_capacity(buf.len() + 256);
+        let mut pos = 0;
+        while let Some(len) = peek_frame_len(&buf[pos..], MAX_BACKEND_MESSAGE)
+            .map_err(|e: CodecError| End::UpstreamProtocol(e.to_string()))?
+        {
+            let frame = &buf[pos..pos + len];
+            let (tag, body) = (frame[0], &frame[5..]);
+            if tag == b'S' {
+                check_parameter(body)?;
+            }
+            let masked = self.mask_message(tag, body).await?;
+            // Records describe what the client got: the masked message.
+            let observed = match &masked {
+                Masked::Replace(m) => self.observe(m[0], &m[5..]),
+                Masked::Keep | Masked::Drop => self.observe(tag, body),
+            };
+            match (observed, masked) {
+                (Some(replacement), _) | (None, Masked::Replace(replacement)) => {
+                    out.extend_from_slice(&replacement)
+                }
+                (None, Masked::Drop) => {}
+                (None, Masked::Keep) => out.extend_from_slice(frame),
+            }
+            pos += len;
+            if out.len() >= 64 * 1024 {
+                write(client, &out).await?;
+                out.clear();
+            }
+        }
+        write(client, &out).await?;
+        buf.advance(pos);
+        Ok(())
+    }
+
+    async fn mask_message(&mut self, tag: u8, body: &[u8]) -> Result<Masked, End> {
+        let protocol = |e: CodecError| End::UpstreamProtocol(e.to_string());
+        Ok(match tag {
+            b'T' => {
+                let fields = parse_row_description(body).map_err(protocol)?;
+                let shape = Arc::new(self.shape_of(&fields).await);
+                self.answer_describe(shape)
+            }
+            b'n' => self.answer_describe(Arc::new(Shape::default())),
+            b'D' => self.mask_data_row(body).map_err(protocol)?,
+            b'H' => {
+                let binary = body.first() == Some(&1);
+                let Some(m) = self.mask.as_mut() else {
+                    return Ok(Masked::Keep);
+                };
+                m.copy = if binary {
+                    CopyOut::Refused
+                } else {
+                    CopyOut::Text
+                };
+                if binary {
+                    Masked::Drop
+                } else {
+                    Masked::Keep
+                }
+            }
+            b'd' | b'c' => self.mask_copy(tag, body),
+            b'C' => self.end_copy(),
+            b'E' | b'N' => {
+                let fields = parse_error_fields(body).map_err(protocol)?;
+                let (Some(m), mut tally) = (self.mask.as_ref(), Tally::default()) else {
+                    return Ok(Masked::Keep);
+                };
+                let masked = m.session.mask_error(tag, &fields, &mut tally);
+                self.tally(tally);
+                masked.map_or(Masked::Keep, Masked::Replace)
+            }
+            _ => Masked::Keep,
+        })
+    }
+
+    /// The masking plan of a RowDescription, its fields traced through the
+    /// catalog when columns are declared.
+    async fn shape_of(&self, fields: &[crate::codec::rows::FieldDescription<'_>]) -> Shape {
+        let Some(m) = self.mask.as_ref() else {
+            return Shape::default();
+        };
+        if m.session.rules.columns.is_empty() && m.session.rules.expressions == Expressions::Detect
+        {
+            // Nothing depends on where a field comes from.
+            return m.session.plan(fields, &[]);
+        }
+        let origins: Vec<_> = fields.iter().map(|f| (f.table_oid, f.column)).collect();
+        match self.gw.catalog.resolve(&self.gw.upstream, &origins).await {
+            Ok(sources) => m.session.plan(fields, &sources),
+            Err(e) => {
+                tracing::warn!(session = %self.session_id, error = %e, "catalog lookup failed; masking every field of this result");
+                m.session.plan_blind(fields)
+            }
+        }
+    }
+
+    /// A RowDescription or NoData answers the oldest pending Describe, or
+    /// else starts a simple query's result set.
+    fn answer_describe(&mut self, shape: Arc<Shape>) -> Masked {
+        let describe = self.local.iter().position(|e| match e {
+            Expect::Describe { .. } => true,
+            Expect::Statement(t) => t.whole_query && !t.completed,
+            _ => false,
+        });
+        let Some(m) = self.mask.as_mut() else {
+            return Masked::Keep;
+        };
+        match describe.and_then(|i| match &self.local[i] {
+            Expect::Describe { .. } => self.local.remove(i),
+            _ => None,
+        }) {
+            Some(Expect::Describe { portal, swallow }) => {
+                if let Some(p) = portal {
+                    m.portals.insert(p, shape);
+                }
+                if swallow {
+                    Masked::Drop
+                } else {
+                    Masked::Keep
+                }
+            }
+            _ => {
+                m.current = Some(shape);
+                Masked::Keep
+            }
+        }
+    }
+
+    fn mask_data_row(&mut self, body: &[u8]) -> Result<Masked, CodecError> {
+        let portal = self.current_tracker().and_then(|t| t.portal.clone());
+        let Some(m) = self.mask.as_ref() else {
+            return Ok(Masked::Keep);
+        };
+        let shape = match &portal {
+            Some(p) => m.portals.get(p),
+            None => m.current.as_ref(),
+        };
+        let mut tally = Tally::default();
+        let masked = match shape {
+            Some(shape) if m.session.is_clean(shape) => None,
+            Some(shape) => m.session.mask_row(shape, body, &mut tally)?,
+            // Rows the gateway cannot place: nothing of them goes out.
+            None => Some(m.session.null_row(body, &mut tally)?),
+        };
+        self.tally(tally);
+        Ok(masked.map_or(Masked::Keep, Masked::Replace))
+    }
+
+    fn mask_copy(&mut self, tag: u8, body: &[u8]) -> Masked {
+        let Some(m) = self.mask.as_ref() else {
+            return Masked::Keep;
+        };
+        match (m.copy, tag) {
+            (CopyOut::Refused, _) => Masked::Drop,
+            (CopyOut::Text, b'd') => {
+                let mut tally = Tally::default();
+                let line = m.session.mask_copy_line(body, &mut tally);
+                self.tally(tally);
+                match line {
+                    Some(line) => {
+                        let mut w = crate::codec::Writer::new(BytesMut::new(), b'd');
+                        w.bytes(&line);
+                        Masked::Replace(w.finish())
+                    }
+                    None => Masked::Keep,
+                }
+            }
+            _ => Masked::Keep,
+        }
+    }
+
+    /// CommandComplete: a refused binary COPY ends in an error instead.
+    fn end_copy(&mut self) -> Masked {
+        let Some(m) = self.mask.as_mut() else {
+            return Masked::Keep;
+        };
+        if std::mem::replace(&mut m.copy, CopyOut::None) != CopyOut::Refused {
+            return Masked::Keep;
+        }
+        let error = ErrorFields::error(
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            "binary COPY output cannot be masked; use COPY ... TO STDOUT in text or CSV format, or SELECT",
+        )
+        .with_hint("Portcullis masks results for this principal; the session is still usable.");
+        Masked::Replace(error.encode(BytesMut::new()))
+    }
+
+    fn tally(&mut self, tally: Tally) {
+        if tally.is_empty() {
+            return;
+        }
+        if let Some(t) = self.current_tracker() {
+            t.masked.get_or_insert_with(Default::default).merge(tally);
+        }
+    }
+}

@@ -109,32 +109,12 @@ impl ServerSide<'_> {
             }
             b'n' => self.answer_describe(Arc::new(Shape::default())),
             b'D' => self.mask_data_row(body).map_err(protocol)?,
-            b'H' => {
-                let binary = body.first() == Some(&1);
-                let Some(m) = self.mask.as_mut() else {
-                    return Ok(Masked::Keep);
-                };
-                m.copy = if binary {
-                    CopyOut::Refused
-                } else {
-                    CopyOut::Text
-                };
-                if binary {
-                    Masked::Drop
-                } else {
-                    Masked::Keep
-                }
-            }
+            b'H' => self.start_copy(body),
             b'd' | b'c' => self.mask_copy(tag, body),
             b'C' => self.end_copy(),
             b'E' | b'N' => {
                 let fields = parse_error_fields(body).map_err(protocol)?;
-                let (Some(m), mut tally) = (self.mask.as_ref(), Tally::default()) else {
-                    return Ok(Masked::Keep);
-                };
-                let masked = m.session.mask_error(tag, &fields, &mut tally);
-                self.tally(tally);
-                masked.map_or(Masked::Keep, Masked::Replace)
+                self.mask_error(tag, &fields)
             }
             _ => Masked::Keep,
         })
@@ -211,6 +191,31 @@ impl ServerSide<'_> {
         };
         self.tally(tally);
         Ok(masked.map_or(Masked::Keep, Masked::Replace))
+    }
+
+    /// CopyOutResponse: text and CSV are scanned line by line; binary
+    /// cannot be, so it is dropped here and ends in an error.
+    fn start_copy(&mut self, body: &[u8]) -> Masked {
+        let Some(m) = self.mask.as_mut() else {
+            return Masked::Keep;
+        };
+        if body.first() == Some(&1) {
+            m.copy = CopyOut::Refused;
+            Masked::Drop
+        } else {
+            m.copy = CopyOut::Text;
+            Masked::Keep
+        }
+    }
+
+    fn mask_error(&mut self, tag: u8, fields: &[(u8, &str)]) -> Masked {
+        let Some(m) = self.mask.as_ref() else {
+            return Masked::Keep;
+        };
+        let mut tally = Tally::default();
+        let masked = m.session.mask_error(tag, fields, &mut tally);
+        self.tally(tally);
+        masked.map_or(Masked::Keep, Masked::Replace)
     }
 
     fn mask_copy(&mut self, tag: u8, body: &[u8]) -> Masked {

@@ -92,7 +92,7 @@ impl SshRequest {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SshWord {
+pub(crate) enum SshWord {
     Shell,
     Scp,
     Sftp,
@@ -432,7 +432,7 @@ mod tests {
             "allow": ["shel"],
         }))
         .expect("test policy");
-        let err = PolicySet::compile_with(&[config.clone()], |_| true).unwrap_err();
+        let err = PolicySet::compile_with(std::slice::from_ref(&config), |_| true).unwrap_err();
         assert!(err.to_string().contains("neither an SSH word"), "{err}");
         // The same policy on a SQL connection fails as a SQL rule would.
         let err = PolicySet::compile_with(&[config], |_| false).unwrap_err();

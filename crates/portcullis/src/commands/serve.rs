@@ -6,13 +6,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use portcullis_config::{Config, ConnectionConfig, PostgresConnection, UpstreamTls};
+use portcullis_config::{Config, ConnectionConfig, PostgresConnection, SshConnection, UpstreamTls};
 use portcullis_identity::Verifier;
 use portcullis_policy::classify::Classifier;
 use portcullis_policy::decide::PolicySet;
 use portcullis_postgres::proxy::SessionGauge;
 use portcullis_postgres::{CancelRegistry, PgGateway, UpstreamTarget};
 use portcullis_records::Store;
+use portcullis_ssh::SshGateway;
 use tokio::sync::watch;
 
 /// Shared by every listener.
@@ -36,7 +37,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let services = Services {
         verifier: Verifier::new(&config.identity.oidc),
-        policies: Arc::new(PolicySet::compile(&config.policies).context("policies")?),
+        policies: Arc::new(PolicySet::compile_config(&config).context("policies")?),
         classifier: Arc::new(Classifier::new(10_000)),
         store: Store::open(&config.store)
             .with_context(|| format!("cannot open store {}", config.store))?,
@@ -45,6 +46,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let mut gauges = Vec::new();
+    let mut ssh_gauges = Vec::new();
     for connection in &config.connections {
         match connection {
             ConnectionConfig::Postgres(pg) => {
@@ -62,8 +64,23 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
                     stop_rx.clone(),
                 )));
             }
+            ConnectionConfig::Ssh(ssh) => {
+                let gateway = Arc::new(ssh_gateway(&services, ssh, &config)?);
+                ssh_gauges.push(gateway.sessions.clone());
+                let listener = tokio::net::TcpListener::bind(&ssh.listen)
+                    .await
+                    .with_context(|| {
+                        format!("connection {:?}: cannot listen on {}", ssh.name, ssh.listen)
+                    })?;
+                tracing::info!(connection = %ssh.name, listen = %ssh.listen, upstream = %format!("{}@{}:{}", ssh.upstream.user, ssh.upstream.host, ssh.upstream.port), "ssh listener ready");
+                tasks.push(tokio::spawn(portcullis_ssh::serve(
+                    listener,
+                    gateway,
+                    stop_rx.clone(),
+                )));
+            }
             other => bail!(
-                "connection {:?}: type {} is not supported by this build yet (postgres is)",
+                "connection {:?}: type {} is not supported by this build yet (postgres and ssh are)",
                 other.name(),
                 other.type_name()
             ),
@@ -78,7 +95,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     }
     // Sessions end with 57P01 and write their last records; give them a moment.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while gauges.iter().any(|g| g.live() > 0) && tokio::time::Instant::now() < deadline {
+    let live = || {
+        gauges.iter().map(|g| g.live()).sum::<usize>()
+            + ssh_gauges.iter().map(|g| g.live()).sum::<usize>()
+    };
+    while live() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     services
@@ -118,6 +139,24 @@ fn postgres_gateway(
         cancels: Arc::new(CancelRegistry::default()),
         sessions: SessionGauge::default(),
     }))
+}
+
+fn ssh_gateway(
+    services: &Services,
+    ssh: &SshConnection,
+    config: &Config,
+) -> anyhow::Result<SshGateway> {
+    let upstream = portcullis_ssh::UpstreamTarget::from_config(&ssh.upstream)
+        .with_context(|| format!("connection {:?}: upstream", ssh.name))?;
+    SshGateway::new(
+        ssh.name.clone(),
+        services.verifier.clone(),
+        services.policies.clone(),
+        services.store.clone(),
+        upstream,
+        config.data_dir.clone(),
+    )
+    .with_context(|| format!("connection {:?}", ssh.name))
 }
 
 fn upstream_tls(pg: &PostgresConnection) -> anyhow::Result<Arc<rustls::ClientConfig>> {

@@ -189,6 +189,14 @@ impl Utf8Carry {
     }
 }
 
+/// Reads a recording back, checking it against the SHA-256 its record
+/// holds; `Ok(None)` when the file no longer matches (edited or truncated).
+pub fn read_verified(path: &Path, sha256: &str) -> io::Result<Option<String>> {
+    let text = std::fs::read_to_string(path)?;
+    let actual = hex::encode(Sha256::digest(text.as_bytes()));
+    Ok((actual == sha256).then_some(text))
+}
+
 /// One event of a recording as `replay` reads it back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {

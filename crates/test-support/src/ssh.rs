@@ -123,22 +123,20 @@ LogLevel VERBOSE
             .arg(self.user_key())
             .args(["-p", &self.port.to_string()])
             .args(quiet_client_options())
-            .args(["-o", "BatchMode=yes"])
+            .args(["-o", "LogLevel=ERROR", "-o", "BatchMode=yes"])
             .arg(format!("{}@127.0.0.1", self.user));
         cmd
     }
 }
 
-/// Client options that keep tests from reading or writing the user's
-/// known_hosts and from waiting on prompts.
-pub fn quiet_client_options() -> [&'static str; 8] {
+/// Client options that keep tests from reading the user's ssh config or
+/// reading and writing their known_hosts.
+pub fn quiet_client_options() -> [&'static str; 6] {
     [
         "-o",
         "StrictHostKeyChecking=no",
         "-o",
         "UserKnownHostsFile=/dev/null",
-        "-o",
-        "LogLevel=ERROR",
         "-F",
         "/dev/null",
     ]

@@ -1,0 +1,332 @@
+//! The SSH gateway end to end: the real OpenSSH client, through
+//! `portcullis serve`, to a real sshd. Tokens from the dev issuer.
+
+use serde_json::Value;
+
+use crate::ssh_env::{sh, SshEnv, SSH_POLICIES};
+
+fn statement(env: &SshEnv, text: &str) -> Value {
+    env.wait_for_record(|r| r["kind"] == "statement" && r["detail"]["text"] == text)
+}
+
+#[test]
+fn ssh_exec_runs_allowed_commands_and_propagates_exit_status() {
+    let env = SshEnv::start();
+    let token = env.ci_token();
+    let out = env.ssh(&token, &["echo hello through the gateway"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "hello through the gateway\n"),
+        "{}\n{}",
+        out.stderr,
+        env.gateway_log()
+    );
+    // Shell syntax in an allowed command must be spelt out by the policy, so
+    // the script that mixes streams lives in a file.
+    let script = env.sshd.dir().join("mixed.sh");
+    std::fs::write(&script, "echo out; echo err 1>&2; exit 7\n").unwrap();
+    let command = format!("sh {}", script.display());
+    let out = env.ssh(&token, &[&command]);
+    assert_eq!(out.code, Some(7), "{}", out.stderr);
+    assert_eq!(out.stdout, "out\n");
+    assert_eq!(out.stderr, "err\n");
+    let out = env.ssh(&token, &["false"]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+
+    let record = statement(&env, &command);
+    assert_eq!(record["decision"], "allow");
+    assert_eq!(record["policy"], "ci-ssh");
+    assert_eq!(record["rule"], "sh *");
+    assert_eq!(record["principal"], "ci-job");
+    let result = env.result_of(&record);
+    assert_eq!(result["exit_status"], 7);
+    assert_eq!(result["stdout_bytes"], 4);
+    assert_eq!(result["stderr_bytes"], 4);
+    // The token is in no record, only its fingerprint.
+    let all = serde_json::to_string(&env.records()).unwrap();
+    assert!(!all.contains(&token));
+    assert!(all.contains("sha256:"));
+}
+
+#[test]
+fn ssh_exec_denied_commands_get_a_reason_and_exit_126() {
+    let env = SshEnv::start();
+    let token = env.ci_token();
+    let marker = env.sshd.dir().join("must-survive");
+    std::fs::write(&marker, "x").unwrap();
+    let command = format!("rm -f {}", marker.display());
+    let out = env.ssh(&token, &[&command]);
+    assert_eq!(out.code, Some(126), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("portcullis: denied by policy \"ci-ssh\", rule \"rm *\""),
+        "{}",
+        out.stderr
+    );
+    assert!(marker.exists(), "the denied command ran");
+    let record = statement(&env, &command);
+    assert_eq!(record["decision"], "deny");
+    assert_eq!(record["rule"], "rm *");
+
+    // Not on any allow list: the default deny, and shell syntax cannot
+    // stretch an allowed pattern over a second command.
+    let smuggled = format!("echo hi; rm -f {}", marker.display());
+    let out = env.ssh(&token, &[&smuggled]);
+    assert_eq!(out.code, Some(126), "{}", out.stderr);
+    assert!(marker.exists(), "the smuggled command ran");
+    let out = env.ssh(&token, &["uname -a"]);
+    assert_eq!(out.code, Some(126));
+    assert!(out.stderr.contains("default deny"), "{}", out.stderr);
+
+    // Held for approval: refused until approvals reach SSH, and it says so.
+    let out = env.ssh(&token, &["systemctl restart app"]);
+    assert_eq!(out.code, Some(126));
+    assert!(out.stderr.contains("approval required"), "{}", out.stderr);
+    assert_eq!(statement(&env, "systemctl restart app")["decision"], "hold");
+}
+
+#[test]
+fn ssh_bad_tokens_and_unknown_principals_are_refused_and_recorded() {
+    let env = SshEnv::start();
+    let out = env.ssh("not-a-token", &["echo hi"]);
+    assert_eq!(out.code, Some(255));
+    assert!(out.stderr.contains("Permission denied"), "{}", out.stderr);
+    let attempt =
+        env.wait_for_record(|r| r["kind"] == "connection_attempt" && r["decision"] == "deny");
+    let reason = attempt["detail"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("token rejected"), "{reason}");
+
+    let stranger = env.token("stranger", &["web"]);
+    let out = env.ssh(&stranger, &["echo hi"]);
+    assert_eq!(out.code, Some(255));
+    env.wait_for_record(|r| {
+        r["kind"] == "connection_attempt"
+            && r["principal"] == "stranger"
+            && r["detail"]["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("no policy matches")
+    });
+    assert!(!env.records().iter().any(|r| r["kind"] == "session_start"));
+}
+
+#[test]
+fn ssh_upstream_host_key_mismatch_is_refused_with_a_clear_message() {
+    let sshd_key = test_support::SshServer::start().other_host_key();
+    let env = SshEnv::with(SSH_POLICIES, Some(sshd_key));
+    let out = env.ssh_verbose(&env.ci_token(), &["echo hi"]);
+    assert_eq!(out.code, Some(255), "{out:?}");
+    assert!(
+        out.stderr.contains("upstream host key mismatch"),
+        "{}",
+        out.stderr
+    );
+    let error = env.wait_for_record(|r| r["kind"] == "error");
+    assert_eq!(error["detail"]["source"], "upstream");
+}
+
+#[test]
+fn ssh_large_output_arrives_intact() {
+    let env = SshEnv::start();
+    let file = env.sshd.dir().join("big.bin");
+    let made = sh(
+        &format!(
+            "head -c 52428800 /dev/urandom > {0} && sha256sum < {0}",
+            file.display()
+        ),
+        &[],
+    );
+    assert!(made.success(), "{}", made.stderr);
+    let expected = made.stdout.split_whitespace().next().unwrap().to_string();
+    let mut cmd = env.client("ssh", &env.ci_token());
+    cmd.arg("ci@127.0.0.1")
+        .arg(format!("cat {}", file.display()));
+    let script = format!(
+        "{} | sha256sum",
+        std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| shell_quote(&a.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let envs: Vec<(String, String)> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| {
+            Some((
+                k.to_string_lossy().into_owned(),
+                v?.to_string_lossy().into_owned(),
+            ))
+        })
+        .collect();
+    let env_refs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let out = sh(&script, &env_refs);
+    assert!(out.success(), "{}", out.stderr);
+    assert_eq!(
+        out.stdout.split_whitespace().next(),
+        Some(expected.as_str())
+    );
+    let record = statement(&env, &format!("cat {}", file.display()));
+    let result = env.result_of(&record);
+    assert_eq!(result["stdout_bytes"], 52428800);
+    assert_eq!(result["recording"]["stdout_sha256"], expected.as_str());
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[test]
+fn ssh_interactive_shell_is_recorded_and_replayed() {
+    let env = SshEnv::start();
+    let token = env.ci_token();
+    // -tt: a pty even though our stdin is a pipe, as a person's terminal would.
+    let input = b"echo shell-marker-$((6*7))\nexit 3\n";
+    let out = env.ssh_with_input(&token, &["-tt"], Some(input));
+    assert_eq!(out.code, Some(3), "{}\n{}", out.stderr, env.gateway_log());
+    assert!(out.stdout.contains("shell-marker-42"), "{}", out.stdout);
+
+    let record = statement(&env, "(interactive shell)");
+    assert_eq!(record["decision"], "allow");
+    assert_eq!(record["rule"], "shell");
+    let result = env.result_of(&record);
+    assert_eq!(result["exit_status"], 3);
+    let session = record["session_id"].as_str().unwrap().to_string();
+
+    let replay = env.cli(&["replay", &session]);
+    assert!(replay.success(), "{}", replay.stderr);
+    assert!(
+        replay.stdout.contains("[shell] (interactive shell)"),
+        "{}",
+        replay.stdout
+    );
+    assert!(
+        replay.stdout.contains("shell-marker-42"),
+        "{}",
+        replay.stdout
+    );
+    assert!(replay.stdout.contains("exit 3"), "{}", replay.stdout);
+
+    let cast = env.cli(&["replay", &session, "--asciicast"]);
+    assert!(cast.success(), "{}", cast.stderr);
+    let mut lines = cast.stdout.lines();
+    let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2);
+    assert!(header["width"].as_u64().unwrap() > 0);
+    let output: String = lines
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e[1] == "o")
+        .map(|e| e[2].as_str().unwrap().to_string())
+        .collect();
+    assert!(output.contains("shell-marker-42"), "{output}");
+
+    // An altered recording is noticed: its hash is in the chain.
+    let file = env
+        .dir()
+        .join("data")
+        .join(result["recording"]["file"].as_str().unwrap());
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("shell-marker-42", "shell-marker-43")).unwrap();
+    let replay = env.cli(&["replay", &session]);
+    assert_eq!(replay.code, Some(1));
+    assert!(replay.stderr.contains("altered"), "{}", replay.stderr);
+    assert!(env.cli(&["audit", "verify"]).success());
+}
+
+#[test]
+fn ssh_shell_is_refused_without_the_shell_word() {
+    let policies = SSH_POLICIES.replace("allow: [shell, ", "allow: [");
+    let env = SshEnv::with(&policies, None);
+    let out = env.ssh_with_input(
+        &env.ci_token(),
+        &["-tt"],
+        Some(b"echo should-not-run\nexit\n"),
+    );
+    assert_eq!(out.code, Some(126), "{}", out.stderr);
+    assert!(
+        !out.stdout.contains("should-not-run\r\nshould-not-run"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("an interactive shell") || out.stdout.contains("an interactive shell"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+#[test]
+fn ssh_scp_upload_is_recorded_with_file_names_and_sizes() {
+    let env = SshEnv::start();
+    let local = env.dir().join("report.txt");
+    std::fs::write(&local, "quarterly numbers\n").unwrap();
+    let target = env.sshd.dir().join("uploaded.txt");
+    let mut cmd = env.client("scp", &env.ci_token());
+    // -O: the scp protocol (OpenSSH 9 otherwise speaks sftp underneath).
+    cmd.arg("-O")
+        .arg(&local)
+        .arg(format!("ci@127.0.0.1:{}", target.display()));
+    let out = test_support::run(&mut cmd, crate::env::TIMEOUT);
+    assert!(out.success(), "{}\n{}", out.stderr, env.gateway_log());
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "quarterly numbers\n"
+    );
+    let record = statement(&env, &format!("scp -t {}", target.display()));
+    assert_eq!(record["rule"], "scp");
+    assert_eq!(record["detail"]["request"], "scp");
+    let result = env.result_of(&record);
+    assert_eq!(result["scp_direction"], "upload");
+    assert_eq!(
+        result["files"],
+        serde_json::json!([{ "name": "report.txt", "size": 18 }])
+    );
+
+    // sftp is another word; this policy does not say it.
+    let mut cmd = env.client("scp", &env.ci_token());
+    cmd.arg(&local)
+        .arg(format!("ci@127.0.0.1:{}", target.display()));
+    let out = test_support::run(&mut cmd, crate::env::TIMEOUT);
+    assert!(!out.success());
+    let refused = statement(&env, "sftp");
+    assert_eq!(refused["decision"], "deny");
+}
+
+#[test]
+fn ssh_port_forwarding_is_refused_unless_allowed() {
+    let env = SshEnv::start();
+    let token = env.ci_token();
+    // -W: stdio forwarding, a direct-tcpip channel like -L opens.
+    let out = env.ssh_verbose(&token, &["-W", &format!("127.0.0.1:{}", env.sshd.port)]);
+    assert_eq!(out.code, Some(255), "{}", out.stdout);
+    assert!(out.stderr.contains("denied by"), "{}", out.stderr);
+    let record = env
+        .wait_for_record(|r| r["kind"] == "statement" && r["detail"]["request"] == "port_forward");
+    assert_eq!(record["decision"], "deny");
+    assert_eq!(record["rule"], "default deny");
+
+    let out = env.ssh(
+        &token,
+        &[
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            "0:127.0.0.1:9",
+            "echo hi",
+        ],
+    );
+    assert_ne!(
+        out.code,
+        Some(0),
+        "remote forward was accepted: {}",
+        out.stderr
+    );
+    env.wait_for_record(|r| {
+        r["kind"] == "statement"
+            && r["detail"]["request"] == "port_forward"
+            && r["detail"]["text"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("remote")
+    });
+}

@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 
 use crate::recording::{Header, Recording, Stream};
 use crate::scp::ScpObserver;
+use crate::sftp::SftpObserver;
 use crate::{Peer, SshGateway, REFUSED_EXIT_STATUS};
 
 /// What a channel needs to know about its session.
@@ -37,6 +38,7 @@ struct Shared {
     pty: Option<Pty>,
     recording: Option<Recording>,
     scp: Option<(ScpDirection, ScpObserver)>,
+    sftp: Option<SftpObserver>,
     exit_status: Option<u32>,
     exit_signal: Option<String>,
     stdout_bytes: u64,
@@ -147,6 +149,9 @@ async fn from_client(
                     if let Some((ScpDirection::Upload, observer)) = s.scp.as_mut() {
                         observer.observe(&data);
                     }
+                    if let Some(observer) = s.sftp.as_mut() {
+                        observer.client_bytes(&data);
+                    }
                 }
                 if upstream.data_bytes(data).await.is_err() {
                     break;
@@ -245,6 +250,9 @@ fn output(shared: &Mutex<Shared>, stream: Stream, data: &[u8]) {
     if let Some((ScpDirection::Download, observer)) = s.scp.as_mut() {
         observer.observe(data);
     }
+    if let (Some(observer), Stream::Stdout) = (s.sftp.as_mut(), stream) {
+        observer.server_bytes(data);
+    }
     if let Some(rec) = s.recording.as_mut() {
         rec.output(stream, data);
     }
@@ -329,6 +337,9 @@ async fn start(
             started: Instant::now(),
         };
         s.scp = scp.map(|c| (c.direction, ScpObserver::default()));
+        if matches!(&request, SshRequest::Subsystem(name) if name == "sftp") {
+            s.sftp = Some(SftpObserver::default());
+        }
     }
     let sent = match &request {
         SshRequest::Exec(command) => upstream.exec(true, command.as_bytes()).await,
@@ -465,6 +476,9 @@ async fn finish(ctx: &ChannelContext, shared: Shared) {
     if let Some((direction, observer)) = shared.scp {
         result["scp_direction"] = json!(direction);
         result["files"] = observer.to_json();
+    }
+    if let Some(observer) = shared.sftp {
+        result["sftp"] = observer.to_json();
     }
     write_result(ctx, result).await;
 }

@@ -9,7 +9,8 @@
 //!   on `exec` / `shell` / `subsystem`, the relay, the recording;
 //! - `upstream`: the gateway's own SSH client towards the upstream, which
 //!   pins the upstream's host key;
-//! - `recording`: asciicast v2 files; `scp`: what files an scp transfer moved;
+//! - `recording`: asciicast v2 files; `scp` and `sftp`: what files a
+//!   transfer moved;
 //! - `ratelimit`: failed logins per source address; `hostkey`: the
 //!   gateway's persistent host key.
 
@@ -19,6 +20,7 @@ pub mod ratelimit;
 pub mod recording;
 pub mod scp;
 mod server;
+pub mod sftp;
 pub mod upstream;
 
 use std::net::SocketAddr;

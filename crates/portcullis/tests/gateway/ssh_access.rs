@@ -330,3 +330,87 @@ fn ssh_port_forwarding_is_refused_unless_allowed() {
                 .starts_with("remote")
     });
 }
+
+#[test]
+fn ssh_sftp_transfers_are_recorded_when_allowed() {
+    let policies = SSH_POLICIES.replace("allow: [shell, scp,", "allow: [shell, sftp,");
+    let env = SshEnv::with(&policies, None);
+    let local = env.dir().join("up.bin");
+    std::fs::write(&local, vec![7u8; 100_000]).unwrap();
+    let remote = env.sshd.dir().join("via-sftp.bin");
+    // OpenSSH 9's scp speaks sftp underneath.
+    let mut cmd = env.client("scp", &env.ci_token());
+    cmd.arg(&local)
+        .arg(format!("ci@127.0.0.1:{}", remote.display()));
+    let out = test_support::run(&mut cmd, crate::env::TIMEOUT);
+    assert!(out.success(), "{}\n{}", out.stderr, env.gateway_log());
+    assert_eq!(std::fs::read(&remote).unwrap(), vec![7u8; 100_000]);
+    let back = env.dir().join("down.bin");
+    let mut cmd = env.client("scp", &env.ci_token());
+    cmd.arg(format!("ci@127.0.0.1:{}", remote.display()))
+        .arg(&back);
+    let out = test_support::run(&mut cmd, crate::env::TIMEOUT);
+    assert!(out.success(), "{}", out.stderr);
+    assert_eq!(std::fs::read(&back).unwrap().len(), 100_000);
+
+    let name = remote.display().to_string();
+    let transferred = |key: &'static str| {
+        env.wait_for_record(|r| {
+            r["kind"] == "statement_result"
+                && r["detail"]["results"][0]["sftp"]["files"]
+                    .as_array()
+                    .is_some_and(|files| {
+                        files
+                            .iter()
+                            .any(|f| f["name"] == name.as_str() && f[key] == 100_000)
+                    })
+        })
+    };
+    transferred("written");
+    transferred("read");
+    let replay_session = statement(&env, "sftp")["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(env.cli(&["replay", &replay_session]).success());
+}
+
+#[test]
+fn ssh_stdin_eof_and_exit_signals_reach_the_other_side() {
+    let env = SshEnv::start();
+    let token = env.ci_token();
+    // cat ends only when the client's EOF reaches it through the gateway.
+    let out = env.ssh_with_input(&token, &["cat -"], Some(b"piped line\n"));
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "piped line\n"),
+        "{}",
+        out.stderr
+    );
+    let script = env.sshd.dir().join("die.sh");
+    std::fs::write(&script, "kill -TERM $$\n").unwrap();
+    let command = format!("sh {}", script.display());
+    let out = env.ssh(&token, &[&command]);
+    // OpenSSH has no exit status to give for a remote death by signal: 255.
+    assert_eq!(out.code, Some(255), "{out:?}");
+    let direct = test_support::run(env.sshd.ssh_direct().arg(&command), crate::env::TIMEOUT);
+    assert_eq!(direct.code, out.code, "same as without the gateway");
+    let result = env.result_of(&statement(&env, &command));
+    assert_eq!(result["exit_signal"], "TERM");
+}
+
+#[test]
+fn ssh_port_forwarding_works_when_a_policy_allows_it() {
+    let policies = SSH_POLICIES.replace("allow: [shell,", "allow: [port_forward, shell,");
+    let env = SshEnv::with(&policies, None);
+    // Through the forward, sshd's own banner comes back.
+    let out = env.ssh(
+        &env.ci_token(),
+        &["-W", &format!("127.0.0.1:{}", env.sshd.port)],
+    );
+    assert!(out.stdout.starts_with("SSH-2.0-OpenSSH"), "{out:?}");
+    let record = env
+        .wait_for_record(|r| r["kind"] == "statement" && r["detail"]["request"] == "port_forward");
+    assert_eq!(record["decision"], "allow");
+    assert_eq!(record["rule"], "port_forward");
+}

@@ -138,7 +138,7 @@ policies:
             .env("SSH_ASKPASS_REQUIRE", "force")
             .env("DISPLAY", ":0")
             .env("PORTCULLIS_TEST_TOKEN", token);
-        let port_flag = if program == "scp" { "-P" } else { "-p" };
+        let port_flag = if program == "ssh" { "-p" } else { "-P" };
         cmd.args([port_flag, &self.gw_port.to_string()]);
         cmd
     }

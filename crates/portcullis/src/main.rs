@@ -4,6 +4,7 @@
 
 mod cli;
 mod commands;
+mod listen;
 mod logging;
 mod tls;
 

@@ -32,7 +32,7 @@ use portcullis_identity::Verifier;
 use portcullis_policy::decide::PolicySet;
 use portcullis_records::Store;
 use russh::server::Config;
-use tokio::net::TcpListener;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 pub use upstream::UpstreamTarget;
@@ -65,7 +65,6 @@ pub struct SshGateway {
     /// Recordings live under `DATA_DIR/recordings/`.
     pub data_dir: PathBuf,
     pub limits: ratelimit::AuthRateLimit,
-    pub sessions: SessionGauge,
     config: Arc<Config>,
 }
 
@@ -106,49 +105,21 @@ impl SshGateway {
             upstream,
             data_dir,
             limits: Default::default(),
-            sessions: Default::default(),
             config: Arc::new(config),
         })
     }
 }
 
-/// Counts live sessions: each holds a clone for its lifetime.
-#[derive(Clone, Default)]
-pub struct SessionGauge(Arc<()>);
-
-impl SessionGauge {
-    pub fn live(&self) -> usize {
-        Arc::strong_count(&self.0) - 1
-    }
-}
-
-/// Accepts connections until `shutdown` flips to true; live sessions are
-/// then told the gateway is going away and end after their last records.
-pub async fn serve(
-    listener: TcpListener,
+/// Runs one client connection to its end: login, channels, the session's
+/// last record. When `shutdown` flips, the client is told the gateway is
+/// going away. The binary's accept loop spawns one per connection.
+pub async fn run_session(
     gateway: Arc<SshGateway>,
-    mut shutdown: watch::Receiver<bool>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    let gateway = gateway.clone();
-                    let stop = shutdown.clone();
-                    let gauge = gateway.sessions.clone();
-                    tokio::spawn(async move {
-                        server::run(gateway, tcp, peer, stop).await;
-                        drop(gauge);
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(connection = %gateway.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = shutdown.changed() => return,
-        }
-    }
+    server::run(gateway, tcp, peer, shutdown).await
 }
 
 /// Who is on the other end of a session, for its records.

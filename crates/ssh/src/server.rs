@@ -51,8 +51,11 @@ pub(crate) async fn run(
     };
     let handle = running.handle();
     tokio::pin!(running);
-    let ended = tokio::select! {
-        result = &mut running => result,
+    let reason = tokio::select! {
+        result = &mut running => match result {
+            Ok(()) => "client disconnected".to_string(),
+            Err(e) => format!("connection ended: {e}"),
+        },
         _ = shutdown.changed() => {
             let _ = handle
                 .disconnect(
@@ -61,12 +64,9 @@ pub(crate) async fn run(
                     "en".into(),
                 )
                 .await;
-            running.await
+            let _ = running.await;
+            "the gateway is shutting down".to_string()
         }
-    };
-    let reason = match &ended {
-        Ok(()) => "client disconnected".to_string(),
-        Err(e) => format!("connection ended: {e}"),
     };
     if let Some(principal) = admitted.get() {
         let record = NewRecord::new(RecordKind::SessionEnd)

@@ -10,11 +10,12 @@ use portcullis_config::{Config, ConnectionConfig, PostgresConnection, SshConnect
 use portcullis_identity::Verifier;
 use portcullis_policy::classify::Classifier;
 use portcullis_policy::decide::PolicySet;
-use portcullis_postgres::proxy::SessionGauge;
 use portcullis_postgres::{CancelRegistry, PgGateway, UpstreamTarget};
 use portcullis_records::Store;
 use portcullis_ssh::SshGateway;
 use tokio::sync::watch;
+
+use crate::listen::{accept_loop, SessionGauge};
 
 /// Shared by every listener.
 struct Services {
@@ -45,46 +46,40 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    let mut gauges = Vec::new();
-    let mut ssh_gauges = Vec::new();
+    let gauge = SessionGauge::default();
     for connection in &config.connections {
-        match connection {
+        let listener = tokio::net::TcpListener::bind(connection.listen())
+            .await
+            .with_context(|| {
+                format!(
+                    "connection {:?}: cannot listen on {}",
+                    connection.name(),
+                    connection.listen()
+                )
+            })?;
+        let (name, stop) = (connection.name().to_string(), stop_rx.clone());
+        let task = match connection {
             ConnectionConfig::Postgres(pg) => {
                 let gateway = postgres_gateway(&services, pg)?;
-                gauges.push(gateway.sessions.clone());
-                let listener = tokio::net::TcpListener::bind(&pg.listen)
-                    .await
-                    .with_context(|| {
-                        format!("connection {:?}: cannot listen on {}", pg.name, pg.listen)
-                    })?;
                 tracing::info!(connection = %pg.name, listen = %pg.listen, upstream = %format!("{}:{}", pg.upstream.host, pg.upstream.port), "postgres listener ready");
-                tasks.push(tokio::spawn(portcullis_postgres::serve(
-                    listener,
-                    gateway,
-                    stop_rx.clone(),
-                )));
+                tokio::spawn(accept_loop(listener, name, gauge.clone(), stop, move |tcp, peer, stop| {
+                    portcullis_postgres::run_session(gateway.clone(), tcp, peer, stop)
+                }))
             }
             ConnectionConfig::Ssh(ssh) => {
                 let gateway = Arc::new(ssh_gateway(&services, ssh, &config)?);
-                ssh_gauges.push(gateway.sessions.clone());
-                let listener = tokio::net::TcpListener::bind(&ssh.listen)
-                    .await
-                    .with_context(|| {
-                        format!("connection {:?}: cannot listen on {}", ssh.name, ssh.listen)
-                    })?;
                 tracing::info!(connection = %ssh.name, listen = %ssh.listen, upstream = %format!("{}@{}:{}", ssh.upstream.user, ssh.upstream.host, ssh.upstream.port), "ssh listener ready");
-                tasks.push(tokio::spawn(portcullis_ssh::serve(
-                    listener,
-                    gateway,
-                    stop_rx.clone(),
-                )));
+                tokio::spawn(accept_loop(listener, name, gauge.clone(), stop, move |tcp, peer, stop| {
+                    portcullis_ssh::run_session(gateway.clone(), tcp, peer, stop)
+                }))
             }
             other => bail!(
                 "connection {:?}: type {} is not supported by this build yet (postgres and ssh are)",
                 other.name(),
                 other.type_name()
             ),
-        }
+        };
+        tasks.push(task);
     }
     tracing::info!(config = %config_path.display(), store = %config.store, "portcullis is serving");
     wait_for_shutdown().await;
@@ -93,13 +88,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     for task in tasks {
         let _ = task.await;
     }
-    // Sessions end with 57P01 and write their last records; give them a moment.
+    // Sessions end (57P01, an SSH disconnect) and write their last records;
+    // give them a moment.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    let live = || {
-        gauges.iter().map(|g| g.live()).sum::<usize>()
-            + ssh_gauges.iter().map(|g| g.live()).sum::<usize>()
-    };
-    while live() > 0 && tokio::time::Instant::now() < deadline {
+    while gauge.live() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     services
@@ -137,7 +129,6 @@ fn postgres_gateway(
         allow_plaintext: pg.insecure_plaintext,
         upstream,
         cancels: Arc::new(CancelRegistry::default()),
-        sessions: SessionGauge::default(),
     }))
 }
 

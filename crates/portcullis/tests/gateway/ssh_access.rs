@@ -414,3 +414,29 @@ fn ssh_port_forwarding_works_when_a_policy_allows_it() {
     assert_eq!(record["decision"], "allow");
     assert_eq!(record["rule"], "port_forward");
 }
+
+#[test]
+fn ssh_sigterm_ends_live_sessions_and_records_their_end() {
+    let mut env = SshEnv::start();
+    let script = env.sshd.dir().join("long.sh");
+    std::fs::write(&script, "echo started\nsleep 60\n").unwrap();
+    let command = format!("sh {}", script.display());
+    let mut cmd = env.client("ssh", &env.ci_token());
+    cmd.arg("ci@127.0.0.1").arg(&command);
+    let client = test_support::Process::spawn(cmd, "ssh-client");
+    statement(&env, &command);
+    env.gateway().terminate();
+    let status = env
+        .gateway()
+        .wait_timeout(std::time::Duration::from_secs(20));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        env.gateway_log()
+    );
+    let ended = client.wait_timeout(std::time::Duration::from_secs(20));
+    assert!(ended.is_some(), "the client outlived the gateway");
+    let end = env.wait_for_record(|r| r["kind"] == "session_end" && r["principal"] == "ci-job");
+    assert_eq!(end["detail"]["reason"], "the gateway is shutting down");
+}

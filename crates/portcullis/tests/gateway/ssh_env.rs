@@ -161,6 +161,10 @@ policies:
         run_with_input(&mut cmd, None, TIMEOUT)
     }
 
+    pub fn gateway(&mut self) -> &mut Process {
+        self.gateway.as_mut().expect("gateway running")
+    }
+
     pub fn gateway_log(&self) -> String {
         self.gateway.as_ref().map(|g| g.log()).unwrap_or_default()
     }

@@ -2,19 +2,10 @@
 
 use std::collections::HashSet;
 
-use crate::{is_loopback_listen, Config, ConnectionConfig};
+use crate::{is_loopback_listen, Config, ConnectionConfig, SSH_WORDS};
 
 const STATEMENT_CLASSES: [&str; 4] = ["read", "write", "ddl", "admin"];
-/// What policies on SSH connections may name besides command patterns; the
-/// policy crate gives them meaning.
-const SSH_WORDS: [&str; 6] = [
-    "shell",
-    "scp",
-    "sftp",
-    "port_forward",
-    "agent_forward",
-    "x11",
-];
+
 const DETECTORS: [&str; 8] = [
     "credit_card",
     "email",

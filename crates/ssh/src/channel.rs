@@ -16,6 +16,7 @@ use portcullis_policy::decide::{parse_scp, Decision, ScpDirection, SshRequest, V
 use portcullis_records::{NewRecord, RecordKind};
 use russh::{client, server, Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use serde_json::{json, Value};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::recording::{Header, Recording, Stream};
 use crate::scp::ScpObserver;
@@ -81,23 +82,61 @@ pub(crate) async fn run(
     let (mut client_rx, client_tx) = client.split();
     let (mut upstream_rx, upstream_tx) = upstream.split();
     let shared = Mutex::new(Shared::default());
+    let (client_queue, mut client_msgs) = mpsc::unbounded_channel();
+    let (upstream_queue, mut upstream_msgs) = mpsc::unbounded_channel();
     tokio::join!(
-        from_client(&ctx, &mut client_rx, &client_tx, &upstream_tx, &shared),
-        from_upstream(&ctx, &mut upstream_rx, &client_tx, &shared),
+        drain(&mut client_rx, client_queue),
+        drain(&mut upstream_rx, upstream_queue),
+        from_client(&ctx, &mut client_msgs, &client_tx, &upstream_tx, &shared),
+        from_upstream(&ctx, &mut upstream_msgs, &client_tx, &shared),
     );
     let shared = shared.into_inner().unwrap_or_else(|p| p.into_inner());
     finish(&ctx, shared).await;
 }
 
+/// How many bytes of one direction may wait between the side that sent
+/// them and the side whose window they wait for.
+const IN_FLIGHT: usize = 8 * 1024 * 1024;
+
+/// A message taken off a channel, holding its share of the direction's budget
+/// until it has been passed on.
+type Queued = (ChannelMsg, OwnedSemaphorePermit);
+
+/// Takes messages off one side as soon as they arrive, within a byte
+/// budget. russh grants window as it receives, so the only backpressure is
+/// a channel whose messages are not taken: its whole SSH connection stops
+/// reading, window updates included. If each direction's writer also read
+/// its own side, both could wait for a window update stuck behind the
+/// other's unread data (`cat big | ssh host cat` stalls that way); with the
+/// budget, that takes 8 MiB stuck in each direction at once.
+async fn drain(rx: &mut ChannelReadHalf, queue: mpsc::UnboundedSender<Queued>) {
+    let budget = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(msg) = rx.wait().await {
+        let size = match &msg {
+            ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => {
+                data.len().min(IN_FLIGHT)
+            }
+            _ => 0,
+        };
+        // The semaphore is never closed, so this cannot fail.
+        let Ok(permit) = budget.clone().acquire_many_owned(size as u32).await else {
+            return;
+        };
+        if queue.send((msg, permit)).is_err() {
+            return;
+        }
+    }
+}
+
 async fn from_client(
     ctx: &ChannelContext,
-    rx: &mut ChannelReadHalf,
+    rx: &mut mpsc::UnboundedReceiver<Queued>,
     client: &ClientTx,
     upstream: &UpstreamTx,
     shared: &Mutex<Shared>,
 ) {
     let id = client.id();
-    while let Some(msg) = rx.wait().await {
+    while let Some((msg, _passed_on)) = rx.recv().await {
         match msg {
             ChannelMsg::RequestPty {
                 term,
@@ -191,12 +230,12 @@ async fn from_client(
 
 async fn from_upstream(
     ctx: &ChannelContext,
-    rx: &mut ChannelReadHalf,
+    rx: &mut mpsc::UnboundedReceiver<Queued>,
     client: &ClientTx,
     shared: &Mutex<Shared>,
 ) {
     let id = client.id();
-    while let Some(msg) = rx.wait().await {
+    while let Some((msg, _passed_on)) = rx.recv().await {
         match msg {
             ChannelMsg::Data { data } => {
                 output(shared, Stream::Stdout, &data);

@@ -7,6 +7,12 @@
 //! Only what the upstream sends is recorded (stdout and stderr, as a
 //! terminal would show them) plus window size changes; keystrokes are not,
 //! since they include whatever a user types at a password prompt.
+//!
+//! Output that is not UTF-8 (a binary file cat'ed into a pipe) has no place
+//! in asciicast, whose events are text: turning it into replacement
+//! characters would lose it and, escaped as JSON, cost several times its
+//! size. Such chunks go byte for byte to a companion `.bin` file instead,
+//! and the recording gets a marker naming the file and the offset.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -37,12 +43,24 @@ pub enum Stream {
 pub struct Recording {
     out: Option<BufWriter<File>>,
     relative: String,
+    dir: PathBuf,
+    /// Opened at the first binary chunk.
+    binary: Option<Companion>,
+    /// Whether each stream's last chunk was binary (one marker per run).
+    in_binary: [bool; 2],
     started: Instant,
     file_hash: Sha256,
     file_bytes: u64,
     carry: [Utf8Carry; 2],
     streams: [StreamStats; 2],
     error: Option<String>,
+}
+
+struct Companion {
+    out: BufWriter<File>,
+    relative: String,
+    hash: Sha256,
+    bytes: u64,
 }
 
 #[derive(Default)]
@@ -66,6 +84,9 @@ impl Recording {
         let mut recording = Recording {
             out: Some(BufWriter::with_capacity(64 * 1024, file)),
             relative: relative.to_string(),
+            dir: dir.to_path_buf(),
+            binary: None,
+            in_binary: [false; 2],
             started: Instant::now(),
             file_hash: Sha256::new(),
             file_bytes: 0,
@@ -90,9 +111,52 @@ impl Recording {
         let i = stream as usize;
         self.streams[i].bytes += data.len() as u64;
         self.streams[i].hash.update(data);
-        let text = self.carry[i].decode(data);
-        if !text.is_empty() {
-            let event = json!([self.elapsed(), "o", text]);
+        match self.carry[i].text(data) {
+            Some(text) => {
+                self.in_binary[i] = false;
+                if !text.is_empty() {
+                    let event = json!([self.elapsed(), "o", text]);
+                    self.line(&event);
+                }
+            }
+            None => self.binary(i, data),
+        }
+    }
+
+    fn binary(&mut self, stream: usize, data: &[u8]) {
+        if self.out.is_none() {
+            return;
+        }
+        if self.binary.is_none() {
+            let relative = self.relative.replace(".cast", ".bin");
+            match File::create(self.dir.join(&relative)) {
+                Ok(file) => {
+                    self.binary = Some(Companion {
+                        out: BufWriter::with_capacity(64 * 1024, file),
+                        relative,
+                        hash: Sha256::new(),
+                        bytes: 0,
+                    })
+                }
+                Err(e) => return self.fail(e),
+            }
+        }
+        let Some(companion) = self.binary.as_mut() else {
+            return;
+        };
+        let offset = companion.bytes;
+        if let Err(e) = companion.out.write_all(data) {
+            return self.fail(e);
+        }
+        companion.hash.update(data);
+        companion.bytes += data.len() as u64;
+        if !self.in_binary[stream] {
+            self.in_binary[stream] = true;
+            let marker = format!(
+                "\r\n[portcullis: binary output, kept in {} from byte {offset}]\r\n",
+                companion.relative
+            );
+            let event = json!([self.elapsed(), "o", marker]);
             self.line(&event);
         }
     }
@@ -134,11 +198,22 @@ impl Recording {
                 self.fail(e);
             }
         }
+        let binary = self.binary.take().map(|mut companion| {
+            if let Err(e) = companion.out.flush() {
+                self.fail(e);
+            }
+            json!({
+                "file": companion.relative,
+                "sha256": hex::encode(companion.hash.finalize()),
+                "bytes": companion.bytes,
+            })
+        });
         let [stdout, stderr] = std::mem::take(&mut self.streams);
         json!({
             "file": self.relative,
             "sha256": hex::encode(self.file_hash.finalize()),
             "bytes": self.file_bytes,
+            "binary": binary,
             "complete": self.error.is_none(),
             "error": self.error,
             "stdout_bytes": stdout.bytes,
@@ -150,51 +225,55 @@ impl Recording {
 }
 
 /// Turns a byte stream cut at arbitrary points into text without breaking
-/// the multi-byte characters that straddle the cuts. Bytes that can never
-/// be UTF-8 become U+FFFD, as a terminal would show them.
+/// the multi-byte characters that straddle the cuts.
 #[derive(Debug, Default)]
 pub struct Utf8Carry {
     pending: Vec<u8>,
 }
 
 impl Utf8Carry {
-    pub fn decode(&mut self, data: &[u8]) -> String {
-        let mut buf = std::mem::take(&mut self.pending);
-        buf.extend_from_slice(data);
-        let mut out = String::with_capacity(buf.len());
-        let mut rest = &buf[..];
-        loop {
-            match std::str::from_utf8(rest) {
-                Ok(text) => {
-                    out.push_str(text);
-                    break;
-                }
-                Err(e) => {
-                    let (good, tail) = rest.split_at(e.valid_up_to());
-                    out.push_str(&String::from_utf8_lossy(good));
-                    match e.error_len() {
-                        None => {
-                            self.pending = tail.to_vec();
-                            break;
-                        }
-                        Some(bad) => {
-                            out.push(char::REPLACEMENT_CHARACTER);
-                            rest = &tail[bad..];
-                        }
-                    }
-                }
+    /// The chunk as text (a character cut off at its end waits for the next
+    /// chunk), or `None` if it is not UTF-8; then the chunk and anything
+    /// pending are the caller's to keep as bytes.
+    pub fn text(&mut self, data: &[u8]) -> Option<String> {
+        let joined;
+        let bytes = if self.pending.is_empty() {
+            data
+        } else {
+            let mut buf = std::mem::take(&mut self.pending);
+            buf.extend_from_slice(data);
+            joined = buf;
+            &joined[..]
+        };
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Some(text.to_string()),
+            Err(e) if e.error_len().is_none() => {
+                let (text, tail) = bytes.split_at(e.valid_up_to());
+                self.pending = tail.to_vec();
+                // Valid by construction; checked again rather than trusted.
+                std::str::from_utf8(text).ok().map(str::to_string)
             }
+            Err(_) => None,
         }
-        out
     }
 }
 
 /// Reads a recording back, checking it against the SHA-256 its record
 /// holds; `Ok(None)` when the file no longer matches (edited or truncated).
 pub fn read_verified(path: &Path, sha256: &str) -> io::Result<Option<String>> {
-    let text = std::fs::read_to_string(path)?;
-    let actual = hex::encode(Sha256::digest(text.as_bytes()));
-    Ok((actual == sha256).then_some(text))
+    let bytes = std::fs::read(path)?;
+    if hex::encode(Sha256::digest(&bytes)) != sha256 {
+        return Ok(None);
+    }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Whether a file (a recording's binary companion) still has this SHA-256.
+pub fn file_matches(path: &Path, sha256: &str) -> io::Result<bool> {
+    let bytes = std::fs::read(path)?;
+    Ok(hex::encode(Sha256::digest(&bytes)) == sha256)
 }
 
 /// One event of a recording as `replay` reads it back.
@@ -226,19 +305,60 @@ mod tests {
         let bytes = text.as_bytes();
         for cut in 0..=bytes.len() {
             let mut carry = Utf8Carry::default();
-            let mut out = carry.decode(&bytes[..cut]);
-            out.push_str(&carry.decode(&bytes[cut..]));
+            let mut out = carry.text(&bytes[..cut]).unwrap();
+            out.push_str(&carry.text(&bytes[cut..]).unwrap());
             assert_eq!(out, text, "cut at {cut}");
         }
     }
 
     #[test]
-    fn invalid_bytes_become_replacement_characters() {
+    fn bytes_that_are_not_utf8_are_not_text() {
         let mut carry = Utf8Carry::default();
-        assert_eq!(carry.decode(b"a\xffb"), "a\u{fffd}b");
+        assert_eq!(carry.text(b"a\xffb"), None);
+        assert_eq!(carry.text(b"ok"), Some("ok".into()));
         // A lone lead byte at the end waits for more, then proves invalid.
-        assert_eq!(carry.decode(b"c\xe2"), "c");
-        assert_eq!(carry.decode(b"d"), "\u{fffd}d");
+        assert_eq!(carry.text(b"c\xe2"), Some("c".into()));
+        assert_eq!(carry.text(b"d"), None);
+    }
+
+    #[test]
+    fn binary_output_is_kept_byte_for_byte_beside_the_recording() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = Header {
+            width: 80,
+            height: 24,
+            term: None,
+            title: "bin".into(),
+        };
+        let mut rec = Recording::create(dir.path(), "recordings/b-1.cast", &header).unwrap();
+        rec.output(Stream::Stdout, b"text first\n");
+        rec.output(Stream::Stdout, &[0, 159, 146, 150, 255]);
+        rec.output(Stream::Stdout, &[254, 1]);
+        rec.output(Stream::Stdout, b"text again\n");
+        let summary = rec.finish();
+        assert_eq!(summary["stdout_bytes"], 11 + 5 + 2 + 11);
+        assert_eq!(summary["binary"]["bytes"], 7);
+        let bin = std::fs::read(dir.path().join("recordings/b-1.bin")).unwrap();
+        assert_eq!(bin, [0, 159, 146, 150, 255, 254, 1]);
+        assert_eq!(
+            summary["binary"]["sha256"],
+            hex::encode(Sha256::digest(&bin))
+        );
+        let cast = std::fs::read_to_string(dir.path().join("recordings/b-1.cast")).unwrap();
+        let shown: Vec<String> = cast
+            .lines()
+            .filter_map(parse_event)
+            .map(|e| e.data)
+            .collect();
+        assert_eq!(
+            shown.len(),
+            3,
+            "one marker for one run of binary: {shown:?}"
+        );
+        assert!(
+            shown[1].contains("recordings/b-1.bin from byte 0"),
+            "{shown:?}"
+        );
     }
 
     #[test]

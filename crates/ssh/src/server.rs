@@ -263,6 +263,20 @@ impl ClientHandler {
         }
     }
 
+    /// Records the decision on a request the gateway cannot relay yet
+    /// (remote forwarding, agent, X11); the caller refuses it either way, so
+    /// nothing runs that the records do not show.
+    async fn decide_unsupported(&self, request: &SshRequest, kind: &str) {
+        let (decision, _) = self.decide_and_record(request, kind).await;
+        if decision.verdict == Verdict::Allow {
+            tracing::warn!(
+                session = %self.peer.session_id,
+                "{} is allowed by policy but not supported by this gateway yet; refused",
+                request.describe()
+            );
+        }
+    }
+
     fn context(&mut self, principal: Arc<Principal>, session: &Session) -> ChannelContext {
         self.channels += 1;
         ChannelContext {
@@ -427,12 +441,7 @@ impl russh::server::Handler for ClientHandler {
             host: address.to_string(),
             port: *port,
         };
-        let (decision, _) = self.decide_and_record(&request, "port_forward").await;
-        if decision.verdict == Verdict::Allow {
-            // Relaying upstream listeners back to the client is not built
-            // yet; refusing keeps what runs equal to what is recorded.
-            tracing::warn!(session = %self.peer.session_id, "remote port forwarding is allowed by policy but not supported by this gateway yet");
-        }
+        self.decide_unsupported(&request, "port_forward").await;
         Ok(false)
     }
 
@@ -441,12 +450,8 @@ impl russh::server::Handler for ClientHandler {
         _channel: ChannelId,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        let (decision, _) = self
-            .decide_and_record(&SshRequest::AgentForward, "agent_forward")
+        self.decide_unsupported(&SshRequest::AgentForward, "agent_forward")
             .await;
-        if decision.verdict == Verdict::Allow {
-            tracing::warn!(session = %self.peer.session_id, "agent forwarding is allowed by policy but not supported by this gateway yet");
-        }
         Ok(false)
     }
 
@@ -459,10 +464,7 @@ impl russh::server::Handler for ClientHandler {
         _screen: u32,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let (decision, _) = self.decide_and_record(&SshRequest::X11, "x11").await;
-        if decision.verdict == Verdict::Allow {
-            tracing::warn!(session = %self.peer.session_id, "X11 forwarding is allowed by policy but not supported by this gateway yet");
-        }
+        self.decide_unsupported(&SshRequest::X11, "x11").await;
         session.channel_failure(channel)
     }
 }

@@ -26,15 +26,7 @@ use super::glob::Glob;
 use super::rules::{fold, List, RuleProblem};
 use super::{default_deny, Applicable, Decision, Verdict};
 
-/// The words an SSH policy may use besides command patterns.
-pub const SSH_WORDS: [&str; 6] = [
-    "shell",
-    "scp",
-    "sftp",
-    "port_forward",
-    "agent_forward",
-    "x11",
-];
+pub use portcullis_config::SSH_WORDS;
 
 /// Which way a port forward goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -421,6 +413,13 @@ mod tests {
         assert_eq!(verdict(&set, SshRequest::AgentForward), Verdict::Allow);
         assert_eq!(verdict(&set, SshRequest::X11), Verdict::Allow);
         assert_eq!(verdict(&set, SshRequest::Shell), Verdict::Deny);
+    }
+
+    #[test]
+    fn every_word_the_config_accepts_means_something_here() {
+        for word in SSH_WORDS {
+            assert!(SshWord::parse(word).is_some(), "{word}");
+        }
     }
 
     #[test]

@@ -125,6 +125,21 @@ fn verified_recording(recording: &Value, config: &Config) -> anyhow::Result<Opti
             "warning: recording {} does not match the SHA-256 in its audit record: it was altered",
             path.display()
         );
+        return Ok(None);
+    }
+    if let Some(binary) = recording.get("binary").filter(|b| b.is_object()) {
+        let file = binary.get("file").and_then(Value::as_str).unwrap_or("");
+        let sha = binary.get("sha256").and_then(Value::as_str).unwrap_or("");
+        let path = config.data_dir.join(file);
+        let intact = portcullis_ssh::recording::file_matches(&path, sha)
+            .with_context(|| format!("cannot read recording {}", path.display()))?;
+        if !intact {
+            eprintln!(
+                "warning: binary output {} does not match the SHA-256 in its audit record: it was altered",
+                path.display()
+            );
+            return Ok(None);
+        }
     }
     Ok(text)
 }

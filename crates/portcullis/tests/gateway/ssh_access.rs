@@ -141,14 +141,26 @@ fn ssh_large_output_arrives_intact() {
     let mut cmd = env.client("ssh", &env.ci_token());
     cmd.arg("ci@127.0.0.1")
         .arg(format!("cat {}", file.display()));
-    let script = format!(
-        "{} | sha256sum",
-        std::iter::once(cmd.get_program())
-            .chain(cmd.get_args())
-            .map(|a| shell_quote(&a.to_string_lossy()))
-            .collect::<Vec<_>>()
-            .join(" ")
+    let out = pipeline("true", &cmd, "sha256sum");
+    assert!(out.success(), "{}", out.stderr);
+    assert_eq!(
+        out.stdout.split_whitespace().next(),
+        Some(expected.as_str())
     );
+    let record = statement(&env, &format!("cat {}", file.display()));
+    let result = env.result_of(&record);
+    assert_eq!(result["stdout_bytes"], 52428800);
+    assert_eq!(result["recording"]["stdout_sha256"], expected.as_str());
+}
+
+/// Runs `before | CMD | after` in a shell, with CMD's environment, for
+/// byte-exact streams that [`test_support::Output`] would turn into text.
+fn pipeline(before: &str, cmd: &std::process::Command, after: &str) -> test_support::Output {
+    let command = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| shell_quote(&a.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ");
     let envs: Vec<(String, String)> = cmd
         .get_envs()
         .filter_map(|(k, v)| {
@@ -159,16 +171,35 @@ fn ssh_large_output_arrives_intact() {
         })
         .collect();
     let env_refs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let out = sh(&script, &env_refs);
-    assert!(out.success(), "{}", out.stderr);
+    sh(&format!("{before} | {command} | {after}"), &env_refs)
+}
+
+#[test]
+fn ssh_large_input_and_output_at_once_do_not_stall() {
+    // Both directions at full speed: the two relay loops must not wait on
+    // each other's windows.
+    let env = SshEnv::start();
+    let file = env.dir().join("both-ways.bin");
+    let made = sh(
+        &format!(
+            "head -c 52428800 /dev/urandom > {0} && sha256sum < {0}",
+            file.display()
+        ),
+        &[],
+    );
+    assert!(made.success(), "{}", made.stderr);
+    let expected = made.stdout.split_whitespace().next().unwrap().to_string();
+    let mut cmd = env.client("ssh", &env.ci_token());
+    cmd.arg("ci@127.0.0.1").arg("cat -");
+    let out = pipeline(&format!("cat {}", file.display()), &cmd, "sha256sum");
+    assert!(out.success(), "{}\n{}", out.stderr, env.gateway_log());
     assert_eq!(
         out.stdout.split_whitespace().next(),
         Some(expected.as_str())
     );
-    let record = statement(&env, &format!("cat {}", file.display()));
-    let result = env.result_of(&record);
+    let result = env.result_of(&statement(&env, "cat -"));
+    assert_eq!(result["input_bytes"], 52428800);
     assert_eq!(result["stdout_bytes"], 52428800);
-    assert_eq!(result["recording"]["stdout_sha256"], expected.as_str());
 }
 
 fn shell_quote(s: &str) -> String {

@@ -346,9 +346,14 @@ async fn start(
             Ok(statement) => (decision, statement),
             Err(refused) => (refused, 0),
         };
-    if decision.verdict != Verdict::Allow {
-        lock(shared).phase = Phase::Refused;
-        return refuse(ctx, client, upstream, &decision).await;
+    match decision.verdict {
+        Verdict::Allow => {}
+        // Approvals (just-in-time access) plug in here: wait for an approver,
+        // then go on as allowed or refuse. Until then a hold fails closed.
+        Verdict::Hold | Verdict::Deny => {
+            lock(shared).phase = Phase::Refused;
+            return refuse(ctx, client, upstream, &decision).await;
+        }
     }
     // Transfers are recorded as file lists; their bytes are not a terminal.
     let recorded = matches!(request, SshRequest::Exec(_) | SshRequest::Shell) && scp.is_none();

@@ -471,3 +471,101 @@ fn ssh_sigterm_ends_live_sessions_and_records_their_end() {
     let end = env.wait_for_record(|r| r["kind"] == "session_end" && r["principal"] == "ci-job");
     assert_eq!(end["detail"]["reason"], "the gateway is shutting down");
 }
+
+#[test]
+fn ssh_window_changes_reach_the_upstream_terminal_and_the_recording() {
+    let env = SshEnv::start();
+    // tmux gives ssh a real terminal; resizing tmux's window makes ssh send
+    // window-change, as a person resizing their terminal would.
+    let socket = env.dir().join("tmux.sock");
+    let before = env.sshd.dir().join("size-before");
+    let after = env.sshd.dir().join("size-after");
+    let client = env.client("ssh", &env.ci_token());
+    let mut line: Vec<String> = client
+        .get_envs()
+        .filter_map(|(k, v)| {
+            Some(format!(
+                "{}={}",
+                k.to_string_lossy(),
+                shell_quote(&v?.to_string_lossy())
+            ))
+        })
+        .collect();
+    line.push(shell_quote(&client.get_program().to_string_lossy()));
+    line.extend(client.get_args().map(|a| shell_quote(&a.to_string_lossy())));
+    line.push("ci@127.0.0.1".into());
+    let tmux = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("tmux");
+        cmd.arg("-S").arg(&socket).args(args);
+        let out = test_support::run(&mut cmd, crate::env::TIMEOUT);
+        assert!(out.success(), "tmux {args:?}: {}", out.stderr);
+    };
+    tmux(&[
+        "new-session",
+        "-d",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &line.join(" "),
+    ]);
+    tmux(&["set-option", "-g", "window-size", "manual"]);
+    let wait_for = |path: &std::path::Path| {
+        for _ in 0..200 {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                if text.ends_with('\n') {
+                    return text;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!(
+            "{} never written; gateway log:\n{}",
+            path.display(),
+            env.gateway_log()
+        );
+    };
+    tmux(&[
+        "send-keys",
+        &format!("stty size > {}", before.display()),
+        "Enter",
+    ]);
+    assert_eq!(wait_for(&before), "30 100\n");
+    tmux(&["resize-window", "-x", "120", "-y", "40"]);
+    // The resize travels ssh -> gateway -> sshd on its own; ask until it is there.
+    let mut seen = String::new();
+    for _ in 0..50 {
+        let _ = std::fs::remove_file(&after);
+        tmux(&[
+            "send-keys",
+            &format!("stty size > {}", after.display()),
+            "Enter",
+        ]);
+        seen = wait_for(&after);
+        if seen == "40 120\n" {
+            break;
+        }
+    }
+    assert_eq!(seen, "40 120\n");
+    tmux(&["send-keys", "exit", "Enter"]);
+    let _ = std::process::Command::new("tmux")
+        .arg("-S")
+        .arg(&socket)
+        .arg("kill-server")
+        .status();
+
+    let record = statement(&env, "(interactive shell)");
+    let result = env.result_of(&record);
+    let cast = std::fs::read_to_string(
+        env.dir()
+            .join("data")
+            .join(result["recording"]["file"].as_str().unwrap()),
+    )
+    .unwrap();
+    let header: Value = serde_json::from_str(cast.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (header["width"].as_u64(), header["height"].as_u64()),
+        (Some(100), Some(30))
+    );
+    assert!(cast.contains(r#""r","120x40"]"#), "{cast}");
+}

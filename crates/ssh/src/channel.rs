@@ -2,14 +2,15 @@
 //!
 //! The client's `exec`, `shell` or `subsystem` request is decided once by
 //! policy and recorded before it reaches the upstream; a refusal becomes a
-//! message on stderr and exit status 126. Once running, the two directions
-//! are relayed by two loops that run side by side: each write waits for its
-//! own peer's window, and a single loop could wait for the client's window
-//! while the client's own data (and with it the window update) queues
-//! behind it.
+//! message on stderr and exit status 126. Once running, each side is
+//! drained as soon as messages arrive (within a byte budget, see [`drain`])
+//! and each direction is written by its own loop, since each write waits for
+//! its peer's window and one loop could wait for the client's window while
+//! the client's own data (and with it the window update) queues behind it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use portcullis_identity::Principal;
 use portcullis_policy::decide::{parse_scp, Decision, ScpDirection, SshRequest, Verdict};
@@ -84,11 +85,19 @@ pub(crate) async fn run(
     let shared = Mutex::new(Shared::default());
     let (client_queue, mut client_msgs) = mpsc::unbounded_channel();
     let (upstream_queue, mut upstream_msgs) = mpsc::unbounded_channel();
+    let (to_client, to_upstream) = (AtomicBool::new(false), AtomicBool::new(false));
     tokio::join!(
-        drain(&mut client_rx, client_queue),
-        drain(&mut upstream_rx, upstream_queue),
-        from_client(&ctx, &mut client_msgs, &client_tx, &upstream_tx, &shared),
-        from_upstream(&ctx, &mut upstream_msgs, &client_tx, &shared),
+        drain(&mut client_rx, client_queue, &to_client),
+        drain(&mut upstream_rx, upstream_queue, &to_upstream),
+        from_client(
+            &ctx,
+            &mut client_msgs,
+            &client_tx,
+            &upstream_tx,
+            &shared,
+            &to_upstream
+        ),
+        from_upstream(&ctx, &mut upstream_msgs, &client_tx, &shared, &to_client),
     );
     let shared = shared.into_inner().unwrap_or_else(|p| p.into_inner());
     finish(&ctx, shared).await;
@@ -97,35 +106,74 @@ pub(crate) async fn run(
 /// How many bytes of one direction may wait between the side that sent
 /// them and the side whose window they wait for.
 const IN_FLIGHT: usize = 8 * 1024 * 1024;
+/// How many more may wait while the other direction's writer is waiting
+/// for a window; see [`drain`].
+const RESERVE: usize = 32 * 1024 * 1024;
 
 /// A message taken off a channel, holding its share of the direction's budget
 /// until it has been passed on.
 type Queued = (ChannelMsg, OwnedSemaphorePermit);
 
 /// Takes messages off one side as soon as they arrive, within a byte
-/// budget. russh grants window as it receives, so the only backpressure is
-/// a channel whose messages are not taken: its whole SSH connection stops
-/// reading, window updates included. If each direction's writer also read
-/// its own side, both could wait for a window update stuck behind the
-/// other's unread data (`cat big | ssh host cat` stalls that way); with the
-/// budget, that takes 8 MiB stuck in each direction at once.
-async fn drain(rx: &mut ChannelReadHalf, queue: mpsc::UnboundedSender<Queued>) {
+/// budget. russh grants window as soon as it receives, so the only
+/// backpressure it has is a channel whose messages are not taken: then its
+/// whole SSH connection stops reading, window updates included.
+///
+/// That can stall both directions at once (`cat big | ssh host cat`): this
+/// side's budget is full of data for the other side, whose window does not
+/// open because the other side's connection stopped reading, its budget
+/// full of data for this side, whose window update sits unread behind this
+/// side's data. So while the writer towards this side is waiting
+/// (`far_writer_waiting`: waiting for this side's window), the drain may
+/// take a reserve beyond its budget: reading on lets the window update
+/// through, and the writer moves again. The reserve bounds what a client
+/// that never opens its window can make the gateway hold.
+async fn drain(
+    rx: &mut ChannelReadHalf,
+    queue: mpsc::UnboundedSender<Queued>,
+    far_writer_waiting: &AtomicBool,
+) {
     let budget = Arc::new(Semaphore::new(IN_FLIGHT));
+    let reserve = Arc::new(Semaphore::new(RESERVE));
     while let Some(msg) = rx.wait().await {
         let size = match &msg {
             ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => {
-                data.len().min(IN_FLIGHT)
+                data.len().min(IN_FLIGHT) as u32
             }
             _ => 0,
         };
-        // The semaphore is never closed, so this cannot fail.
-        let Ok(permit) = budget.clone().acquire_many_owned(size as u32).await else {
-            return;
+        let permit = loop {
+            if let Ok(permit) = budget.clone().try_acquire_many_owned(size) {
+                break permit;
+            }
+            if far_writer_waiting.load(Ordering::Acquire) {
+                if let Ok(permit) = reserve.clone().try_acquire_many_owned(size) {
+                    break permit;
+                }
+            }
+            tokio::select! {
+                acquired = budget.clone().acquire_many_owned(size) => match acquired {
+                    Ok(permit) => break permit,
+                    // Never closed; if it were, nothing more can be relayed.
+                    Err(_) => return,
+                },
+                // Look at the other direction again soon.
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
         };
         if queue.send((msg, permit)).is_err() {
             return;
         }
     }
+}
+
+/// Marks a write towards one side as waiting for that side's window while
+/// it is under way.
+async fn writing<T>(waiting: &AtomicBool, write: impl std::future::Future<Output = T>) -> T {
+    waiting.store(true, Ordering::Release);
+    let result = write.await;
+    waiting.store(false, Ordering::Release);
+    result
 }
 
 async fn from_client(
@@ -134,6 +182,7 @@ async fn from_client(
     client: &ClientTx,
     upstream: &UpstreamTx,
     shared: &Mutex<Shared>,
+    to_upstream: &AtomicBool,
 ) {
     let id = client.id();
     while let Some((msg, _passed_on)) = rx.recv().await {
@@ -192,12 +241,15 @@ async fn from_client(
                         observer.client_bytes(&data);
                     }
                 }
-                if upstream.data_bytes(data).await.is_err() {
+                if writing(to_upstream, upstream.data_bytes(data))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
             ChannelMsg::ExtendedData { data, ext } => {
-                let _ = upstream.extended_data_bytes(ext, data).await;
+                let _ = writing(to_upstream, upstream.extended_data_bytes(ext, data)).await;
             }
             ChannelMsg::Eof => {
                 let _ = upstream.eof().await;
@@ -233,19 +285,23 @@ async fn from_upstream(
     rx: &mut mpsc::UnboundedReceiver<Queued>,
     client: &ClientTx,
     shared: &Mutex<Shared>,
+    to_client: &AtomicBool,
 ) {
     let id = client.id();
     while let Some((msg, _passed_on)) = rx.recv().await {
         match msg {
             ChannelMsg::Data { data } => {
                 output(shared, Stream::Stdout, &data);
-                if client.data_bytes(data).await.is_err() {
+                if writing(to_client, client.data_bytes(data)).await.is_err() {
                     break;
                 }
             }
             ChannelMsg::ExtendedData { data, ext } => {
                 output(shared, Stream::Stderr, &data);
-                if client.extended_data_bytes(ext, data).await.is_err() {
+                if writing(to_client, client.extended_data_bytes(ext, data))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }

@@ -569,3 +569,25 @@ fn ssh_window_changes_reach_the_upstream_terminal_and_the_recording() {
     );
     assert!(cast.contains(r#""r","120x40"]"#), "{cast}");
 }
+
+#[test]
+fn ssh_repeated_failed_logins_lock_out_the_source_address() {
+    let env = SshEnv::start();
+    let limited = |r: &Value| {
+        r["kind"] == "connection_attempt"
+            && r["detail"]["reason"]
+                .as_str()
+                .is_some_and(|why| why.starts_with("too many failed logins"))
+    };
+    let mut attempts = 0;
+    while !env.records().iter().any(limited) {
+        attempts += 1;
+        assert!(attempts <= 12, "never rate limited: {:#?}", env.records());
+        let out = env.ssh("wrong-token", &["echo hi"]);
+        assert_eq!(out.code, Some(255));
+    }
+    // A good token from the same address is refused too, for the rest of the window.
+    let out = env.ssh(&env.ci_token(), &["echo hi"]);
+    assert_eq!(out.code, Some(255), "{}", out.stdout);
+    assert!(!env.records().iter().any(|r| r["kind"] == "session_start"));
+}

@@ -32,6 +32,11 @@ fn ssh_exec_runs_allowed_commands_and_propagates_exit_status() {
     assert_eq!(out.stderr, "err\n");
     let out = env.ssh(&token, &["false"]);
     assert_eq!(out.code, Some(1), "{}", out.stderr);
+    // The token as a plain password works as well as keyboard-interactive.
+    let mut cmd = env.client_with("ssh", &token, "ERROR", "password");
+    cmd.arg("ci@127.0.0.1").arg("echo by password");
+    let out = test_support::run(&mut cmd, crate::env::TIMEOUT);
+    assert_eq!(out.stdout, "by password\n", "{}", out.stderr);
 
     let record = statement(&env, &command);
     assert_eq!(record["decision"], "allow");

@@ -121,12 +121,16 @@ policies:
     /// Like [`SshEnv::client`], at the given `LogLevel` (INFO shows why a
     /// channel could not be opened; ERROR keeps stderr to the command's own).
     pub fn client_logging(&self, program: &str, token: &str, level: &str) -> Command {
+        self.client_with(program, token, level, "keyboard-interactive,password")
+    }
+
+    /// The most general form: log level and the authentication methods to try.
+    pub fn client_with(&self, program: &str, token: &str, level: &str, methods: &str) -> Command {
         let mut cmd = Command::new(program);
         cmd.args(quiet_client_options())
             .args(["-o", &format!("LogLevel={level}")])
+            .args(["-o", &format!("PreferredAuthentications={methods}")])
             .args([
-                "-o",
-                "PreferredAuthentications=keyboard-interactive,password",
                 "-o",
                 "PubkeyAuthentication=no",
                 "-o",

@@ -8,14 +8,17 @@
 //! its peer's window and one loop could wait for the client's window while
 //! the client's own data (and with it the window update) queues behind it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use portcullis_identity::Principal;
 use portcullis_policy::decide::{parse_scp, Decision, ScpDirection, SshRequest, Verdict};
 use portcullis_records::{NewRecord, RecordKind};
-use russh::{client, server, Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use russh::{
+    client, server, Channel, ChannelMsg, ChannelOpenFailure, ChannelReadHalf, ChannelWriteHalf,
+};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
@@ -592,6 +595,55 @@ async fn write_result(ctx: &ChannelContext, result: Value) {
         .detail(json!({ "results": [result] }));
     if let Err(e) = ctx.gw.store.append(record).await {
         tracing::error!(session = %ctx.peer.session_id, error = %e, "could not record channel result");
+    }
+}
+
+/// Connections the upstream forwards back for the client's allowed remote
+/// forwards, and where they came from in the records.
+#[derive(Clone)]
+pub(crate) struct Reverse {
+    pub gw: Arc<SshGateway>,
+    pub peer: Peer,
+    pub principal: Arc<Principal>,
+    pub handle: server::Handle,
+    pub numbers: Arc<AtomicU32>,
+    /// The statement that allowed each forward, by the upstream listener
+    /// (address, port) it asked for.
+    pub forwards: HashMap<(String, u32), i64>,
+}
+
+impl Reverse {
+    /// Opens the matching channel towards the client and relays the two.
+    pub async fn open(
+        self,
+        upstream: Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+        listener: (String, u32),
+        origin: (String, u32),
+    ) {
+        let Some(&statement) = self.forwards.get(&listener) else {
+            return reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+        };
+        let (address, port) = listener;
+        let opened = self
+            .handle
+            .channel_open_forwarded_tcpip(address, port, origin.0, origin.1)
+            .await;
+        let client = match opened {
+            Ok(client) => client,
+            Err(_) => return reply.reject(ChannelOpenFailure::ConnectFailed).await,
+        };
+        reply.accept().await;
+        let ctx = ChannelContext {
+            number: self.numbers.fetch_add(1, Ordering::Relaxed) + 1,
+            gw: self.gw,
+            peer: self.peer,
+            principal: self.principal,
+            handle: self.handle,
+        };
+        pipe(ctx, statement, client, upstream).await;
     }
 }
 

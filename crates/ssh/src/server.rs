@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,8 +17,8 @@ use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::channel::{self, ChannelContext};
-use crate::upstream::{self, Upstream};
+use crate::channel::{self, ChannelContext, Reverse};
+use crate::upstream::{self, ReverseForwards, Upstream};
 use crate::{Peer, SshError, SshGateway};
 
 const TOKEN_PROMPT: &str = "OIDC token: ";
@@ -40,7 +41,8 @@ pub(crate) async fn run(
         principal: None,
         admitted: admitted.clone(),
         upstream: None,
-        channels: 0,
+        numbers: Default::default(),
+        reverse: Default::default(),
     };
     let running = match russh::server::run_stream(gw.config.clone(), tcp, handler).await {
         Ok(running) => running,
@@ -89,7 +91,10 @@ pub(crate) struct ClientHandler {
     admitted: Arc<std::sync::OnceLock<Arc<Principal>>>,
     /// Opened with the first channel and shared by all of them.
     upstream: Option<Arc<Upstream>>,
-    channels: u32,
+    /// Numbers the session's channels (recording file names), shared with
+    /// the channels the upstream forwards back.
+    numbers: Arc<AtomicU32>,
+    reverse: ReverseForwards,
 }
 
 /// Why a login failed, for the client (nothing) and the record (everything).
@@ -232,7 +237,7 @@ impl ClientHandler {
                 return Ok(up.clone());
             }
         }
-        let up = Arc::new(upstream::connect(&self.gw.upstream).await?);
+        let up = Arc::new(upstream::connect(&self.gw.upstream, self.reverse.clone()).await?);
         self.upstream = Some(up.clone());
         Ok(up)
     }
@@ -264,7 +269,7 @@ impl ClientHandler {
     }
 
     /// Records the decision on a request the gateway cannot relay yet
-    /// (remote forwarding, agent, X11); the caller refuses it either way, so
+    /// (agent, X11); the caller refuses it either way, so
     /// nothing runs that the records do not show.
     async fn decide_unsupported(&self, request: &SshRequest, kind: &str) {
         let (decision, _) = self.decide_and_record(request, kind).await;
@@ -278,14 +283,46 @@ impl ClientHandler {
     }
 
     fn context(&mut self, principal: Arc<Principal>, session: &Session) -> ChannelContext {
-        self.channels += 1;
         ChannelContext {
             gw: self.gw.clone(),
             peer: self.peer.clone(),
             principal,
             handle: session.handle(),
-            number: self.channels,
+            number: self.numbers.fetch_add(1, Ordering::Relaxed) + 1,
         }
+    }
+
+    /// Asks the upstream to listen for an allowed `ssh -R`; connections to
+    /// it come back through [`Reverse`]. Returns the port it listens on.
+    async fn forward_remote(
+        &mut self,
+        address: &str,
+        port: u32,
+        statement: i64,
+        handle: russh::server::Handle,
+    ) -> Result<u32, SshError> {
+        let principal = self
+            .principal()
+            .map_err(|e| SshError::Upstream(e.to_string()))?;
+        let up = self.upstream().await?;
+        let bound = up
+            .tcpip_forward(address, port)
+            .await
+            .map_err(|e| SshError::Upstream(format!("the upstream refused to listen: {e}")))?;
+        let port = if port == 0 { bound } else { port };
+        let mut slot = self.reverse.lock().unwrap_or_else(|p| p.into_inner());
+        let reverse = slot.get_or_insert_with(|| Reverse {
+            gw: self.gw.clone(),
+            peer: self.peer.clone(),
+            principal,
+            handle,
+            numbers: self.numbers.clone(),
+            forwards: Default::default(),
+        });
+        reverse
+            .forwards
+            .insert((address.to_string(), port), statement);
+        Ok(port)
     }
 
     async fn record_upstream_failure(&self, error: &SshError) {
@@ -434,15 +471,28 @@ impl russh::server::Handler for ClientHandler {
         &mut self,
         address: &str,
         port: &mut u32,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<bool, Self::Error> {
         let request = SshRequest::PortForward {
             direction: ForwardDirection::Remote,
             host: address.to_string(),
             port: *port,
         };
-        self.decide_unsupported(&request, "port_forward").await;
-        Ok(false)
+        let (decision, statement) = self.decide_and_record(&request, "port_forward").await;
+        if decision.verdict != Verdict::Allow {
+            return Ok(false);
+        }
+        let handle = session.handle();
+        match self.forward_remote(address, *port, statement, handle).await {
+            Ok(bound) => {
+                *port = bound;
+                Ok(true)
+            }
+            Err(e) => {
+                self.record_upstream_failure(&e).await;
+                Ok(false)
+            }
+        }
     }
 
     async fn agent_request(

@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use portcullis_config::SshUpstream;
-use russh::client;
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::{client, Channel, ChannelOpenFailure};
 
+use crate::channel::Reverse;
 use crate::SshError;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -53,7 +54,12 @@ pub type Upstream = client::Handle<HostKeyCheck>;
 pub struct HostKeyCheck {
     expected: PublicKey,
     mismatch: Arc<Mutex<Option<String>>>,
+    reverse: ReverseForwards,
 }
+
+/// Where connections the upstream forwards back (`ssh -R`) go; empty until
+/// a policy allowed a remote forward on this session.
+pub(crate) type ReverseForwards = Arc<Mutex<Option<Reverse>>>;
 
 impl client::Handler for HostKeyCheck {
     type Error = russh::Error;
@@ -78,10 +84,43 @@ impl client::Handler for HostKeyCheck {
         *self.mismatch.lock().unwrap_or_else(|p| p.into_inner()) = Some(seen);
         Ok(false)
     }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: Channel<client::Msg>,
+        connected_address: &str,
+        connected_port: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let reverse = self
+            .reverse
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let listener = (connected_address.to_string(), connected_port);
+        let origin = (originator_address.to_string(), originator_port);
+        match reverse {
+            // Opening the client's side waits for the client; not here, where
+            // it would hold up the whole upstream connection.
+            Some(reverse) => drop(tokio::spawn(reverse.open(channel, reply, listener, origin))),
+            None => {
+                reply
+                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                    .await
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Opens and authenticates the upstream session.
-pub async fn connect(target: &UpstreamTarget) -> Result<Upstream, SshError> {
+pub(crate) async fn connect(
+    target: &UpstreamTarget,
+    reverse: ReverseForwards,
+) -> Result<Upstream, SshError> {
     let config = Arc::new(client::Config {
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(30)),
@@ -92,6 +131,7 @@ pub async fn connect(target: &UpstreamTarget) -> Result<Upstream, SshError> {
     let check = HostKeyCheck {
         expected: target.host_key.clone(),
         mismatch: mismatch.clone(),
+        reverse,
     };
     let address = (target.host.as_str(), target.port);
     let connecting = client::connect(config, address, check);

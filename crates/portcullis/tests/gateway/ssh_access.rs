@@ -449,6 +449,43 @@ fn ssh_port_forwarding_works_when_a_policy_allows_it() {
         .wait_for_record(|r| r["kind"] == "statement" && r["detail"]["request"] == "port_forward");
     assert_eq!(record["decision"], "allow");
     assert_eq!(record["rule"], "port_forward");
+
+    // -R: the upstream listens, and what connects there reaches the client's
+    // side of the forward (here sshd again, whose banner comes back).
+    let mut cmd = env.client_logging("ssh", &env.ci_token(), "INFO");
+    cmd.args(["-N", "-R", &format!("0:127.0.0.1:{}", env.sshd.port)])
+        .arg("ci@127.0.0.1");
+    let client = test_support::Process::spawn(cmd, "ssh-remote-forward");
+    let port: u16 = (0..400)
+        .find_map(|_| {
+            let log = client.log();
+            let port = log
+                .split("Allocated port ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|p| p.parse().ok());
+            if port.is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            port
+        })
+        .unwrap_or_else(|| panic!("no remote forward: {}\n{}", client.log(), env.gateway_log()));
+    let mut banner = [0u8; 15];
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(crate::env::TIMEOUT)).unwrap();
+    std::io::Read::read_exact(&mut tcp, &mut banner).unwrap();
+    assert_eq!(&banner, b"SSH-2.0-OpenSSH");
+    drop(tcp);
+    let remote = env.wait_for_record(|r| {
+        r["kind"] == "statement"
+            && r["detail"]["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("remote port forwarding"))
+    });
+    assert_eq!(remote["decision"], "allow");
+    // The banner came from the client's side: input, as bytes from the client always are.
+    let relayed = env.result_of(&remote);
+    assert!(relayed["input_bytes"].as_u64() >= Some(15), "{relayed}");
 }
 
 #[test]

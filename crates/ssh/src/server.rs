@@ -325,6 +325,18 @@ impl ClientHandler {
         Ok(port)
     }
 
+    /// Refuses a channel the upstream could not provide, saying why: OpenSSH
+    /// prints `open failed: connect failed: REASON`.
+    async fn upstream_unavailable(&self, reply: ChannelOpenHandle, error: &SshError) {
+        self.record_upstream_failure(error).await;
+        reply
+            .reject(ChannelOpenFailure::Other {
+                code: 2,
+                reason: format!("portcullis: {error}"),
+            })
+            .await;
+    }
+
     async fn record_upstream_failure(&self, error: &SshError) {
         tracing::warn!(session = %self.peer.session_id, connection = %self.gw.name, error = %error, "upstream unavailable");
         let record = NewRecord::new(RecordKind::Error)
@@ -400,13 +412,7 @@ impl russh::server::Handler for ClientHandler {
         let upstream = match opened {
             Ok(upstream) => upstream,
             Err(e) => {
-                self.record_upstream_failure(&e).await;
-                reply
-                    .reject(ChannelOpenFailure::Other {
-                        code: 2,
-                        reason: format!("portcullis: {e}"),
-                    })
-                    .await;
+                self.upstream_unavailable(reply, &e).await;
                 return Ok(());
             }
         };
@@ -454,15 +460,7 @@ impl russh::server::Handler for ClientHandler {
                 let context = self.context(self.principal()?, session);
                 tokio::spawn(channel::pipe(context, statement, channel, upstream));
             }
-            Err(e) => {
-                self.record_upstream_failure(&e).await;
-                reply
-                    .reject(ChannelOpenFailure::Other {
-                        code: 2,
-                        reason: format!("portcullis: {e}"),
-                    })
-                    .await;
-            }
+            Err(e) => self.upstream_unavailable(reply, &e).await,
         }
         Ok(())
     }

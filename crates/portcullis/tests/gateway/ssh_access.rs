@@ -134,15 +134,7 @@ fn ssh_upstream_host_key_mismatch_is_refused_with_a_clear_message() {
 fn ssh_large_output_arrives_intact() {
     let env = SshEnv::start();
     let file = env.sshd.dir().join("big.bin");
-    let made = sh(
-        &format!(
-            "head -c 52428800 /dev/urandom > {0} && sha256sum < {0}",
-            file.display()
-        ),
-        &[],
-    );
-    assert!(made.success(), "{}", made.stderr);
-    let expected = made.stdout.split_whitespace().next().unwrap().to_string();
+    let expected = random_file(&file, 52428800);
     let mut cmd = env.client("ssh", &env.ci_token());
     cmd.arg("ci@127.0.0.1")
         .arg(format!("cat {}", file.display()));
@@ -185,15 +177,7 @@ fn ssh_large_input_and_output_at_once_do_not_stall() {
     // each other's windows.
     let env = SshEnv::start();
     let file = env.dir().join("both-ways.bin");
-    let made = sh(
-        &format!(
-            "head -c 52428800 /dev/urandom > {0} && sha256sum < {0}",
-            file.display()
-        ),
-        &[],
-    );
-    assert!(made.success(), "{}", made.stderr);
-    let expected = made.stdout.split_whitespace().next().unwrap().to_string();
+    let expected = random_file(&file, 52428800);
     let mut cmd = env.client("ssh", &env.ci_token());
     cmd.arg("ci@127.0.0.1").arg("cat -");
     let out = pipeline(&format!("cat {}", file.display()), &cmd, "sha256sum");
@@ -205,6 +189,19 @@ fn ssh_large_input_and_output_at_once_do_not_stall() {
     let result = env.result_of(&statement(&env, "cat -"));
     assert_eq!(result["input_bytes"], 52428800);
     assert_eq!(result["stdout_bytes"], 52428800);
+}
+
+/// Writes `bytes` random bytes to `path`; returns their SHA-256 (hex).
+fn random_file(path: &std::path::Path, bytes: u64) -> String {
+    let made = sh(
+        &format!(
+            "head -c {bytes} /dev/urandom > {0} && sha256sum < {0}",
+            path.display()
+        ),
+        &[],
+    );
+    assert!(made.success(), "{}", made.stderr);
+    made.stdout.split_whitespace().next().unwrap().to_string()
 }
 
 fn shell_quote(s: &str) -> String {

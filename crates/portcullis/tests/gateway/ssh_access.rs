@@ -288,7 +288,7 @@ fn ssh_shell_is_refused_without_the_shell_word() {
 }
 
 #[test]
-fn ssh_scp_upload_is_recorded_with_file_names_and_sizes() {
+fn ssh_scp_uploads_and_downloads_are_recorded_with_file_names_and_sizes() {
     let env = SshEnv::start();
     let local = env.dir().join("report.txt");
     std::fs::write(&local, "quarterly numbers\n").unwrap();
@@ -312,6 +312,25 @@ fn ssh_scp_upload_is_recorded_with_file_names_and_sizes() {
     assert_eq!(
         result["files"],
         serde_json::json!([{ "name": "report.txt", "size": 18 }])
+    );
+
+    // And back down: the upstream sends, the file list is read from its side.
+    let back = env.dir().join("report-back.txt");
+    let mut cmd = env.client("scp", &env.ci_token());
+    cmd.arg("-O")
+        .arg(format!("ci@127.0.0.1:{}", target.display()))
+        .arg(&back);
+    let out = test_support::run(&mut cmd, crate::env::TIMEOUT);
+    assert!(out.success(), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&back).unwrap(),
+        "quarterly numbers\n"
+    );
+    let download = env.result_of(&statement(&env, &format!("scp -f {}", target.display())));
+    assert_eq!(download["scp_direction"], "download");
+    assert_eq!(
+        download["files"],
+        serde_json::json!([{ "name": "uploaded.txt", "size": 18 }])
     );
 
     // sftp is another word; this policy does not say it.

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use portcullis_identity::Principal;
 use portcullis_policy::decide::{Decision, ForwardDirection, SshRequest, Verdict};
@@ -22,6 +22,8 @@ use crate::upstream::{self, ReverseForwards, Upstream};
 use crate::{Peer, SshError, SshGateway};
 
 const TOKEN_PROMPT: &str = "OIDC token: ";
+/// How long a client has from connecting to being logged in.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs one client connection to its end and records how it ended.
 pub(crate) async fn run(
@@ -44,19 +46,60 @@ pub(crate) async fn run(
         numbers: Default::default(),
         reverse: Default::default(),
     };
-    let running = match russh::server::run_stream(gw.config.clone(), tcp, handler).await {
-        Ok(running) => running,
+    // A client that connects and never logs in would hold its task and
+    // socket for ever; OpenSSH's LoginGraceTime does the same job.
+    let login_deadline = tokio::time::Instant::now() + LOGIN_TIMEOUT;
+    // A second handle on the socket, to cut a session russh cannot be asked
+    // to end: it handles no disconnect request while a key exchange waits
+    // for the client, which is exactly where a client that stalls sits.
+    let (tcp, cutter) = match split_off_cutter(tcp) {
+        Ok(pair) => pair,
         Err(e) => {
+            tracing::warn!(client = %addr, error = %e, "cannot set up the connection");
+            return;
+        }
+    };
+    let cut = || {
+        let _ = cutter.shutdown(std::net::Shutdown::Both);
+    };
+    let started = russh::server::run_stream(gw.config.clone(), tcp, handler);
+    let running = match tokio::time::timeout_at(login_deadline, started).await {
+        Ok(Ok(running)) => running,
+        Ok(Err(e)) => {
             tracing::debug!(client = %addr, error = %e, "SSH handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client = %addr, "no SSH version exchange within the login time");
             return;
         }
     };
     let handle = running.handle();
     tokio::pin!(running);
+    let login_timeout = async {
+        tokio::time::sleep_until(login_deadline).await;
+        if admitted.get().is_some() {
+            std::future::pending::<()>().await;
+        }
+    };
     let reason = tokio::select! {
         result = &mut running => match result {
             Ok(()) => "client disconnected".to_string(),
             Err(e) => format!("connection ended: {e}"),
+        },
+        _ = login_timeout => {
+            let reason = format!("login did not complete within {} s", LOGIN_TIMEOUT.as_secs());
+            cut();
+            let _ = running.await;
+            let record = NewRecord::new(RecordKind::ConnectionAttempt)
+                .session_id(peer.session_id.clone())
+                .connection(gw.name.clone())
+                .decision("deny")
+                .detail(json!({ "client_addr": addr.to_string(), "reason": reason }));
+            if let Err(e) = gw.store.append(record).await {
+                tracing::error!(error = %e, "could not record refused connection");
+            }
+            reason
         },
         _ = shutdown.changed() => {
             let _ = handle
@@ -66,7 +109,10 @@ pub(crate) async fn run(
                     "en".into(),
                 )
                 .await;
-            let _ = running.await;
+            if tokio::time::timeout(Duration::from_secs(5), &mut running).await.is_err() {
+                cut();
+                let _ = running.await;
+            }
             "the gateway is shutting down".to_string()
         }
     };
@@ -81,6 +127,13 @@ pub(crate) async fn run(
         }
         tracing::info!(session = %peer.session_id, principal = %principal.name, %reason, "session ended");
     }
+}
+
+/// The stream for russh and a clone of the same socket to shut it down with.
+fn split_off_cutter(tcp: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpStream)> {
+    let std_tcp = tcp.into_std()?;
+    let cutter = std_tcp.try_clone()?;
+    Ok((TcpStream::from_std(std_tcp)?, cutter))
 }
 
 pub(crate) struct ClientHandler {

@@ -648,3 +648,24 @@ fn ssh_repeated_failed_logins_lock_out_the_source_address() {
     assert_eq!(out.code, Some(255), "{}", out.stdout);
     assert!(!env.records().iter().any(|r| r["kind"] == "session_start"));
 }
+
+#[test]
+fn ssh_clients_that_never_log_in_are_cut_off_and_recorded() {
+    use std::io::{Read, Write};
+    let env = SshEnv::start();
+    // A version line and then nothing: no key exchange, no login.
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", env.gw_port)).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(90)))
+        .unwrap();
+    tcp.write_all(b"SSH-2.0-Lingerer\r\n").unwrap();
+    let mut seen = Vec::new();
+    // Read until the gateway closes the connection (or the read times out).
+    let _ = tcp.read_to_end(&mut seen);
+    assert!(seen.starts_with(b"SSH-2.0-Portcullis"), "{seen:?}");
+    let attempt = env.wait_for_record(|r| r["kind"] == "connection_attempt");
+    assert_eq!(attempt["decision"], "deny");
+    assert_eq!(
+        attempt["detail"]["reason"],
+        "login did not complete within 30 s"
+    );
+}

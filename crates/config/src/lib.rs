@@ -15,6 +15,17 @@ use serde::Deserialize;
 
 pub use duration::HumanDuration;
 
+/// What policies on SSH connections may name besides command patterns
+/// (the policy crate gives them meaning; the validator checks spelling).
+pub const SSH_WORDS: [&str; 6] = [
+    "shell",
+    "scp",
+    "sftp",
+    "port_forward",
+    "agent_forward",
+    "x11",
+];
+
 /// A configuration error, already formatted as `file:line: field: message`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -111,6 +111,50 @@ fn misspelt_class_is_refused() {
     assert!(err.contains("raed"), "{err}");
 }
 
+const SSH: &str = r#"
+identity:
+  oidc:
+    - issuer: http://127.0.0.1:9000
+      audience: portcullis
+connections:
+  - name: bastion
+    type: ssh
+    listen: 127.0.0.1:2222
+    upstream: { host: 10.0.0.5, user: deploy, private_key_file: keys/deploy, known_host_key: "ssh-ed25519 AAAAC3Nza" }
+policies:
+  - name: ci-ssh
+    match: { groups: [ci] }
+    connection: bastion
+    allow: [shell, scp, "git *"]
+    deny: ["rm *", port_forward]
+"#;
+
+#[test]
+fn ssh_policies_take_ssh_words_and_command_patterns() {
+    let c = Config::parse("p.yaml", SSH).expect("valid");
+    let ConnectionConfig::Ssh(ssh) = &c.connections[0] else {
+        panic!("ssh expected")
+    };
+    assert_eq!(ssh.upstream.port, 22);
+    // A statement class means nothing on an SSH connection.
+    let bad = SSH.replace("allow: [shell,", "allow: [read,");
+    let err = Config::parse("p.yaml", &bad).unwrap_err().to_string();
+    assert!(err.contains("policies[0].allow"), "{err}");
+    assert!(err.contains("neither an SSH word"), "{err}");
+    let line: usize = err.split(':').nth(1).unwrap().parse().unwrap();
+    assert!(bad.lines().nth(line - 1).unwrap().contains("read"), "{err}");
+    // And an SSH word means nothing on a PostgreSQL one.
+    let bad = GOOD.replace("allow: [read]", "allow: [shell]");
+    assert!(Config::parse("p.yaml", &bad).is_err());
+}
+
+#[test]
+fn ssh_host_key_must_look_like_known_hosts() {
+    let bad = SSH.replace("\"ssh-ed25519 AAAAC3Nza\"", "AAAAC3Nza");
+    let err = Config::parse("p.yaml", &bad).unwrap_err().to_string();
+    assert!(err.contains("known_host_key"), "{err}");
+}
+
 #[test]
 fn bad_duration_is_refused() {
     let bad = GOOD.replace("max: 1h", "max: soon");

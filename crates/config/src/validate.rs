@@ -2,9 +2,10 @@
 
 use std::collections::HashSet;
 
-use crate::{is_loopback_listen, Access, Config, ConnectionConfig, MaskConfig};
+use crate::{is_loopback_listen, Access, Config, ConnectionConfig, MaskConfig, SSH_WORDS};
 
 const STATEMENT_CLASSES: [&str; 4] = ["read", "write", "ddl", "admin"];
+
 const DETECTORS: [&str; 8] = [
     "credit_card",
     "email",
@@ -153,6 +154,16 @@ fn validate_connections(config: &Config) -> Result<(), Violation> {
                 conn.listen(),
             ));
         }
+        if let ConnectionConfig::Ssh(ssh) = conn {
+            let mut parts = ssh.upstream.known_host_key.split_whitespace();
+            let (Some(_algorithm), Some(_key)) = (parts.next(), parts.next()) else {
+                return Err(Violation::new(
+                    field("upstream.known_host_key"),
+                    "must be a public key as in known_hosts: \"ssh-ed25519 AAAA...\" (ssh-keyscan prints it)".into(),
+                    "known_host_key",
+                ));
+            };
+        }
         if let ConnectionConfig::Postgres(pg) = conn {
             if pg.insecure_plaintext && !is_loopback_listen(&pg.listen) {
                 return Err(Violation::new(
@@ -215,6 +226,10 @@ fn validate_policies(config: &Config) -> Result<(), Violation> {
                 &policy.name,
             ));
         }
+        let ssh = matches!(
+            config.connection(&policy.connection),
+            Some(ConnectionConfig::Ssh(_))
+        );
         for (list, rules) in [
             ("allow", &policy.allow),
             ("require_approval", &policy.require_approval),
@@ -228,9 +243,19 @@ fn validate_policies(config: &Config) -> Result<(), Violation> {
                         &policy.name,
                     ));
                 }
-                let lower = rule.to_ascii_lowercase();
-                let looks_like_class = !rule.contains(' ') && !rule.contains('*');
-                if looks_like_class && !STATEMENT_CLASSES.contains(&lower.as_str()) {
+                let lower = rule.trim().to_ascii_lowercase();
+                let looks_like_class = !lower.contains(' ') && !lower.contains('*');
+                if ssh && looks_like_class && !SSH_WORDS.contains(&lower.as_str()) {
+                    return Err(Violation::new(
+                        field(list),
+                        format!(
+                            "{rule:?} is neither an SSH word ({}) nor a command pattern such as \"git *\" (a one-word command: \"uptime*\")",
+                            SSH_WORDS.join(", ")
+                        ),
+                        rule,
+                    ));
+                }
+                if !ssh && looks_like_class && !STATEMENT_CLASSES.contains(&lower.as_str()) {
                     return Err(Violation::new(
                         field(list),
                         format!(

@@ -53,9 +53,19 @@ pub enum Command {
         #[command(subcommand)]
         command: SessionsCommand,
     },
-    /// Replay one session in order.
+    /// Replay one session in order; SSH terminal output is played back.
     Replay {
         session: String,
+        /// Play SSH terminal output with its original timing (pauses capped at 1 s).
+        #[arg(long)]
+        play: bool,
+        /// Print the SSH channel's terminal recording as an asciicast v2 file
+        /// (`portcullis replay S --asciicast > s.cast; asciinema play s.cast`).
+        #[arg(long, conflicts_with = "play")]
+        asciicast: bool,
+        /// Which channel's recording `--asciicast` prints (default: the first).
+        #[arg(long)]
+        channel: Option<u64>,
         #[command(flatten)]
         store: StoreArgs,
     },

@@ -5,6 +5,7 @@
 mod admin;
 mod cli;
 mod commands;
+mod listen;
 mod logging;
 mod tls;
 

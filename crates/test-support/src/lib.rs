@@ -2,7 +2,7 @@
 //!
 //! Integration tests drive the real `portcullis` binary against real servers,
 //! and every test gets its own: an isolated PostgreSQL server on a free port
-//! ([`PgServer`]), child processes that cannot outlive the test ([`Process`]),
+//! ([`PgServer`]), an isolated OpenSSH server ([`SshServer`]), child processes that cannot outlive the test ([`Process`]),
 //! and commands that cannot hang CI ([`run`]). Everything binds 127.0.0.1 only.
 //!
 //! ```no_run
@@ -25,6 +25,7 @@
 mod os;
 mod pg;
 mod process;
+mod ssh;
 mod watchdog;
 
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -34,6 +35,7 @@ pub use pg::{
     psql, PgServer, APP_DB, MD5_PASSWORD, MD5_USER, SCRAM_PASSWORD, SCRAM_USER, SUPERUSER,
 };
 pub use process::{run, run_with_input, Output, Process};
+pub use ssh::{quiet_client_options, SshServer};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it).
 /// Another process may still take it before you bind it; [`PgServer::start`]
@@ -68,7 +70,7 @@ pub fn wait_for_port(addr: &str, proc_: Option<&Process>) {
     }
 }
 
-fn can_connect(addr: &str) -> bool {
+pub(crate) fn can_connect(addr: &str) -> bool {
     let Ok(addrs) = addr.to_socket_addrs() else {
         panic!("wait_for_port: {addr:?} is not a host:port address");
     };

@@ -15,13 +15,16 @@
 mod glob;
 mod principal;
 mod rules;
+mod ssh;
 
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
 
-use portcullis_config::{Access, JitAccess, JitApproval, MaskConfig, PolicyConfig};
+use portcullis_config::{
+    Access, Config, ConnectionConfig, JitAccess, JitApproval, MaskConfig, PolicyConfig,
+};
 use portcullis_identity::Principal;
 
 use crate::classify::{Classification, Statement, StatementClass};
@@ -29,6 +32,7 @@ use crate::classify::{Classification, Statement, StatementClass};
 use principal::Matcher;
 pub use rules::RuleProblem;
 use rules::{fold, List, Rule};
+pub use ssh::{parse_scp, ForwardDirection, ScpCommand, ScpDirection, SshRequest, SSH_WORDS};
 
 /// What happens to a query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -102,11 +106,16 @@ struct Policy {
 }
 
 impl Policy {
-    fn compile(config: &PolicyConfig) -> Result<Self, PolicyError> {
+    /// `ssh`: the policy governs an SSH connection, so its rules are SSH
+    /// words and command patterns rather than statement classes and SQL.
+    fn compile(config: &PolicyConfig, ssh: bool) -> Result<Self, PolicyError> {
         let rules = |list: List, texts: &[String]| -> Result<Vec<Rule>, PolicyError> {
             texts
                 .iter()
-                .map(|t| Rule::compile(&config.name, list, t))
+                .map(|t| match ssh {
+                    true => Rule::compile_ssh(&config.name, list, t),
+                    false => Rule::compile(&config.name, list, t),
+                })
                 .collect()
         };
         Ok(Self {
@@ -131,10 +140,26 @@ impl Policy {
 }
 
 impl PolicySet {
+    /// Compiles policies whose rules are all SQL rules.
     pub fn compile(policies: &[PolicyConfig]) -> Result<Self, PolicyError> {
+        Self::compile_with(policies, |_| false)
+    }
+
+    /// Compiles a whole config's policies, each by the type of the
+    /// connection it governs (SSH rules for `type: ssh`).
+    pub fn compile_config(config: &Config) -> Result<Self, PolicyError> {
+        Self::compile_with(&config.policies, |name| {
+            matches!(config.connection(name), Some(ConnectionConfig::Ssh(_)))
+        })
+    }
+
+    fn compile_with(
+        policies: &[PolicyConfig],
+        is_ssh: impl Fn(&str) -> bool,
+    ) -> Result<Self, PolicyError> {
         let policies = policies
             .iter()
-            .map(Policy::compile)
+            .map(|p| Policy::compile(p, is_ssh(&p.connection)))
             .collect::<Result<_, _>>()?;
         Ok(Self { policies })
     }

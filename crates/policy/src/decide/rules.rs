@@ -10,6 +10,7 @@
 use crate::classify::{Statement, StatementClass};
 
 use super::glob::Glob;
+use super::ssh::{SshRequest, SshRule};
 use super::PolicyError;
 
 /// The three rule lists of a policy, in the order they are consulted.
@@ -41,6 +42,8 @@ pub(crate) struct Rule {
 enum RuleMatcher {
     Class(StatementClass),
     Pattern(Glob),
+    /// Rules of policies on SSH connections; see `ssh.rs`.
+    Ssh(SshRule),
 }
 
 impl Rule {
@@ -72,11 +75,35 @@ impl Rule {
         })
     }
 
+    /// A rule of a policy on an SSH connection: an SSH word or a command pattern.
+    pub fn compile_ssh(policy: &str, list: List, text: &str) -> Result<Self, PolicyError> {
+        let rule = SshRule::compile(text).map_err(|problem| PolicyError::Rule {
+            policy: policy.to_owned(),
+            list: list.as_str(),
+            rule: text.to_owned(),
+            problem,
+        })?;
+        Ok(Self {
+            text: text.to_owned(),
+            matcher: RuleMatcher::Ssh(rule),
+        })
+    }
+
     /// `folded` is the statement's normalized text passed through [`fold`].
+    /// SSH rules never match SQL statements.
     pub fn matches(&self, statement: &Statement, folded: &str) -> bool {
         match &self.matcher {
             RuleMatcher::Class(class) => statement.class == *class,
             RuleMatcher::Pattern(glob) => glob.matches(folded),
+            RuleMatcher::Ssh(_) => false,
+        }
+    }
+
+    /// Whether this rule matches an SSH request; SQL rules never do.
+    pub fn matches_ssh(&self, request: &SshRequest, list: List) -> bool {
+        match &self.matcher {
+            RuleMatcher::Ssh(rule) => rule.matches(request, list),
+            RuleMatcher::Class(_) | RuleMatcher::Pattern(_) => false,
         }
     }
 }
@@ -101,6 +128,7 @@ pub enum RuleProblem {
     Empty,
     UnknownClass,
     Literal,
+    UnknownSshWord,
 }
 
 impl std::fmt::Display for RuleProblem {
@@ -112,6 +140,9 @@ impl std::fmt::Display for RuleProblem {
             }
             Self::Literal => {
                 "patterns match statements with every literal replaced by `?`; write `?` instead of the literal"
+            }
+            Self::UnknownSshWord => {
+                "neither an SSH word (shell, scp, sftp, port_forward, agent_forward, x11) nor a command pattern such as \"git *\""
             }
         })
     }

@@ -30,7 +30,20 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     store,
                 },
         } => records::sessions(&store, principal, connection, since.map(Into::into)),
-        Command::Replay { session, store } => records::replay(&store, &session),
+        Command::Replay {
+            session,
+            play,
+            asciicast,
+            channel,
+            store,
+        } => {
+            let mode = match (asciicast, play) {
+                (true, _) => records::ReplayMode::Asciicast { channel },
+                (false, true) => records::ReplayMode::Play,
+                (false, false) => records::ReplayMode::Text,
+            };
+            records::replay(&store, &session, mode)
+        }
         Command::Audit {
             command: AuditCommand::Verify { store },
         } => records::verify(&store),

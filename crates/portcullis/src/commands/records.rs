@@ -7,15 +7,21 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use portcullis_config::Config;
 use portcullis_records::{Record, RecordKind, SessionFilter, Store};
 use serde_json::Value;
 
 use crate::cli::{ExportFormat, StoreArgs};
 
 fn open(args: &StoreArgs) -> anyhow::Result<Store> {
+    open_with_config(args).map(|(store, _)| store)
+}
+
+fn open_with_config(args: &StoreArgs) -> anyhow::Result<(Store, Config)> {
     let config = super::load_config(&args.config)?;
-    Store::open_read_only(&config.store)
-        .with_context(|| format!("cannot open store {}", config.store))
+    let store = Store::open_read_only(&config.store)
+        .with_context(|| format!("cannot open store {}", config.store))?;
+    Ok((store, config))
 }
 
 fn since(ago: Option<Duration>) -> Option<SystemTime> {
@@ -58,24 +64,146 @@ pub fn sessions(
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn replay(args: &StoreArgs, session: &str) -> anyhow::Result<ExitCode> {
-    let store = open(args)?;
+/// How `replay` shows a session.
+pub enum ReplayMode {
+    /// Every record as a line; SSH terminal output printed in place.
+    Text,
+    /// Like `Text`, with terminal output at its recorded pace.
+    Play,
+    /// One channel's recording, verbatim, for `asciinema play`.
+    Asciicast { channel: Option<u64> },
+}
+
+pub fn replay(args: &StoreArgs, session: &str, mode: ReplayMode) -> anyhow::Result<ExitCode> {
+    let (store, config) = open_with_config(args)?;
     let records = store.session_records(session)?;
     if records.is_empty() {
         eprintln!("no session {session:?} in {}", args.config.display());
         return Ok(ExitCode::from(1));
+    }
+    if let ReplayMode::Asciicast { channel } = mode {
+        return export_asciicast(&records, &config, channel);
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&records)?);
         return Ok(ExitCode::SUCCESS);
     }
     let results = results_by_statement(&records);
+    let mut intact = true;
     for record in &records {
         if let Some(line) = replay_line(record, &results) {
             println!("{line}");
         }
+        let recording = results
+            .get(&record.id)
+            .and_then(|r| r.get("recording"))
+            .filter(|_| record.kind == RecordKind::Statement);
+        if let Some(recording) = recording {
+            intact &= play_recording(recording, &config, matches!(mode, ReplayMode::Play))?;
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if intact {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The recording a result record describes, if its file still matches the
+/// hash the record holds (`None`, with a warning, when it does not).
+fn verified_recording(recording: &Value, config: &Config) -> anyhow::Result<Option<String>> {
+    let file = recording.get("file").and_then(Value::as_str).unwrap_or("");
+    let sha = recording
+        .get("sha256")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let path = config.data_dir.join(file);
+    let text = portcullis_ssh::recording::read_verified(&path, sha)
+        .with_context(|| format!("cannot read recording {}", path.display()))?;
+    if text.is_none() {
+        eprintln!(
+            "warning: recording {} does not match the SHA-256 in its audit record: it was altered",
+            path.display()
+        );
+        return Ok(None);
+    }
+    if let Some(binary) = recording.get("binary").filter(|b| b.is_object()) {
+        let file = binary.get("file").and_then(Value::as_str).unwrap_or("");
+        let sha = binary.get("sha256").and_then(Value::as_str).unwrap_or("");
+        let path = config.data_dir.join(file);
+        let intact = portcullis_ssh::recording::file_matches(&path, sha)
+            .with_context(|| format!("cannot read recording {}", path.display()))?;
+        if !intact {
+            eprintln!(
+                "warning: binary output {} does not match the SHA-256 in its audit record: it was altered",
+                path.display()
+            );
+            return Ok(None);
+        }
+    }
+    Ok(text)
+}
+
+/// Prints a terminal recording's output in place; false if it was altered.
+fn play_recording(recording: &Value, config: &Config, paced: bool) -> anyhow::Result<bool> {
+    let Some(text) = verified_recording(recording, config)? else {
+        println!("    [terminal recording altered; not shown]");
+        return Ok(false);
+    };
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "---- terminal ({}) ----",
+        recording["file"].as_str().unwrap_or("")
+    )?;
+    let mut last = 0.0;
+    for event in text
+        .lines()
+        .filter_map(portcullis_ssh::recording::parse_event)
+    {
+        if event.kind != "o" {
+            continue;
+        }
+        if paced {
+            out.flush()?;
+            let pause = (event.seconds - last).clamp(0.0, 1.0);
+            std::thread::sleep(Duration::from_secs_f64(pause));
+            last = event.seconds;
+        }
+        out.write_all(event.data.as_bytes())?;
+    }
+    writeln!(out, "\n---- end of terminal ----")?;
+    Ok(true)
+}
+
+fn export_asciicast(
+    records: &[Record],
+    config: &Config,
+    channel: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let recordings = results_by_statement(records)
+        .into_values()
+        .filter(|r| channel.is_none() || r.get("channel").and_then(Value::as_u64) == channel)
+        .filter_map(|r| Some((r.get("statement")?.as_i64()?, r.get("recording")?)))
+        .collect::<std::collections::BTreeMap<_, _>>();
+    let Some((_, recording)) = recordings.into_iter().next() else {
+        eprintln!(
+            "this session has no terminal recording{}",
+            match channel {
+                Some(c) => format!(" on channel {c}"),
+                None => String::new(),
+            }
+        );
+        return Ok(ExitCode::from(1));
+    };
+    match verified_recording(recording, config)? {
+        Some(text) => {
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        None => Ok(ExitCode::from(1)),
+    }
 }
 
 /// Statement results arrive batched per session (`{"results": [...]}`);
@@ -156,7 +284,11 @@ fn statement_line(r: &Record, result: Option<&Value>) -> String {
         classes.join(","),
         d.get("text").and_then(Value::as_str).unwrap_or("")
     );
-    if let Some(rd) = result {
+    if let Some(rd) = result
+        .filter(|rd| d.get("protocol").and_then(Value::as_str) == Some("ssh") && rd.is_object())
+    {
+        line.push_str(&ssh_result(rd));
+    } else if let Some(rd) = result {
         let ms = rd.get("duration_us").and_then(Value::as_u64).unwrap_or(0) as f64 / 1000.0;
         match rd.get("error").and_then(Value::as_str) {
             Some(err) => line.push_str(&format!(" -> error: {err} ({ms:.2} ms)")),
@@ -203,6 +335,40 @@ fn push_output(line: &mut String, output: &Value) {
     if output["truncated"] == Value::Bool(true) {
         line.push_str("\n      ...");
     }
+}
+
+/// ` -> exit 0, 12 B out, 0 B err, 3.10 ms` and the files an scp moved.
+fn ssh_result(rd: &Value) -> String {
+    let n = |key: &str| rd.get(key).and_then(Value::as_u64).unwrap_or(0);
+    let ms = n("duration_us") as f64 / 1000.0;
+    let end = match (
+        rd.get("exit_status").and_then(Value::as_u64),
+        rd.get("exit_signal").and_then(Value::as_str),
+    ) {
+        (Some(code), _) => format!("exit {code}"),
+        (None, Some(signal)) => format!("killed by {signal}"),
+        (None, None) => "no exit status".to_string(),
+    };
+    let mut text = format!(
+        " -> {end}, {} B out, {} B err, {} B in, {ms:.2} ms",
+        n("stdout_bytes"),
+        n("stderr_bytes"),
+        n("input_bytes")
+    );
+    if let Some(files) = rd.get("files").and_then(Value::as_array) {
+        let names: Vec<String> = files
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} ({} B)",
+                    f.get("name").and_then(Value::as_str).unwrap_or("?"),
+                    f.get("size").and_then(Value::as_u64).unwrap_or(0)
+                )
+            })
+            .collect();
+        text.push_str(&format!("; files: {}", names.join(", ")));
+    }
+    text
 }
 
 pub fn verify(args: &StoreArgs) -> anyhow::Result<ExitCode> {

@@ -8,16 +8,19 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use portcullis_config::{
-    Access, AdminConfig, Config, ConnectionConfig, JitApproval, PostgresConnection, UpstreamTls,
+    Access, AdminConfig, Config, ConnectionConfig, JitApproval, PostgresConnection, SshConnection,
+    UpstreamTls,
 };
 use portcullis_identity::Verifier;
 use portcullis_jit::{Broker, BrokerSettings, Notifier};
 use portcullis_policy::classify::Classifier;
 use portcullis_policy::decide::PolicySet;
-use portcullis_postgres::proxy::SessionGauge;
 use portcullis_postgres::{CancelRegistry, PgGateway, UpstreamTarget};
 use portcullis_records::Store;
+use portcullis_ssh::SshGateway;
 use tokio::sync::watch;
+
+use crate::listen::{accept_loop, SessionGauge};
 
 /// Shared by every listener.
 struct Services {
@@ -44,7 +47,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     };
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let policies = Arc::new(PolicySet::compile(&config.policies).context("policies")?);
+    let policies = Arc::new(PolicySet::compile_config(&config).context("policies")?);
     let store = Store::open(&config.store)
         .with_context(|| format!("cannot open store {}", config.store))?;
     let base_url = config.admin.base_url();
@@ -75,30 +78,40 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     tasks.push(admin_api(&services, &config.admin, stop_rx.clone()).await?);
-    let mut gauges = Vec::new();
+    let gauge = SessionGauge::default();
     for connection in &config.connections {
-        match connection {
+        let listener = tokio::net::TcpListener::bind(connection.listen())
+            .await
+            .with_context(|| {
+                format!(
+                    "connection {:?}: cannot listen on {}",
+                    connection.name(),
+                    connection.listen()
+                )
+            })?;
+        let (name, stop) = (connection.name().to_string(), stop_rx.clone());
+        let task = match connection {
             ConnectionConfig::Postgres(pg) => {
                 let gateway = postgres_gateway(&services, pg)?;
-                gauges.push(gateway.sessions.clone());
-                let listener = tokio::net::TcpListener::bind(&pg.listen)
-                    .await
-                    .with_context(|| {
-                        format!("connection {:?}: cannot listen on {}", pg.name, pg.listen)
-                    })?;
                 tracing::info!(connection = %pg.name, listen = %pg.listen, upstream = %format!("{}:{}", pg.upstream.host, pg.upstream.port), "postgres listener ready");
-                tasks.push(tokio::spawn(portcullis_postgres::serve(
-                    listener,
-                    gateway,
-                    stop_rx.clone(),
-                )));
+                tokio::spawn(accept_loop(listener, name, gauge.clone(), stop, move |tcp, peer, stop| {
+                    portcullis_postgres::run_session(gateway.clone(), tcp, peer, stop)
+                }))
+            }
+            ConnectionConfig::Ssh(ssh) => {
+                let gateway = Arc::new(ssh_gateway(&services, ssh, &config)?);
+                tracing::info!(connection = %ssh.name, listen = %ssh.listen, upstream = %format!("{}@{}:{}", ssh.upstream.user, ssh.upstream.host, ssh.upstream.port), "ssh listener ready");
+                tokio::spawn(accept_loop(listener, name, gauge.clone(), stop, move |tcp, peer, stop| {
+                    portcullis_ssh::run_session(gateway.clone(), tcp, peer, stop)
+                }))
             }
             other => bail!(
-                "connection {:?}: type {} is not supported by this build yet (postgres is)",
+                "connection {:?}: type {} is not supported by this build yet (postgres and ssh are)",
                 other.name(),
                 other.type_name()
             ),
-        }
+        };
+        tasks.push(task);
     }
     tracing::info!(config = %config_path.display(), store = %config.store, "portcullis is serving");
     wait_for_shutdown().await;
@@ -107,9 +120,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
     for task in tasks {
         let _ = task.await;
     }
-    // Sessions end with 57P01 and write their last records; give them a moment.
+    // Sessions end (57P01, an SSH disconnect) and write their last records;
+    // give them a moment.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while gauges.iter().any(|g| g.live() > 0) && tokio::time::Instant::now() < deadline {
+    while gauge.live() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     services
@@ -147,7 +161,6 @@ fn postgres_gateway(
         allow_plaintext: pg.insecure_plaintext,
         upstream,
         cancels: Arc::new(CancelRegistry::default()),
-        sessions: SessionGauge::default(),
         masker: services.masker.clone(),
         catalog: Default::default(),
         jit: services.jit.clone(),
@@ -202,6 +215,24 @@ async fn admin_api(
             tracing::error!(error = %e, "admin API stopped");
         }
     }))
+}
+
+fn ssh_gateway(
+    services: &Services,
+    ssh: &SshConnection,
+    config: &Config,
+) -> anyhow::Result<SshGateway> {
+    let upstream = portcullis_ssh::UpstreamTarget::from_config(&ssh.upstream)
+        .with_context(|| format!("connection {:?}: upstream", ssh.name))?;
+    SshGateway::new(
+        ssh.name.clone(),
+        services.verifier.clone(),
+        services.policies.clone(),
+        services.store.clone(),
+        upstream,
+        config.data_dir.clone(),
+    )
+    .with_context(|| format!("connection {:?}", ssh.name))
 }
 
 fn upstream_tls(pg: &PostgresConnection) -> anyhow::Result<Arc<rustls::ClientConfig>> {

@@ -99,12 +99,8 @@ impl Env {
         let (issuer, idp) = match &opts.issuer {
             Some(issuer) => (issuer.clone(), None),
             None => {
-                let idp_port = free_port();
-                let mut cmd = Command::new(BIN);
-                cmd.args(["dev-idp", "--listen", &format!("127.0.0.1:{idp_port}")]);
-                let idp = Process::spawn(cmd, "dev-idp");
-                wait_for_port(&format!("127.0.0.1:{idp_port}"), Some(&idp));
-                (format!("http://127.0.0.1:{idp_port}"), Some(idp))
+                let (issuer, idp) = start_dev_idp();
+                (issuer, Some(idp))
             }
         };
         let gw_port = free_port();
@@ -182,15 +178,7 @@ impl Env {
     }
 
     pub fn token_with(&self, sub: &str, groups: &[&str], extra: &[&str]) -> String {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["token", "--issuer", &self.issuer, "--sub", sub]);
-        if !groups.is_empty() {
-            cmd.args(["--groups", &groups.join(",")]);
-        }
-        cmd.args(extra);
-        let out = run(&mut cmd, TIMEOUT);
-        assert!(out.success(), "portcullis token failed: {}", out.stderr);
-        out.stdout.trim().to_string()
+        token_from(&self.issuer, sub, groups, extra)
     }
 
     pub fn conninfo(&self, sslmode: &str) -> String {
@@ -217,9 +205,7 @@ impl Env {
 
     /// A record-reading CLI command against this environment's store.
     pub fn cli(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args).arg("--config").arg(&self.config);
-        run(&mut cmd, TIMEOUT)
+        cli(&self.config, args)
     }
 
     /// The admin API's base URL.
@@ -253,25 +239,68 @@ impl Env {
 
     /// All records as JSON values (`audit export --format jsonl`).
     pub fn records(&self) -> Vec<serde_json::Value> {
-        let out = self.cli(&["audit", "export", "--format", "jsonl"]);
-        assert!(out.success(), "export failed: {}", out.stderr);
-        out.stdout
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("jsonl record"))
-            .collect()
+        records(&self.config)
     }
 
     /// Waits until a record satisfying `pred` exists (results are written
     /// after the fact, so they may trail the client's view by a moment).
     pub fn wait_for_record(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        for _ in 0..100 {
-            if let Some(r) = self.records().into_iter().find(|r| pred(r)) {
-                return r;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("no matching record; records: {:#?}", self.records());
+        wait_for_record(&self.config, pred)
     }
+}
+
+/// Starts `portcullis dev-idp` on a free port; returns its issuer URL.
+pub fn start_dev_idp() -> (String, Process) {
+    let idp_port = free_port();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["dev-idp", "--listen", &format!("127.0.0.1:{idp_port}")]);
+    let idp = Process::spawn(cmd, "dev-idp");
+    wait_for_port(&format!("127.0.0.1:{idp_port}"), Some(&idp));
+    (format!("http://127.0.0.1:{idp_port}"), idp)
+}
+
+/// A token from the dev issuer via `portcullis token`, as a CI job gets one.
+pub fn token_from(issuer: &str, sub: &str, groups: &[&str], extra: &[&str]) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["token", "--issuer", issuer, "--sub", sub]);
+    if !groups.is_empty() {
+        cmd.args(["--groups", &groups.join(",")]);
+    }
+    cmd.args(extra);
+    let out = run(&mut cmd, TIMEOUT);
+    assert!(out.success(), "portcullis token failed: {}", out.stderr);
+    out.stdout.trim().to_string()
+}
+
+/// A record-reading CLI command against the store of `config`.
+pub fn cli(config: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).arg("--config").arg(config);
+    run(&mut cmd, TIMEOUT)
+}
+
+/// All records as JSON values (`audit export --format jsonl`).
+pub fn records(config: &Path) -> Vec<serde_json::Value> {
+    let out = cli(config, &["audit", "export", "--format", "jsonl"]);
+    assert!(out.success(), "export failed: {}", out.stderr);
+    out.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("jsonl record"))
+        .collect()
+}
+
+/// Waits until a record satisfying `pred` exists.
+pub fn wait_for_record(
+    config: &Path,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    for _ in 0..100 {
+        if let Some(r) = records(config).into_iter().find(|r| pred(r)) {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no matching record; records: {:#?}", records(config));
 }
 
 fn config_text(

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `portcullis` binary between real clients
-//! (psql, pgbench, psycopg, raw sockets) and a real PostgreSQL server.
+//! (psql, pgbench, psycopg, raw sockets; OpenSSH ssh and scp) and real
+//! servers (PostgreSQL, sshd).
 //! One test binary, so the workspace links it once.
 
 mod config_cli;
@@ -14,4 +15,6 @@ mod postgres_clients;
 mod postgres_masking;
 mod postgres_robustness;
 mod records_cli;
+mod ssh_access;
+mod ssh_env;
 mod third_party_issuer;

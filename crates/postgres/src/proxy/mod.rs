@@ -23,7 +23,9 @@ use portcullis_identity::Verifier;
 use portcullis_policy::classify::Classifier;
 use portcullis_policy::decide::PolicySet;
 use portcullis_records::Store;
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 pub use cancel::CancelRegistry;
@@ -43,8 +45,6 @@ pub struct PgGateway {
     pub allow_plaintext: bool,
     pub upstream: UpstreamTarget,
     pub cancels: Arc<CancelRegistry>,
-    /// Live sessions, so shutdown can wait for their last records.
-    pub sessions: SessionGauge,
     /// Keyed masker for `mask:` rules (the key lives in the data dir, so
     /// `hash` stays stable across restarts).
     pub masker: Arc<portcullis_masking::Masker>,
@@ -54,42 +54,13 @@ pub struct PgGateway {
     pub jit: Arc<portcullis_jit::Broker>,
 }
 
-/// Counts live sessions: each holds a clone for its lifetime.
-#[derive(Clone, Default)]
-pub struct SessionGauge(Arc<()>);
-
-impl SessionGauge {
-    pub fn live(&self) -> usize {
-        Arc::strong_count(&self.0) - 1
-    }
-}
-
-/// Accepts connections until `shutdown` flips to true. Each session runs on
-/// its own task so one client's failure never touches another's.
-pub async fn serve(
-    listener: TcpListener,
+/// Runs one client connection from its first byte to its end. The binary's
+/// accept loop spawns one per connection.
+pub async fn run_session(
     gateway: Arc<PgGateway>,
-    mut shutdown: watch::Receiver<bool>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    let gateway = gateway.clone();
-                    let stop = shutdown.clone();
-                    let gauge = gateway.sessions.clone();
-                    tokio::spawn(async move {
-                        session::run(gateway, tcp, peer, stop).await;
-                        drop(gauge);
-                    });
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(connection = %gateway.name, error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-            _ = shutdown.changed() => return,
-        }
-    }
+    session::run(gateway, tcp, peer, shutdown).await
 }

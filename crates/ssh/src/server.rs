@@ -1,0 +1,580 @@
+//! The client-facing SSH server: token authentication, admission by
+//! policy, and what happens to each channel or forwarding request. Every
+//! login attempt leaves a `connection_attempt` record with its reason.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis_identity::Principal;
+use portcullis_policy::decide::{Decision, ForwardDirection, SshRequest, Verdict};
+use portcullis_records::{NewRecord, RecordKind};
+use russh::server::{Auth, ChannelOpenHandle, Msg, Response, Session};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::channel::{self, ChannelContext, Reverse};
+use crate::upstream::{self, ReverseForwards, Upstream};
+use crate::{Peer, SshError, SshGateway};
+
+const TOKEN_PROMPT: &str = "OIDC token: ";
+/// How long a client has from connecting to being logged in.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs one client connection to its end and records how it ended.
+pub(crate) async fn run(
+    gw: Arc<SshGateway>,
+    tcp: TcpStream,
+    addr: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let peer = Peer {
+        session_id: uuid::Uuid::new_v4().to_string(),
+        addr,
+    };
+    let admitted = Arc::new(std::sync::OnceLock::<Arc<Principal>>::new());
+    let handler = ClientHandler {
+        gw: gw.clone(),
+        peer: peer.clone(),
+        principal: None,
+        admitted: admitted.clone(),
+        upstream: None,
+        numbers: Default::default(),
+        reverse: Default::default(),
+    };
+    // A client that connects and never logs in would hold its task and
+    // socket for ever; OpenSSH's LoginGraceTime does the same job.
+    let login_deadline = tokio::time::Instant::now() + LOGIN_TIMEOUT;
+    // A second handle on the socket, to cut a session russh cannot be asked
+    // to end: it handles no disconnect request while a key exchange waits
+    // for the client, which is exactly where a client that stalls sits.
+    let (tcp, cutter) = match split_off_cutter(tcp) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(client = %addr, error = %e, "cannot set up the connection");
+            return;
+        }
+    };
+    let cut = || {
+        let _ = cutter.shutdown(std::net::Shutdown::Both);
+    };
+    let started = russh::server::run_stream(gw.config.clone(), tcp, handler);
+    let running = match tokio::time::timeout_at(login_deadline, started).await {
+        Ok(Ok(running)) => running,
+        Ok(Err(e)) => {
+            tracing::debug!(client = %addr, error = %e, "SSH handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client = %addr, "no SSH version exchange within the login time");
+            return;
+        }
+    };
+    let handle = running.handle();
+    tokio::pin!(running);
+    let login_timeout = async {
+        tokio::time::sleep_until(login_deadline).await;
+        if admitted.get().is_some() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let reason = tokio::select! {
+        result = &mut running => match result {
+            Ok(()) => "client disconnected".to_string(),
+            Err(e) => format!("connection ended: {e}"),
+        },
+        _ = login_timeout => {
+            let reason = format!("login did not complete within {} s", LOGIN_TIMEOUT.as_secs());
+            cut();
+            let _ = running.await;
+            let record = NewRecord::new(RecordKind::ConnectionAttempt)
+                .session_id(peer.session_id.clone())
+                .connection(gw.name.clone())
+                .decision("deny")
+                .detail(json!({ "client_addr": addr.to_string(), "reason": reason }));
+            if let Err(e) = gw.store.append(record).await {
+                tracing::error!(error = %e, "could not record refused connection");
+            }
+            reason
+        },
+        _ = shutdown.changed() => {
+            let _ = handle
+                .disconnect(
+                    russh::Disconnect::ByApplication,
+                    "the gateway is shutting down".into(),
+                    "en".into(),
+                )
+                .await;
+            if tokio::time::timeout(Duration::from_secs(5), &mut running).await.is_err() {
+                cut();
+                let _ = running.await;
+            }
+            "the gateway is shutting down".to_string()
+        }
+    };
+    if let Some(principal) = admitted.get() {
+        let record = NewRecord::new(RecordKind::SessionEnd)
+            .session_id(peer.session_id.clone())
+            .principal(principal.name.clone())
+            .connection(gw.name.clone())
+            .detail(json!({ "reason": reason }));
+        if let Err(e) = gw.store.append(record).await {
+            tracing::error!(session = %peer.session_id, error = %e, "could not record session end");
+        }
+        tracing::info!(session = %peer.session_id, principal = %principal.name, %reason, "session ended");
+    }
+}
+
+/// The stream for russh and a clone of the same socket to shut it down with.
+fn split_off_cutter(tcp: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpStream)> {
+    let std_tcp = tcp.into_std()?;
+    let cutter = std_tcp.try_clone()?;
+    Ok((TcpStream::from_std(std_tcp)?, cutter))
+}
+
+pub(crate) struct ClientHandler {
+    gw: Arc<SshGateway>,
+    peer: Peer,
+    principal: Option<Arc<Principal>>,
+    /// Set once authenticated, so the session end can be recorded.
+    admitted: Arc<std::sync::OnceLock<Arc<Principal>>>,
+    /// Opened with the first channel and shared by all of them.
+    upstream: Option<Arc<Upstream>>,
+    /// Numbers the session's channels (recording file names), shared with
+    /// the channels the upstream forwards back.
+    numbers: Arc<AtomicU32>,
+    reverse: ReverseForwards,
+}
+
+/// Why a login failed, for the client (nothing) and the record (everything).
+struct Refusal {
+    reason: String,
+    principal: Option<String>,
+}
+
+impl ClientHandler {
+    async fn authenticate(&mut self, user: &str, token: &str) -> Auth {
+        let ip = self.peer.addr.ip();
+        if !self.gw.limits.allows(ip, Instant::now()) {
+            // Not awaited: a flood of refused attempts must not queue on the store.
+            self.gw
+                .store
+                .append_detached(self.attempt("deny").detail(json!({
+                    "client_addr": self.peer.addr.to_string(),
+                    "client_user": user,
+                    "reason": "too many failed logins from this address; try again later",
+                })));
+            return Auth::reject();
+        }
+        match self.admit(user, token).await {
+            Ok(principal) => {
+                let _ = self.admitted.set(principal.clone());
+                self.principal = Some(principal);
+                Auth::Accept
+            }
+            Err(refusal) => {
+                self.gw.limits.failed(ip, Instant::now());
+                tracing::info!(
+                    session = %self.peer.session_id, connection = %self.gw.name, client = %self.peer.addr,
+                    principal = refusal.principal.as_deref().unwrap_or("-"), reason = %refusal.reason,
+                    "connection refused"
+                );
+                let mut record = self.attempt("deny").detail(json!({
+                    "client_addr": self.peer.addr.to_string(),
+                    "client_user": user,
+                    "reason": refusal.reason,
+                }));
+                if let Some(p) = refusal.principal {
+                    record = record.principal(p);
+                }
+                if let Err(e) = self.gw.store.append(record).await {
+                    tracing::error!(error = %e, "could not record refused connection");
+                }
+                Auth::reject()
+            }
+        }
+    }
+
+    async fn admit(&self, user: &str, token: &str) -> Result<Arc<Principal>, Refusal> {
+        let refuse = |reason: String, principal: Option<&Principal>| Refusal {
+            reason,
+            principal: principal.map(|p| p.name.clone()),
+        };
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(refuse(
+                "no token: answer the password prompt with your OIDC token".into(),
+                None,
+            ));
+        }
+        let principal = self
+            .gw
+            .verifier
+            .verify(token)
+            .await
+            .map_err(|e| refuse(format!("token rejected: {e}"), None))?;
+        let applicable = self.gw.policies.applicable(&principal, &self.gw.name);
+        if applicable.is_empty() {
+            return Err(refuse(
+                format!(
+                    "principal {:?} has no access to connection {:?}: no policy matches (default deny)",
+                    principal.name, self.gw.name
+                ),
+                Some(&principal),
+            ));
+        }
+        // Grants arrive with just-in-time access; until then only standing
+        // policies admit anyone.
+        if applicable.standing_only().is_empty() {
+            return Err(refuse(
+                format!(
+                    "principal {:?} has just-in-time access to connection {:?} and no active grant",
+                    principal.name, self.gw.name
+                ),
+                Some(&principal),
+            ));
+        }
+        let attempt = self
+            .attempt("ok")
+            .principal(principal.name.clone())
+            .detail(json!({
+                "client_addr": self.peer.addr.to_string(),
+                "client_user": user,
+                "issuer": principal.issuer,
+                "token": principal.token_fingerprint,
+                "groups": principal.groups,
+            }));
+        let start = NewRecord::new(RecordKind::SessionStart)
+            .session_id(self.peer.session_id.clone())
+            .principal(principal.name.clone())
+            .connection(self.gw.name.clone())
+            .detail(json!({
+                "client_addr": self.peer.addr.to_string(),
+                "protocol": "ssh",
+                "client_user": user,
+            }));
+        for record in [attempt, start] {
+            self.gw.store.append(record).await.map_err(|e| {
+                refuse(
+                    format!("audit store unavailable, so the session cannot be recorded: {e}"),
+                    Some(&principal),
+                )
+            })?;
+        }
+        tracing::info!(
+            session = %self.peer.session_id, connection = %self.gw.name, principal = %principal.name,
+            token = %principal.token_fingerprint, client = %self.peer.addr, "session started"
+        );
+        Ok(Arc::new(principal))
+    }
+
+    fn attempt(&self, decision: &str) -> NewRecord {
+        NewRecord::new(RecordKind::ConnectionAttempt)
+            .session_id(self.peer.session_id.clone())
+            .connection(self.gw.name.clone())
+            .decision(decision)
+    }
+
+    fn principal(&self) -> Result<Arc<Principal>, russh::Error> {
+        // russh only calls channel handlers after authentication succeeded.
+        self.principal.clone().ok_or(russh::Error::NotAuthenticated)
+    }
+
+    async fn upstream(&mut self) -> Result<Arc<Upstream>, SshError> {
+        if let Some(up) = &self.upstream {
+            if !up.is_closed() {
+                return Ok(up.clone());
+            }
+        }
+        let up = Arc::new(upstream::connect(&self.gw.upstream, self.reverse.clone()).await?);
+        self.upstream = Some(up.clone());
+        Ok(up)
+    }
+
+    /// Decides a request that is not a command on a session channel, and
+    /// records the decision before anything happens.
+    async fn decide_and_record(&self, request: &SshRequest, kind: &str) -> (Decision, i64) {
+        let principal = match self.principal() {
+            Ok(p) => p,
+            Err(_) => return (channel::not_authenticated(), 0),
+        };
+        let decision = self
+            .gw
+            .policies
+            .applicable(&principal, &self.gw.name)
+            .standing_only()
+            .decide_ssh(request);
+        let detail = json!({
+            "protocol": "ssh",
+            "request": kind,
+            "classes": [kind],
+            "text": request.describe(),
+            "reason": decision.reason,
+        });
+        match channel::record_decision(&self.gw, &self.peer, &principal, &decision, detail).await {
+            Ok(statement) => (decision, statement),
+            Err(refused) => (refused, 0),
+        }
+    }
+
+    /// Records the decision on a request the gateway cannot relay yet
+    /// (agent, X11); the caller refuses it either way, so
+    /// nothing runs that the records do not show.
+    async fn decide_unsupported(&self, request: &SshRequest, kind: &str) {
+        let (decision, _) = self.decide_and_record(request, kind).await;
+        if decision.verdict == Verdict::Allow {
+            tracing::warn!(
+                session = %self.peer.session_id,
+                "{} is allowed by policy but not supported by this gateway yet; refused",
+                request.describe()
+            );
+        }
+    }
+
+    fn context(&mut self, principal: Arc<Principal>, session: &Session) -> ChannelContext {
+        ChannelContext {
+            gw: self.gw.clone(),
+            peer: self.peer.clone(),
+            principal,
+            handle: session.handle(),
+            number: self.numbers.fetch_add(1, Ordering::Relaxed) + 1,
+        }
+    }
+
+    /// Asks the upstream to listen for an allowed `ssh -R`; connections to
+    /// it come back through [`Reverse`]. Returns the port it listens on.
+    async fn forward_remote(
+        &mut self,
+        address: &str,
+        port: u32,
+        statement: i64,
+        handle: russh::server::Handle,
+    ) -> Result<u32, SshError> {
+        let principal = self
+            .principal()
+            .map_err(|e| SshError::Upstream(e.to_string()))?;
+        let up = self.upstream().await?;
+        let bound = up
+            .tcpip_forward(address, port)
+            .await
+            .map_err(|e| SshError::Upstream(format!("the upstream refused to listen: {e}")))?;
+        let port = if port == 0 { bound } else { port };
+        let mut slot = self.reverse.lock().unwrap_or_else(|p| p.into_inner());
+        let reverse = slot.get_or_insert_with(|| Reverse {
+            gw: self.gw.clone(),
+            peer: self.peer.clone(),
+            principal,
+            handle,
+            numbers: self.numbers.clone(),
+            forwards: Default::default(),
+        });
+        reverse
+            .forwards
+            .insert((address.to_string(), port), statement);
+        Ok(port)
+    }
+
+    /// Refuses a channel the upstream could not provide, saying why: OpenSSH
+    /// prints `open failed: connect failed: REASON`.
+    async fn upstream_unavailable(&self, reply: ChannelOpenHandle, error: &SshError) {
+        self.record_upstream_failure(error).await;
+        reply
+            .reject(ChannelOpenFailure::Other {
+                code: 2,
+                reason: format!("portcullis: {error}"),
+            })
+            .await;
+    }
+
+    async fn record_upstream_failure(&self, error: &SshError) {
+        tracing::warn!(session = %self.peer.session_id, connection = %self.gw.name, error = %error, "upstream unavailable");
+        let record = NewRecord::new(RecordKind::Error)
+            .session_id(self.peer.session_id.clone())
+            .principal(
+                self.principal
+                    .as_ref()
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default(),
+            )
+            .connection(self.gw.name.clone())
+            .detail(json!({ "source": "upstream", "error": error.to_string() }));
+        if let Err(e) = self.gw.store.append(record).await {
+            tracing::error!(error = %e, "could not record upstream failure");
+        }
+    }
+}
+
+impl russh::server::Handler for ClientHandler {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(token_methods())
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        _offer: russh::server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        // Keys belong to people and machines the gateway does not know;
+        // the token is the credential. Not recorded: clients offer keys
+        // on their own before they ask for a password.
+        Ok(token_methods())
+    }
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        Ok(self.authenticate(user, password).await)
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        let Some(mut response) = response else {
+            return Ok(Auth::Partial {
+                name: Cow::Borrowed("Portcullis"),
+                instructions: Cow::Borrowed("Answer with your OIDC token."),
+                prompts: Cow::Owned(vec![(Cow::Borrowed(TOKEN_PROMPT), false)]),
+            });
+        };
+        let answer = response.next().unwrap_or_default();
+        let token = String::from_utf8_lossy(&answer).into_owned();
+        Ok(self.authenticate(user, &token).await)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let principal = self.principal()?;
+        let opened = match self.upstream().await {
+            Ok(up) => up
+                .channel_open_session()
+                .await
+                .map_err(|e| SshError::Upstream(e.to_string())),
+            Err(e) => Err(e),
+        };
+        let upstream = match opened {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                self.upstream_unavailable(reply, &e).await;
+                return Ok(());
+            }
+        };
+        reply.accept().await;
+        let context = self.context(principal, session);
+        tokio::spawn(channel::run(context, channel, upstream));
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let request = SshRequest::PortForward {
+            direction: ForwardDirection::Local,
+            host: host.to_string(),
+            port,
+        };
+        let (decision, statement) = self.decide_and_record(&request, "port_forward").await;
+        if decision.verdict != Verdict::Allow {
+            reply
+                .reject(ChannelOpenFailure::Other {
+                    code: 1,
+                    reason: channel::refusal_message(&decision),
+                })
+                .await;
+            return Ok(());
+        }
+        let opened = match self.upstream().await {
+            Ok(up) => up
+                .channel_open_direct_tcpip(host, port, originator_address, originator_port)
+                .await
+                .map_err(|e| SshError::Upstream(e.to_string())),
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok(upstream) => {
+                reply.accept().await;
+                let context = self.context(self.principal()?, session);
+                tokio::spawn(channel::pipe(context, statement, channel, upstream));
+            }
+            Err(e) => self.upstream_unavailable(reply, &e).await,
+        }
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let request = SshRequest::PortForward {
+            direction: ForwardDirection::Remote,
+            host: address.to_string(),
+            port: *port,
+        };
+        let (decision, statement) = self.decide_and_record(&request, "port_forward").await;
+        if decision.verdict != Verdict::Allow {
+            return Ok(false);
+        }
+        let handle = session.handle();
+        match self.forward_remote(address, *port, statement, handle).await {
+            Ok(bound) => {
+                *port = bound;
+                Ok(true)
+            }
+            Err(e) => {
+                self.record_upstream_failure(&e).await;
+                Ok(false)
+            }
+        }
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.decide_unsupported(&SshRequest::AgentForward, "agent_forward")
+            .await;
+        Ok(false)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _protocol: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.decide_unsupported(&SshRequest::X11, "x11").await;
+        session.channel_failure(channel)
+    }
+}
+
+/// The answer to anything but a token: which methods to use instead.
+fn token_methods() -> Auth {
+    let methods: &[MethodKind] = &[MethodKind::KeyboardInteractive, MethodKind::Password];
+    Auth::Reject {
+        proceed_with_methods: Some(MethodSet::from(methods)),
+        partial_success: false,
+    }
+}

@@ -18,6 +18,7 @@ mod error;
 mod grants;
 mod notify;
 mod timefmt;
+pub mod wording;
 
 #[cfg(test)]
 mod tests;

@@ -1,9 +1,10 @@
 //! What the relay says about a statement held for approval: the NOTICE the
 //! client sees while it waits, and the decision and error once it is
-//! settled. Pure, so the wording is tested here rather than through psql.
+//! settled. The sentences are `portcullis_jit::wording` (shared with SSH);
+//! here they become PostgreSQL messages.
 
-use portcullis_jit::{Approval, Outcome};
-use portcullis_policy::decide::{Decision, Verdict};
+use portcullis_jit::{wording, Approval, Outcome};
+use portcullis_policy::decide::Decision;
 
 use crate::codec::backend::{sqlstate, ErrorFields, Severity};
 
@@ -13,16 +14,9 @@ pub(crate) fn notice(approval: &Approval, base_url: &str, reason: &str) -> Error
     ErrorFields {
         severity: Severity::Notice,
         code: "00000",
-        message: format!(
-            "awaiting approval {}, see {base_url}/v1/approvals/{}",
-            approval.id, approval.id
-        ),
+        message: wording::awaiting(approval, base_url),
         detail: Some(reason.to_string()),
-        hint: Some(format!(
-            "an approver runs `portcullis approvals approve {}`; the statement is refused if nobody does by {}",
-            approval.id,
-            portcullis_jit::format_time(approval.deadline)
-        )),
+        hint: Some(wording::deadline_hint(approval, "statement")),
     }
 }
 
@@ -33,43 +27,30 @@ pub(crate) fn settled(
     id: &str,
     outcome: Option<&Outcome>,
 ) -> (Decision, Option<ErrorFields>) {
-    let message = match outcome {
-        Some(Outcome::Approved { by }) => {
-            let decision = Decision {
-                verdict: Verdict::Allow,
-                reason: format!("{}; approved by {by} (approval {id})", held.reason),
-                ..held.clone()
-            };
-            return (decision, None);
+    let (decision, message, code) = match outcome {
+        Some(outcome) => {
+            let (decision, message) = wording::settled(held, id, outcome);
+            (decision, message, sqlstate::INSUFFICIENT_PRIVILEGE)
         }
-        Some(Outcome::Denied { by, note }) => format!(
-            "approval {id} was denied by {by}{}",
-            note.as_deref()
-                .map(|n| format!(": {n}"))
-                .unwrap_or_default()
-        ),
-        Some(Outcome::TimedOut) => format!("approval {id} timed out: no approver answered in time"),
-        Some(Outcome::Lost) => format!("approval {id} was lost by the gateway"),
-        None => format!("canceling statement due to user request (approval {id} abandoned)"),
+        None => {
+            let message =
+                format!("canceling statement due to user request (approval {id} abandoned)");
+            let decision = wording::refused(held, &message);
+            (decision, Some(message), sqlstate::QUERY_CANCELED)
+        }
     };
-    let code = match outcome {
-        None => sqlstate::QUERY_CANCELED,
-        Some(_) => sqlstate::INSUFFICIENT_PRIVILEGE,
-    };
-    let decision = Decision {
-        verdict: Verdict::Deny,
-        reason: format!("{}; {message}", held.reason),
-        ..held.clone()
-    };
-    let error = ErrorFields::error(code, message)
-        .with_detail(held.reason.clone())
-        .with_hint("Portcullis refused this statement; the session is still usable.");
-    (decision, Some(error))
+    let error = message.map(|message| {
+        ErrorFields::error(code, message)
+            .with_detail(held.reason.clone())
+            .with_hint("Portcullis refused this statement; the session is still usable.")
+    });
+    (decision, error)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_policy::decide::Verdict;
 
     fn held() -> Decision {
         Decision {
@@ -82,54 +63,35 @@ mod tests {
     }
 
     #[test]
-    fn approval_allows_under_the_same_rule_and_names_the_approver() {
+    fn approval_runs_the_statement_without_an_error() {
         let outcome = Outcome::Approved { by: "alice".into() };
         let (d, error) = settled(&held(), "a-1", Some(&outcome));
         assert_eq!(d.verdict, Verdict::Allow);
-        assert_eq!((d.policy.as_deref(), d.rule.as_str()), (Some("p"), "write"));
-        assert!(
-            d.reason.ends_with("; approved by alice (approval a-1)"),
-            "{}",
-            d.reason
-        );
         assert!(error.is_none());
     }
 
     #[test]
-    fn refusals_name_the_approval_and_why() {
-        let denied = Outcome::Denied {
-            by: "alice".into(),
-            note: Some("freeze".into()),
-        };
-        let cases = [
+    fn refusals_carry_their_sqlstate() {
+        let (d, error) = settled(&held(), "a-1", Some(&Outcome::TimedOut));
+        let error = error.expect("refused");
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert_eq!(error.code, sqlstate::INSUFFICIENT_PRIVILEGE);
+        assert!(error.message.starts_with("approval a-1 timed out"));
+        let (d, error) = settled(&held(), "a-1", None);
+        let error = error.expect("refused");
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert_eq!(
+            (error.code, error.message.as_str()),
             (
-                Some(&denied),
-                sqlstate::INSUFFICIENT_PRIVILEGE,
-                "approval a-1 was denied by alice: freeze",
-            ),
-            (
-                Some(&Outcome::TimedOut),
-                sqlstate::INSUFFICIENT_PRIVILEGE,
-                "approval a-1 timed out: no approver answered in time",
-            ),
-            (
-                Some(&Outcome::Lost),
-                sqlstate::INSUFFICIENT_PRIVILEGE,
-                "approval a-1 was lost by the gateway",
-            ),
-            (
-                None,
                 sqlstate::QUERY_CANCELED,
-                "canceling statement due to user request (approval a-1 abandoned)",
-            ),
-        ];
-        for (outcome, code, message) in cases {
-            let (d, error) = settled(&held(), "a-1", outcome);
-            let error = error.expect("refused");
-            assert_eq!(d.verdict, Verdict::Deny);
-            assert_eq!((error.code, error.message.as_str()), (code, message));
-            assert!(d.reason.ends_with(message), "{}", d.reason);
-        }
+                "canceling statement due to user request (approval a-1 abandoned)"
+            )
+        );
+        assert!(
+            d.reason.ends_with("(approval a-1 abandoned)"),
+            "{}",
+            d.reason
+        );
     }
 
     #[test]

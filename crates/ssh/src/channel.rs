@@ -2,18 +2,21 @@
 //!
 //! The client's `exec`, `shell` or `subsystem` request is decided once by
 //! policy and recorded before it reaches the upstream; a refusal becomes a
-//! message on stderr and exit status 126. Once running, each side is
+//! message on stderr and exit status 126. One that policy holds waits for an
+//! approver (the client is told where on stderr) and is then run once or
+//! refused the same way. Once running, each side is
 //! drained as soon as messages arrive (within a byte budget, see [`drain`])
 //! and each direction is written by its own loop, since each write waits for
 //! its peer's window and one loop could wait for the client's window while
 //! the client's own data (and with it the window update) queues behind it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use portcullis_identity::Principal;
+use portcullis_jit::{wording, ApprovalStatus, HoldRequest};
 use portcullis_policy::decide::{parse_scp, Decision, ScpDirection, SshRequest, Verdict};
 use portcullis_records::{NewRecord, RecordKind};
 use russh::{
@@ -32,6 +35,8 @@ pub(crate) struct ChannelContext {
     pub gw: Arc<SshGateway>,
     pub peer: Peer,
     pub principal: Arc<Principal>,
+    /// The grant the session runs under, if any; named in every record.
+    pub grant: Option<String>,
     pub handle: server::Handle,
     /// Numbers the session's channels, for recording file names.
     pub number: u32,
@@ -69,6 +74,13 @@ struct Pty {
     term: String,
     width: u32,
     height: u32,
+}
+
+impl ChannelContext {
+    /// Who asks, for records: the principal and the grant it runs under.
+    fn who(&self) -> (&Principal, Option<&str>) {
+        (&self.principal, self.grant.as_deref())
+    }
 }
 
 type ClientTx = ChannelWriteHalf<server::Msg>;
@@ -187,100 +199,134 @@ async fn from_client(
     shared: &Mutex<Shared>,
     to_upstream: &AtomicBool,
 ) {
-    let id = client.id();
-    while let Some((msg, _passed_on)) = rx.recv().await {
-        match msg {
-            ChannelMsg::RequestPty {
-                term,
-                col_width,
-                row_height,
-                pix_width,
-                pix_height,
-                terminal_modes,
-                ..
-            } => {
-                let sent = upstream
-                    .request_pty(
-                        false,
-                        &term,
-                        col_width,
-                        row_height,
-                        pix_width,
-                        pix_height,
-                        &terminal_modes,
-                    )
-                    .await;
-                lock(shared).pty = Some(Pty {
-                    term,
-                    width: col_width,
-                    height: row_height,
-                });
-                reply(ctx, id, sent.is_ok()).await;
-            }
-            // Environment variables change what a command does
-            // (LD_PRELOAD, PATH) without appearing in its command line.
-            ChannelMsg::SetEnv { .. } => reply(ctx, id, false).await,
+    // What the client sent while its request was held, to pass on in order
+    // once it is settled.
+    let mut backlog = VecDeque::new();
+    loop {
+        let next = match backlog.pop_front() {
+            Some(queued) => Some(queued),
+            None => rx.recv().await,
+        };
+        let Some((msg, _passed_on)) = next else { break };
+        let request = match msg {
             ChannelMsg::Exec { command, .. } => {
-                let command = String::from_utf8_lossy(&command).into_owned();
-                start(ctx, client, upstream, shared, SshRequest::Exec(command)).await;
+                SshRequest::Exec(String::from_utf8_lossy(&command).into_owned())
             }
-            ChannelMsg::RequestShell { .. } => {
-                start(ctx, client, upstream, shared, SshRequest::Shell).await;
-            }
-            ChannelMsg::RequestSubsystem { name, .. } => {
-                start(ctx, client, upstream, shared, SshRequest::Subsystem(name)).await;
-            }
-            ChannelMsg::Data { data } => {
-                {
-                    let mut s = lock(shared);
-                    if s.phase == Phase::Refused {
-                        continue;
-                    }
-                    s.input_bytes += data.len() as u64;
-                    if let Some((ScpDirection::Upload, observer)) = s.scp.as_mut() {
-                        observer.observe(&data);
-                    }
-                    if let Some(observer) = s.sftp.as_mut() {
-                        observer.client_bytes(&data);
-                    }
-                }
-                if writing(to_upstream, upstream.data_bytes(data))
-                    .await
-                    .is_err()
-                {
+            ChannelMsg::RequestShell { .. } => SshRequest::Shell,
+            ChannelMsg::RequestSubsystem { name, .. } => SshRequest::Subsystem(name),
+            msg => {
+                if !pass_on(ctx, msg, client, upstream, shared, to_upstream).await {
                     break;
                 }
+                continue;
             }
-            ChannelMsg::ExtendedData { data, ext } => {
-                let _ = writing(to_upstream, upstream.extended_data_bytes(ext, data)).await;
-            }
-            ChannelMsg::Eof => {
-                let _ = upstream.eof().await;
-            }
-            ChannelMsg::WindowChange {
-                col_width,
-                row_height,
-                pix_width,
-                pix_height,
-            } => {
-                if let Some(rec) = lock(shared).recording.as_mut() {
-                    rec.resize(col_width, row_height);
-                }
-                let _ = upstream
-                    .window_change(col_width, row_height, pix_width, pix_height)
-                    .await;
-            }
-            ChannelMsg::Signal { signal } => {
-                lock(shared).signals.push(format!("{signal:?}"));
-                let _ = upstream.signal(signal).await;
-            }
-            ChannelMsg::Close => break,
-            // Agent and X11 requests are answered by the server handler.
-            _ => {}
+        };
+        let waiting = Waiting {
+            rx: &mut *rx,
+            backlog: &mut backlog,
+        };
+        if start(ctx, client, upstream, shared, request, waiting)
+            .await
+            .is_err()
+        {
+            break;
         }
     }
     // However the client side ended, the upstream side ends with it.
     let _ = upstream.close().await;
+}
+
+/// Passes one client message other than the exec / shell / subsystem
+/// request on to the upstream; `false` when the channel is done.
+async fn pass_on(
+    ctx: &ChannelContext,
+    msg: ChannelMsg,
+    client: &ClientTx,
+    upstream: &UpstreamTx,
+    shared: &Mutex<Shared>,
+    to_upstream: &AtomicBool,
+) -> bool {
+    let id = client.id();
+    match msg {
+        ChannelMsg::RequestPty {
+            term,
+            col_width,
+            row_height,
+            pix_width,
+            pix_height,
+            terminal_modes,
+            ..
+        } => {
+            let sent = upstream
+                .request_pty(
+                    false,
+                    &term,
+                    col_width,
+                    row_height,
+                    pix_width,
+                    pix_height,
+                    &terminal_modes,
+                )
+                .await;
+            lock(shared).pty = Some(Pty {
+                term,
+                width: col_width,
+                height: row_height,
+            });
+            reply(ctx, id, sent.is_ok()).await;
+        }
+        // Environment variables change what a command does
+        // (LD_PRELOAD, PATH) without appearing in its command line.
+        ChannelMsg::SetEnv { .. } => reply(ctx, id, false).await,
+        ChannelMsg::Data { data } => {
+            {
+                let mut s = lock(shared);
+                if s.phase == Phase::Refused {
+                    return true;
+                }
+                s.input_bytes += data.len() as u64;
+                if let Some((ScpDirection::Upload, observer)) = s.scp.as_mut() {
+                    observer.observe(&data);
+                }
+                if let Some(observer) = s.sftp.as_mut() {
+                    observer.client_bytes(&data);
+                }
+            }
+            if writing(to_upstream, upstream.data_bytes(data))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+        ChannelMsg::ExtendedData { data, ext } => {
+            let _ = writing(to_upstream, upstream.extended_data_bytes(ext, data)).await;
+        }
+        ChannelMsg::Eof => {
+            let _ = upstream.eof().await;
+        }
+        ChannelMsg::WindowChange {
+            col_width,
+            row_height,
+            pix_width,
+            pix_height,
+        } => {
+            if let Some(rec) = lock(shared).recording.as_mut() {
+                rec.resize(col_width, row_height);
+            }
+            let _ = upstream
+                .window_change(col_width, row_height, pix_width, pix_height)
+                .await;
+        }
+        ChannelMsg::Signal { signal } => {
+            lock(shared).signals.push(format!("{signal:?}"));
+            let _ = upstream.signal(signal).await;
+        }
+        ChannelMsg::Close => return false,
+        // Agent and X11 requests are answered by the server handler.
+        _ => {}
+    }
+    true
 }
 
 async fn from_upstream(
@@ -363,24 +409,35 @@ async fn reply(ctx: &ChannelContext, id: russh::ChannelId, ok: bool) {
     };
 }
 
-/// Decides the channel's one exec / shell / subsystem request, records it,
-/// and either passes it on or refuses it.
+/// The client's side of a channel while a request of it is held: its
+/// messages are read (so a disconnect ends the wait) and kept for later.
+struct Waiting<'a> {
+    rx: &'a mut mpsc::UnboundedReceiver<Queued>,
+    backlog: &'a mut VecDeque<Queued>,
+}
+
+/// The client went away while its request was held.
+struct ClientGone;
+
+/// Decides the channel's one exec / shell / subsystem request (waiting for
+/// an approver when policy holds it), records it, and either passes it on
+/// or refuses it.
 async fn start(
     ctx: &ChannelContext,
     client: &ClientTx,
     upstream: &UpstreamTx,
     shared: &Mutex<Shared>,
     request: SshRequest,
-) {
+    waiting: Waiting<'_>,
+) -> Result<(), ClientGone> {
     let id = client.id();
     if lock(shared).phase != Phase::Waiting {
-        return reply(ctx, id, false).await;
+        reply(ctx, id, false).await;
+        return Ok(());
     }
     let decision = ctx
         .gw
-        .policies
-        .applicable(&ctx.principal, &ctx.gw.name)
-        .standing_only()
+        .rules(&ctx.principal, ctx.grant.as_deref())
         .decide_ssh(&request);
     let (kind, text, scp) = match &request {
         SshRequest::Exec(command) => ("exec", command.clone(), parse_scp(command)),
@@ -389,6 +446,19 @@ async fn start(
         other => ("other", other.describe(), None),
     };
     let kind = if scp.is_some() { "scp" } else { kind };
+    let settled = match decision.verdict {
+        Verdict::Hold => await_approval(ctx, client, waiting, &decision, &text).await?,
+        _ => Settled {
+            decision,
+            approval: None,
+            message: None,
+        },
+    };
+    let Settled {
+        decision,
+        approval,
+        mut message,
+    } = settled;
     let pty = lock(shared).pty.as_ref().map(|p| p.term.clone());
     let detail = json!({
         "protocol": "ssh",
@@ -399,20 +469,23 @@ async fn start(
         "pty": pty,
         "scp": scp,
         "reason": decision.reason,
+        "approval": approval,
     });
     let (decision, statement) =
-        match record_decision(&ctx.gw, &ctx.peer, &ctx.principal, &decision, detail).await {
+        match record_decision(&ctx.gw, &ctx.peer, ctx.who(), &decision, detail).await {
             Ok(statement) => (decision, statement),
-            Err(refused) => (refused, 0),
+            Err(refused) => {
+                message = None;
+                (refused, 0)
+            }
         };
-    match decision.verdict {
-        Verdict::Allow => {}
-        // Approvals (just-in-time access) plug in here: wait for an approver,
-        // then go on as allowed or refuse. Until then a hold fails closed.
-        Verdict::Hold | Verdict::Deny => {
-            lock(shared).phase = Phase::Refused;
-            return refuse(ctx, client, upstream, &decision).await;
-        }
+    // A held request reaches here settled (allowed or refused); one still
+    // marked held would be a bug, and is refused like a denial.
+    if decision.verdict != Verdict::Allow {
+        lock(shared).phase = Phase::Refused;
+        let message = message.unwrap_or_else(|| refusal_message(&decision));
+        refuse(ctx, client, upstream, &decision, &message).await;
+        return Ok(());
     }
     // Transfers are recorded as file lists; their bytes are not a terminal.
     let recorded = matches!(request, SshRequest::Exec(_) | SshRequest::Shell) && scp.is_none();
@@ -429,7 +502,9 @@ async fn start(
                     reason: format!("the terminal recording could not be created ({e})"),
                     statement_index: None,
                 };
-                return refuse(ctx, client, upstream, &refused).await;
+                let message = refusal_message(&refused);
+                refuse(ctx, client, upstream, &refused, &message).await;
+                return Ok(());
             }
         }
     }
@@ -453,6 +528,80 @@ async fn start(
     if sent.is_err() {
         reply(ctx, id, false).await;
     }
+    Ok(())
+}
+
+/// How a held request was settled: the decision to record and act on, the
+/// approval it waited for, and what the client is told if it is refused.
+struct Settled {
+    decision: Decision,
+    approval: Option<String>,
+    message: Option<String>,
+}
+
+/// Holds the request with the broker, tells the client where to look, and
+/// waits for the approver, the deadline or the client's departure. Dropping
+/// the hold when the client goes records the approval as abandoned. Client
+/// messages meanwhile wait in the backlog, within the channel's in-flight
+/// budget (beyond it the session's connection stops being read until the
+/// request is settled).
+async fn await_approval(
+    ctx: &ChannelContext,
+    client: &ClientTx,
+    waiting: Waiting<'_>,
+    held: &Decision,
+    text: &str,
+) -> Result<Settled, ClientGone> {
+    let request = HoldRequest {
+        session_id: ctx.peer.session_id.clone(),
+        principal: ctx.principal.name.clone(),
+        connection: ctx.gw.name.clone(),
+        statement: text.to_string(),
+        policy: held.policy.clone(),
+        rule: held.rule.clone(),
+        reason: held.reason.clone(),
+        grant: ctx.grant.clone(),
+    };
+    let mut hold = match ctx.gw.jit.hold(request).await {
+        Ok(hold) => hold,
+        Err(e) => {
+            // Fail closed: nobody could approve what was not recorded.
+            let message = format!("it needs approval and the hold could not be recorded ({e})");
+            return Ok(Settled {
+                decision: wording::refused(held, &message),
+                approval: None,
+                message: Some(format!("portcullis: not run: {message}")),
+            });
+        }
+    };
+    let id = hold.approval.id.clone();
+    // One covered by an earlier approval's re-run window is not waiting for
+    // anyone, so the client is not told it is.
+    if hold.approval.status == ApprovalStatus::Pending {
+        let base_url = &ctx.gw.jit.settings().base_url;
+        let line = format!(
+            "portcullis: {}\r\nportcullis: {}\r\n",
+            wording::awaiting(&hold.approval, base_url),
+            wording::deadline_hint(&hold.approval, "command")
+        );
+        let _ = client.extended_data_bytes(1, line.into_bytes()).await;
+    }
+    tracing::info!(session = %ctx.peer.session_id, approval = %id, "request held for approval");
+    let outcome = loop {
+        tokio::select! {
+            outcome = hold.outcome() => break outcome,
+            queued = waiting.rx.recv() => match queued {
+                None | Some((ChannelMsg::Close, _)) => return Err(ClientGone),
+                Some(queued) => waiting.backlog.push_back(queued),
+            },
+        }
+    };
+    let (decision, message) = wording::settled(held, &id, &outcome);
+    Ok(Settled {
+        decision,
+        approval: Some(id),
+        message: message.map(|m| format!("portcullis: {m}")),
+    })
 }
 
 fn open_recording(
@@ -484,13 +633,14 @@ async fn refuse(
     client: &ClientTx,
     upstream: &UpstreamTx,
     decision: &Decision,
+    message: &str,
 ) {
     tracing::info!(
         session = %ctx.peer.session_id, principal = %ctx.principal.name,
         verdict = %decision.verdict, rule = %decision.rule, "request refused"
     );
     reply(ctx, client.id(), true).await;
-    let message = format!("{}\r\n", refusal_message(decision));
+    let message = format!("{message}\r\n");
     let _ = client.extended_data_bytes(1, message.into_bytes()).await;
     let _ = client.exit_status(REFUSED_EXIT_STATUS).await;
     let _ = client.eof().await;
@@ -505,10 +655,10 @@ pub(crate) fn refusal_message(decision: &Decision) -> String {
         None => format!("rule {:?}", decision.rule),
     };
     match decision.verdict {
-        // Approvals are not wired into SSH yet; a held request fails closed
-        // until they are, and says so.
+        // Commands, shells and subsystems wait for an approver; forwarding
+        // requests are answered at once, so a held one fails closed.
         Verdict::Hold => format!(
-            "portcullis: approval required ({by}): {}; approvals are not available on SSH connections yet, so it was refused",
+            "portcullis: approval required ({by}): {}; forwarding cannot wait for an approver, so it was refused",
             decision.reason
         ),
         _ => format!("portcullis: denied by {by}: {}", decision.reason),
@@ -520,10 +670,11 @@ pub(crate) fn refusal_message(decision: &Decision) -> String {
 pub(crate) async fn record_decision(
     gw: &SshGateway,
     peer: &Peer,
-    principal: &Principal,
+    (principal, grant): (&Principal, Option<&str>),
     decision: &Decision,
-    detail: Value,
+    mut detail: Value,
 ) -> Result<i64, Decision> {
+    detail["grant"] = json!(grant);
     let mut record = NewRecord::new(RecordKind::Statement)
         .session_id(peer.session_id.clone())
         .principal(principal.name.clone())
@@ -592,7 +743,7 @@ async fn write_result(ctx: &ChannelContext, result: Value) {
         .principal(ctx.principal.name.clone())
         .connection(ctx.gw.name.clone())
         .decision("ok")
-        .detail(json!({ "results": [result] }));
+        .detail(json!({ "results": [result], "grant": ctx.grant }));
     if let Err(e) = ctx.gw.store.append(record).await {
         tracing::error!(session = %ctx.peer.session_id, error = %e, "could not record channel result");
     }
@@ -605,6 +756,7 @@ pub(crate) struct Reverse {
     pub gw: Arc<SshGateway>,
     pub peer: Peer,
     pub principal: Arc<Principal>,
+    pub grant: Option<String>,
     pub handle: server::Handle,
     pub numbers: Arc<AtomicU32>,
     /// The statement that allowed each forward, by the upstream listener
@@ -641,6 +793,7 @@ impl Reverse {
             gw: self.gw,
             peer: self.peer,
             principal: self.principal,
+            grant: self.grant,
             handle: self.handle,
         };
         pipe(ctx, statement, client, upstream).await;

@@ -4,7 +4,8 @@
 //! by policy and recorded before it is passed on.
 //!
 //! - `server`: the client-facing SSH server (russh): authentication,
-//!   admission, channel opens, forwarding requests;
+//!   admission (through a grant on `jit` connections, and the session ends
+//!   with it), channel opens, forwarding requests;
 //! - `channel`: one session channel from request to close: the decision
 //!   on `exec` / `shell` / `subsystem`, the relay, the recording;
 //! - `upstream`: the gateway's own SSH client towards the upstream, which
@@ -28,8 +29,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_identity::Verifier;
-use portcullis_policy::decide::PolicySet;
+use portcullis_identity::{Principal, Verifier};
+use portcullis_jit::Broker;
+use portcullis_policy::decide::{Applicable, PolicySet};
 use portcullis_records::Store;
 use russh::server::Config;
 use tokio::net::TcpStream;
@@ -61,6 +63,8 @@ pub struct SshGateway {
     pub verifier: Verifier,
     pub policies: Arc<PolicySet>,
     pub store: Store,
+    /// Grants (admission to `jit` connections) and held commands.
+    pub jit: Arc<Broker>,
     pub upstream: UpstreamTarget,
     /// Recordings live under `DATA_DIR/recordings/`.
     pub data_dir: PathBuf,
@@ -75,6 +79,7 @@ impl SshGateway {
         verifier: Verifier,
         policies: Arc<PolicySet>,
         store: Store,
+        jit: Arc<Broker>,
         upstream: UpstreamTarget,
         data_dir: PathBuf,
     ) -> Result<SshGateway, SshError> {
@@ -102,11 +107,25 @@ impl SshGateway {
             verifier,
             policies,
             store,
+            jit,
             upstream,
             data_dir,
             limits: Default::default(),
             config: Arc::new(config),
         })
+    }
+}
+
+impl SshGateway {
+    /// The rules that decide a session's requests: a `jit` policy's apply
+    /// only to a session admitted under a grant (which ends with it), as on
+    /// PostgreSQL; otherwise only standing policies count.
+    pub(crate) fn rules(&self, principal: &Principal, grant: Option<&str>) -> Applicable<'_> {
+        let applicable = self.policies.applicable(principal, &self.name);
+        match grant {
+            Some(_) => applicable,
+            None => applicable.standing_only(),
+        }
     }
 }
 

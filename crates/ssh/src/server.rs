@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use portcullis_identity::Principal;
+use portcullis_jit::GrantLease;
 use portcullis_policy::decide::{Decision, ForwardDirection, SshRequest, Verdict};
 use portcullis_records::{NewRecord, RecordKind};
 use russh::server::{Auth, ChannelOpenHandle, Msg, Response, Session};
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
 use serde_json::json;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::channel::{self, ChannelContext, Reverse};
 use crate::upstream::{self, ReverseForwards, Upstream};
@@ -36,11 +37,14 @@ pub(crate) async fn run(
         session_id: uuid::Uuid::new_v4().to_string(),
         addr,
     };
-    let admitted = Arc::new(std::sync::OnceLock::<Arc<Principal>>::new());
+    let admitted = Arc::new(std::sync::OnceLock::<Admitted>::new());
+    let (lease_tx, lease_rx) = oneshot::channel::<GrantLease>();
     let handler = ClientHandler {
         gw: gw.clone(),
         peer: peer.clone(),
         principal: None,
+        grant: None,
+        lease: Some(lease_tx),
         admitted: admitted.clone(),
         upstream: None,
         numbers: Default::default(),
@@ -82,10 +86,35 @@ pub(crate) async fn run(
             std::future::pending::<()>().await;
         }
     };
+    // A session admitted under a grant ends when the grant does; the lease
+    // arrives with the login, and never for standing access.
+    let grant_ended = async {
+        match lease_rx.await {
+            Ok(mut lease) => lease.ended().await,
+            Err(_) => std::future::pending().await,
+        }
+    };
     let reason = tokio::select! {
         result = &mut running => match result {
             Ok(()) => "client disconnected".to_string(),
             Err(e) => format!("connection ended: {e}"),
+        },
+        ended = grant_ended => {
+            let reason = format!("access ended: {ended}");
+            // OpenSSH prints the message ("Received disconnect from …") and
+            // exits 255; held commands and channels end with the connection.
+            let _ = handle
+                .disconnect(
+                    russh::Disconnect::ByApplication,
+                    format!("portcullis: {reason}"),
+                    "en".into(),
+                )
+                .await;
+            if tokio::time::timeout(Duration::from_secs(5), &mut running).await.is_err() {
+                cut();
+                let _ = running.await;
+            }
+            reason
         },
         _ = login_timeout => {
             let reason = format!("login did not complete within {} s", LOGIN_TIMEOUT.as_secs());
@@ -116,12 +145,12 @@ pub(crate) async fn run(
             "the gateway is shutting down".to_string()
         }
     };
-    if let Some(principal) = admitted.get() {
+    if let Some(Admitted { principal, grant }) = admitted.get() {
         let record = NewRecord::new(RecordKind::SessionEnd)
             .session_id(peer.session_id.clone())
             .principal(principal.name.clone())
             .connection(gw.name.clone())
-            .detail(json!({ "reason": reason }));
+            .detail(json!({ "reason": reason, "grant": grant }));
         if let Err(e) = gw.store.append(record).await {
             tracing::error!(session = %peer.session_id, error = %e, "could not record session end");
         }
@@ -136,12 +165,23 @@ fn split_off_cutter(tcp: TcpStream) -> std::io::Result<(TcpStream, std::net::Tcp
     Ok((TcpStream::from_std(std_tcp)?, cutter))
 }
 
+/// Who logged in, and under which grant, for the session's last record.
+struct Admitted {
+    principal: Arc<Principal>,
+    grant: Option<String>,
+}
+
 pub(crate) struct ClientHandler {
     gw: Arc<SshGateway>,
     peer: Peer,
     principal: Option<Arc<Principal>>,
+    /// The grant the session was admitted under; named in its records, and
+    /// what lets the `jit` policies' rules apply.
+    grant: Option<String>,
+    /// Hands the grant's lease to [`run`], which ends the session with it.
+    lease: Option<oneshot::Sender<GrantLease>>,
     /// Set once authenticated, so the session end can be recorded.
-    admitted: Arc<std::sync::OnceLock<Arc<Principal>>>,
+    admitted: Arc<std::sync::OnceLock<Admitted>>,
     /// Opened with the first channel and shared by all of them.
     upstream: Option<Arc<Upstream>>,
     /// Numbers the session's channels (recording file names), shared with
@@ -171,9 +211,17 @@ impl ClientHandler {
             return Auth::reject();
         }
         match self.admit(user, token).await {
-            Ok(principal) => {
-                let _ = self.admitted.set(principal.clone());
+            Ok((principal, lease)) => {
+                let grant = lease.as_ref().map(|l| l.id.clone());
+                let _ = self.admitted.set(Admitted {
+                    principal: principal.clone(),
+                    grant: grant.clone(),
+                });
+                if let (Some(lease), Some(tx)) = (lease, self.lease.take()) {
+                    let _ = tx.send(lease);
+                }
                 self.principal = Some(principal);
+                self.grant = grant;
                 Auth::Accept
             }
             Err(refusal) => {
@@ -199,7 +247,11 @@ impl ClientHandler {
         }
     }
 
-    async fn admit(&self, user: &str, token: &str) -> Result<Arc<Principal>, Refusal> {
+    async fn admit(
+        &self,
+        user: &str,
+        token: &str,
+    ) -> Result<(Arc<Principal>, Option<GrantLease>), Refusal> {
         let refuse = |reason: String, principal: Option<&Principal>| Refusal {
             reason,
             principal: principal.map(|p| p.name.clone()),
@@ -227,17 +279,23 @@ impl ClientHandler {
                 Some(&principal),
             ));
         }
-        // Grants arrive with just-in-time access; until then only standing
-        // policies admit anyone.
-        if applicable.standing_only().is_empty() {
+        // Through a grant in force when the principal holds one (its `jit`
+        // rules then apply too, and the session ends with it), else through
+        // a standing policy, else not at all.
+        let lease = match applicable.jit_terms() {
+            Some(_) => self.gw.jit.lease(&principal.name, &self.gw.name).await,
+            None => None,
+        };
+        if lease.is_none() && applicable.standing_only().is_empty() {
             return Err(refuse(
                 format!(
-                    "principal {:?} has just-in-time access to connection {:?} and no active grant",
-                    principal.name, self.gw.name
+                    "principal {:?} has just-in-time access to connection {:?} and no active grant; request one with `portcullis grants request --connection {} --duration 15m --reason ...`",
+                    principal.name, self.gw.name, self.gw.name
                 ),
                 Some(&principal),
             ));
         }
+        let grant = lease.as_ref().map(|l| l.id.as_str());
         let attempt = self
             .attempt("ok")
             .principal(principal.name.clone())
@@ -256,6 +314,7 @@ impl ClientHandler {
                 "client_addr": self.peer.addr.to_string(),
                 "protocol": "ssh",
                 "client_user": user,
+                "grant": grant,
             }));
         for record in [attempt, start] {
             self.gw.store.append(record).await.map_err(|e| {
@@ -267,9 +326,10 @@ impl ClientHandler {
         }
         tracing::info!(
             session = %self.peer.session_id, connection = %self.gw.name, principal = %principal.name,
-            token = %principal.token_fingerprint, client = %self.peer.addr, "session started"
+            token = %principal.token_fingerprint, client = %self.peer.addr,
+            grant = grant.unwrap_or("-"), "session started"
         );
-        Ok(Arc::new(principal))
+        Ok((Arc::new(principal), lease))
     }
 
     fn attempt(&self, decision: &str) -> NewRecord {
@@ -304,9 +364,7 @@ impl ClientHandler {
         };
         let decision = self
             .gw
-            .policies
-            .applicable(&principal, &self.gw.name)
-            .standing_only()
+            .rules(&principal, self.grant.as_deref())
             .decide_ssh(request);
         let detail = json!({
             "protocol": "ssh",
@@ -315,7 +373,8 @@ impl ClientHandler {
             "text": request.describe(),
             "reason": decision.reason,
         });
-        match channel::record_decision(&self.gw, &self.peer, &principal, &decision, detail).await {
+        let who = (&*principal, self.grant.as_deref());
+        match channel::record_decision(&self.gw, &self.peer, who, &decision, detail).await {
             Ok(statement) => (decision, statement),
             Err(refused) => (refused, 0),
         }
@@ -340,6 +399,7 @@ impl ClientHandler {
             gw: self.gw.clone(),
             peer: self.peer.clone(),
             principal,
+            grant: self.grant.clone(),
             handle: session.handle(),
             number: self.numbers.fetch_add(1, Ordering::Relaxed) + 1,
         }
@@ -368,6 +428,7 @@ impl ClientHandler {
             gw: self.gw.clone(),
             peer: self.peer.clone(),
             principal,
+            grant: self.grant.clone(),
             handle,
             numbers: self.numbers.clone(),
             forwards: Default::default(),

@@ -229,6 +229,7 @@ fn ssh_gateway(
         services.verifier.clone(),
         services.policies.clone(),
         services.store.clone(),
+        services.jit.clone(),
         upstream,
         config.data_dir.clone(),
     )

@@ -216,25 +216,12 @@ impl Env {
     /// A `grants` / `approvals` command as the holder of `token`, against
     /// this gateway's admin API.
     pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .args(["--admin", &self.admin_url()])
-            .env("PORTCULLIS_TOKEN", token);
-        run(&mut cmd, TIMEOUT)
+        cli_as(&self.admin_url(), token, args)
     }
 
     /// Like [`Env::cli_as`] with `--json`, parsing what it prints.
     pub fn cli_json(&self, token: &str, args: &[&str]) -> serde_json::Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        let out = self.cli_as(token, &all);
-        assert!(
-            out.success(),
-            "{args:?} failed: {}{}",
-            out.stdout,
-            out.stderr
-        );
-        serde_json::from_str(&out.stdout).expect("JSON output")
+        cli_json(&self.admin_url(), token, args)
     }
 
     /// All records as JSON values (`audit export --format jsonl`).
@@ -270,6 +257,30 @@ pub fn token_from(issuer: &str, sub: &str, groups: &[&str], extra: &[&str]) -> S
     let out = run(&mut cmd, TIMEOUT);
     assert!(out.success(), "portcullis token failed: {}", out.stderr);
     out.stdout.trim().to_string()
+}
+
+/// A `grants` / `approvals` command as the holder of `token`, against the
+/// admin API at `admin_url`.
+pub fn cli_as(admin_url: &str, token: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .args(["--admin", admin_url])
+        .env("PORTCULLIS_TOKEN", token);
+    run(&mut cmd, TIMEOUT)
+}
+
+/// Like [`cli_as`] with `--json`, parsing what it prints.
+pub fn cli_json(admin_url: &str, token: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = cli_as(admin_url, token, &all);
+    assert!(
+        out.success(),
+        "{args:?} failed: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    serde_json::from_str(&out.stdout).expect("JSON output")
 }
 
 /// A record-reading CLI command against the store of `config`.

@@ -4,13 +4,12 @@
 
 use std::process::Command;
 use std::thread;
-use std::time::Duration;
 
 use test_support::free_port;
 
 use crate::env::{Env, Options, TIMEOUT};
 use crate::jit_http::Receiver;
-use crate::jit_support::{psql_in_background, spawn_psql};
+use crate::jit_support::{psql_in_background, spawn_psql, wait_for_pending};
 
 /// `ci` reads freely; writes wait for an approver.
 const HELD_WRITES: &str = r#"
@@ -32,16 +31,7 @@ fn env_with(opts: Options) -> Env {
 
 /// Waits for the pending approval of `statement` to appear for approvers.
 fn pending_approval(env: &Env, approver: &str, statement: &str) -> serde_json::Value {
-    for _ in 0..300 {
-        let list = env.cli_json(approver, &["approvals", "list"]);
-        if let Some(a) = list.as_array().unwrap().iter().find(|a| {
-            a["status"] == "pending" && a["statement"].as_str().unwrap_or("").contains(statement)
-        }) {
-            return a.clone();
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    panic!("no pending approval for {statement:?}");
+    wait_for_pending(|| env.cli_json(approver, &["approvals", "list"]), statement)
 }
 
 /// The id of the pending approval of the UPDATE.

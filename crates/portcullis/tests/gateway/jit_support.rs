@@ -1,8 +1,10 @@
 //! psql sessions the jit tests keep running while they act on grants and
-//! approvals (held statements block; revoked grants cut them).
+//! approvals (held statements block; revoked grants cut them), and waiting
+//! for what approvers see.
 
 use std::process::{Child, Command, Stdio};
 use std::thread;
+use std::time::Duration;
 
 use test_support::{run_with_input, Output};
 
@@ -33,4 +35,22 @@ pub fn spawn_psql(env: &Env, token: &str, sql: &str) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn psql")
+}
+
+/// Waits until `list` (an approver's `approvals list --json`) shows a
+/// pending approval whose statement contains `statement`, and returns it.
+pub fn wait_for_pending(
+    list: impl Fn() -> serde_json::Value,
+    statement: &str,
+) -> serde_json::Value {
+    for _ in 0..300 {
+        let list = list();
+        if let Some(a) = list.as_array().unwrap().iter().find(|a| {
+            a["status"] == "pending" && a["statement"].as_str().unwrap_or("").contains(statement)
+        }) {
+            return a.clone();
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no pending approval for {statement:?}");
 }

@@ -17,4 +17,5 @@ mod postgres_robustness;
 mod records_cli;
 mod ssh_access;
 mod ssh_env;
+mod ssh_jit;
 mod third_party_issuer;

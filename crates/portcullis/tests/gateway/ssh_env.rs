@@ -29,6 +29,9 @@ pub struct SshEnv {
     pub sshd: SshServer,
     pub issuer: String,
     pub gw_port: u16,
+    /// The admin API's port, for `grants` and `approvals` (members of group
+    /// `sre` approve).
+    pub admin_port: u16,
     pub config: PathBuf,
     idp: Process,
     gateway: Option<Process>,
@@ -60,6 +63,8 @@ identity:
     - issuer: {issuer}
       audience: portcullis
       groups_claim: groups
+  approvers:
+    groups: [sre]
 connections:
   - name: bastion
     type: ssh
@@ -96,6 +101,7 @@ policies:
             sshd,
             issuer,
             gw_port,
+            admin_port,
             config,
             idp,
             gateway: Some(gateway),
@@ -179,6 +185,52 @@ policies:
 
     pub fn cli(&self, args: &[&str]) -> Output {
         env::cli(&self.config, args)
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
+    /// A `grants` / `approvals` command as the holder of `token`.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
+        env::cli_as(&self.admin_url(), token, args)
+    }
+
+    /// Like [`SshEnv::cli_as`] with `--json`, parsing what it prints.
+    pub fn cli_json(&self, token: &str, args: &[&str]) -> serde_json::Value {
+        env::cli_json(&self.admin_url(), token, args)
+    }
+
+    /// `ssh ci@gateway COMMAND` on its own thread, for commands that wait
+    /// (held for approval, or cut by a grant's end).
+    pub fn ssh_in_background(&self, token: &str, command: &str) -> std::thread::JoinHandle<Output> {
+        let mut cmd = self.client("ssh", token);
+        cmd.arg("ci@127.0.0.1").arg(command);
+        std::thread::spawn(move || run_with_input(&mut cmd, None, TIMEOUT))
+    }
+
+    /// Like [`SshEnv::ssh_in_background`], with `input` on the command's stdin.
+    pub fn ssh_in_background_with_input(
+        &self,
+        token: &str,
+        command: &str,
+        input: &[u8],
+    ) -> std::thread::JoinHandle<Output> {
+        let mut cmd = self.client("ssh", token);
+        cmd.arg("ci@127.0.0.1").arg(command);
+        let input = input.to_vec();
+        std::thread::spawn(move || run_with_input(&mut cmd, Some(&input), TIMEOUT))
+    }
+
+    /// `ssh ci@gateway COMMAND`, spawned so the test can kill it.
+    pub fn spawn_ssh(&self, token: &str, command: &str) -> std::process::Child {
+        let mut cmd = self.client("ssh", token);
+        cmd.arg("ci@127.0.0.1")
+            .arg(command)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().expect("spawn ssh")
     }
 
     pub fn records(&self) -> Vec<serde_json::Value> {

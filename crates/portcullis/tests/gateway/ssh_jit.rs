@@ -2,7 +2,11 @@
 //! `jit` principal logs in only inside a grant, the session is cut when the
 //! grant is revoked, and a held exec waits for `portcullis approvals`.
 
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+
 use serde_json::Value;
+use test_support::Output;
 
 use crate::jit_support::wait_for_pending;
 use crate::ssh_env::SshEnv;
@@ -126,104 +130,123 @@ fn ssh_jit_principal_is_refused_before_a_grant_admitted_inside_it_and_cut_on_rev
     assert!(env.cli(&["audit", "verify"]).success());
 }
 
-/// The pending approval of `command`, as an approver sees it.
-fn pending(env: &SshEnv, approver: &str, command: &str) -> Value {
-    wait_for_pending(|| env.cli_json(approver, &["approvals", "list"]), command)
+/// `ci-job` runs `tee -a FILE` (held by [`HELD_SSH`]); `alice` decides.
+struct HeldExec {
+    env: SshEnv,
+    ci: String,
+    alice: String,
+    file: PathBuf,
+    command: String,
+}
+
+impl HeldExec {
+    fn new() -> HeldExec {
+        let env = SshEnv::with(HELD_SSH, None);
+        let file = env.sshd.dir().join("appended.txt");
+        HeldExec {
+            ci: env.ci_token(),
+            alice: env.token("alice", &["sre"]),
+            command: format!("tee -a {}", file.display()),
+            file,
+            env,
+        }
+    }
+
+    /// Runs the command with `ran` on its stdin, on its own thread.
+    fn run(&self) -> JoinHandle<Output> {
+        self.env
+            .ssh_in_background_with_input(&self.ci, &self.command, b"ran\n")
+    }
+
+    /// The command's approval once it is pending, as alice sees it.
+    fn pending(&self) -> Value {
+        let list = || self.env.cli_json(&self.alice, &["approvals", "list"]);
+        wait_for_pending(list, &self.command)
+    }
+
+    fn pending_id(&self) -> String {
+        self.pending()["id"]
+            .as_str()
+            .expect("approval id")
+            .to_string()
+    }
+
+    /// `approvals VERB ID ARGS...` as alice.
+    fn decide(&self, verb: &str, id: &str, args: &[&str]) -> Output {
+        let mut all = vec!["approvals", verb, id];
+        all.extend_from_slice(args);
+        self.env.cli_as(&self.alice, &all)
+    }
+
+    /// The command's record once its approval `id` is settled.
+    fn record(&self, id: &str) -> Value {
+        self.env
+            .wait_for_record(|r| r["kind"] == "statement" && r["detail"]["approval"] == id)
+    }
 }
 
 #[test]
 fn ssh_held_exec_runs_once_after_approval_with_its_input() {
-    let env = SshEnv::with(HELD_SSH, None);
-    let ci = env.ci_token();
-    let alice = env.token("alice", &["sre"]);
-    let file = env.sshd.dir().join("appended.txt");
-    let command = format!("tee -a {}", file.display());
-
-    let held = env.ssh_in_background_with_input(&ci, &command, b"ran\n");
-    let approval = pending(&env, &alice, &command);
+    let held = HeldExec::new();
+    let env = &held.env;
+    let running = held.run();
+    let approval = held.pending();
     let id = approval["id"].as_str().expect("approval id").to_string();
     assert_eq!(approval["principal"], "ci-job");
     assert_eq!(approval["connection"], "bastion");
-    assert_eq!(approval["statement"], command.as_str());
-    assert!(!file.exists(), "ran before approval");
+    assert_eq!(approval["statement"], held.command.as_str());
+    assert!(!held.file.exists(), "ran before approval");
     // Other sessions go on while it waits.
-    let other = env.ssh(&ci, &["echo meanwhile"]);
+    let other = env.ssh(&held.ci, &["echo meanwhile"]);
     assert_eq!(other.stdout, "meanwhile\n", "{}", other.stderr);
 
-    let approved = env.cli_json(&alice, &["approvals", "approve", &id]);
-    assert_eq!(approved["status"], "approved");
-    let out = held.join().unwrap();
+    let approved = held.decide("approve", &id, &[]);
+    assert!(approved.success(), "{}", approved.stderr);
+    let out = running.join().unwrap();
     assert_eq!(out.code, Some(0), "{}\n{}", out.stderr, env.gateway_log());
     assert_eq!(out.stdout, "ran\n");
-    assert!(
-        out.stderr.contains(&format!(
-            "portcullis: awaiting approval {id}, see {}/v1/approvals/{id}",
-            env.admin_url()
-        )),
-        "{}",
-        out.stderr
+    let awaiting = format!(
+        "portcullis: awaiting approval {id}, see {}/v1/approvals/{id}",
+        env.admin_url()
     );
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), "ran\n");
+    assert!(out.stderr.contains(&awaiting), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&held.file).unwrap(), "ran\n");
 
-    let record =
-        env.wait_for_record(|r| r["kind"] == "statement" && r["detail"]["approval"] == id.as_str());
+    let record = held.record(&id);
     assert_eq!(record["decision"], "allow");
     assert_eq!(record["rule"], "tee -a *");
-    assert_eq!(record["detail"]["text"], command.as_str());
+    assert_eq!(record["detail"]["text"], held.command.as_str());
     assert_eq!(env.result_of(&record)["exit_status"], 0);
-    let twice = env.cli_as(&alice, &["approvals", "approve", &id]);
+    let twice = held.decide("approve", &id, &[]);
     assert!(twice.stderr.contains("409"), "{}", twice.stderr);
 }
 
 #[test]
 fn ssh_held_exec_is_refused_with_126_after_denial() {
-    let env = SshEnv::with(HELD_SSH, None);
-    let ci = env.ci_token();
-    let alice = env.token("alice", &["sre"]);
-    let file = env.sshd.dir().join("appended.txt");
-    let command = format!("tee -a {}", file.display());
-
-    let held = env.ssh_in_background_with_input(&ci, &command, b"ran\n");
-    let id = pending(&env, &alice, &command)["id"]
-        .as_str()
-        .expect("approval id")
-        .to_string();
-    let denied = env.cli_as(&alice, &["approvals", "deny", &id, "--reason", "not now"]);
+    let held = HeldExec::new();
+    let running = held.run();
+    let id = held.pending_id();
+    let denied = held.decide("deny", &id, &["--reason", "not now"]);
     assert!(denied.success(), "{}", denied.stderr);
-    let out = held.join().unwrap();
+    let out = running.join().unwrap();
     assert_eq!(out.code, Some(126), "{}", out.stderr);
-    assert!(
-        out.stderr.contains(&format!(
-            "portcullis: approval {id} was denied by alice: not now"
-        )),
-        "{}",
-        out.stderr
-    );
-    assert!(!file.exists(), "the denied command ran");
-    let record =
-        env.wait_for_record(|r| r["kind"] == "statement" && r["detail"]["approval"] == id.as_str());
-    assert_eq!(record["decision"], "deny");
+    let refusal = format!("portcullis: approval {id} was denied by alice: not now");
+    assert!(out.stderr.contains(&refusal), "{}", out.stderr);
+    assert!(!held.file.exists(), "the denied command ran");
+    assert_eq!(held.record(&id)["decision"], "deny");
 }
 
 #[test]
 fn ssh_held_exec_is_abandoned_when_the_client_disconnects() {
-    let env = SshEnv::with(HELD_SSH, None);
-    let ci = env.ci_token();
-    let alice = env.token("alice", &["sre"]);
-    let file = env.sshd.dir().join("appended.txt");
-    let command = format!("tee -a {}", file.display());
-
-    let mut child = env.spawn_ssh(&ci, &command);
-    let id = pending(&env, &alice, &command)["id"]
-        .as_str()
-        .expect("approval id")
-        .to_string();
+    let held = HeldExec::new();
+    let mut child = held.env.spawn_ssh(&held.ci, &held.command);
+    let id = held.pending_id();
     child.kill().expect("kill ssh");
     let _ = child.wait();
-    env.wait_for_record(|r| {
+    held.env.wait_for_record(|r| {
         r["kind"] == "approval" && r["decision"] == "abandoned" && r["detail"]["id"] == id.as_str()
     });
-    let late = env.cli_as(&alice, &["approvals", "approve", &id]);
+    let late = held.decide("approve", &id, &[]);
     assert!(late.stderr.contains("409"), "{}", late.stderr);
-    assert!(!file.exists(), "the abandoned command ran");
+    assert!(!held.file.exists(), "the abandoned command ran");
 }

@@ -45,6 +45,11 @@ impl SshEnv {
 
     /// `host_key`: what the gateway pins for the upstream (the real one when `None`).
     pub fn with(policies: &str, host_key: Option<String>) -> SshEnv {
+        Self::configured(policies, host_key, "5m")
+    }
+
+    /// Like [`SshEnv::with`], with held requests refused after `approval_timeout`.
+    pub fn configured(policies: &str, host_key: Option<String>, approval_timeout: &str) -> SshEnv {
         let sshd = SshServer::start();
         let (issuer, idp) = env::start_dev_idp();
         let dir = test_support::temp_dir();
@@ -56,6 +61,7 @@ impl SshEnv {
             r#"
 admin:
   listen: 127.0.0.1:{admin_port}
+  approval_timeout: {approval_timeout}
 store: sqlite://{dir}/portcullis.db
 data_dir: {dir}/data
 identity:

@@ -141,7 +141,11 @@ struct HeldExec {
 
 impl HeldExec {
     fn new() -> HeldExec {
-        let env = SshEnv::with(HELD_SSH, None);
+        Self::with_timeout("5m")
+    }
+
+    fn with_timeout(approval_timeout: &str) -> HeldExec {
+        let env = SshEnv::configured(HELD_SSH, None, approval_timeout);
         let file = env.sshd.dir().join("appended.txt");
         HeldExec {
             ci: env.ci_token(),
@@ -234,6 +238,30 @@ fn ssh_held_exec_is_refused_with_126_after_denial() {
     assert!(out.stderr.contains(&refusal), "{}", out.stderr);
     assert!(!held.file.exists(), "the denied command ran");
     assert_eq!(held.record(&id)["decision"], "deny");
+}
+
+#[test]
+fn ssh_held_exec_is_refused_with_126_when_nobody_answers() {
+    let held = HeldExec::with_timeout("1s");
+    let out = held.run().join().unwrap();
+    assert_eq!(out.code, Some(126), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("portcullis: awaiting approval a-"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("timed out: no approver answered in time"),
+        "{}",
+        out.stderr
+    );
+    assert!(!held.file.exists(), "the timed-out command ran");
+    let timed_out = held
+        .env
+        .wait_for_record(|r| r["kind"] == "approval" && r["decision"] == "timed_out");
+    let id = timed_out["detail"]["id"].as_str().expect("approval id");
+    assert_eq!(held.record(id)["decision"], "deny");
 }
 
 #[test]

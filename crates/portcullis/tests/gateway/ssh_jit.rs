@@ -11,13 +11,15 @@ use test_support::Output;
 use crate::jit_support::wait_for_pending;
 use crate::ssh_env::SshEnv;
 
-/// `ci` has no standing access to the bastion: a few commands inside a grant.
+/// `ci` has no standing access to the bastion: a few commands inside a
+/// grant, and appending to a file (`tee -a`) also needs an approver.
 const JIT_SSH: &str = r#"
   - name: ci-ssh-jit
     match: { groups: [ci] }
     connection: bastion
     access: { jit: { max: 1h, approval: required } }
     allow: ["echo *", "sleep *"]
+    require_approval: ["tee -a *"]
 "#;
 
 /// `ci` may echo; appending to a file (`tee -a`) waits for an approver.
@@ -97,24 +99,38 @@ fn ssh_jit_principal_is_refused_before_a_grant_admitted_inside_it_and_cut_on_rev
     assert_eq!(env.result_of(&ran)["exit_status"], 0);
     env.wait_for_record(|r| r["kind"] == "session_start" && r["detail"]["grant"] == id.as_str());
 
-    // A live session under the grant ends the moment it is revoked.
+    // Live sessions under the grant, one running and one waiting for an
+    // approver, end the moment it is revoked; the wait is abandoned.
     let running = env.ssh_in_background(&ci, "sleep 50");
     env.wait_for_record(|r| {
         r["kind"] == "statement"
             && r["detail"]["text"] == "sleep 50"
             && r["detail"]["grant"] == id.as_str()
     });
+    let file = env.sshd.dir().join("appended.txt");
+    let command = format!("tee -a {}", file.display());
+    let held = env.ssh_in_background(&ci, &command);
+    let approval = wait_for_pending(|| env.cli_json(&alice, &["approvals", "list"]), &command);
+    assert_eq!(approval["grant"], id.as_str());
     let revoked = env.cli_as(&alice, &["grants", "revoke", &id, "--reason", "done"]);
     assert!(revoked.success(), "{}", revoked.stderr);
-    let cut = running.join().unwrap();
-    assert!(!cut.timed_out, "{}", cut.stderr);
-    assert_eq!(cut.code, Some(255), "{}", cut.stderr);
-    assert!(
-        cut.stderr
-            .contains(&format!("grant {id} was revoked by alice: done")),
-        "{}",
-        cut.stderr
-    );
+    for session in [running, held] {
+        let cut = session.join().unwrap();
+        assert!(!cut.timed_out, "{}", cut.stderr);
+        assert_eq!(cut.code, Some(255), "{}", cut.stderr);
+        assert!(
+            cut.stderr
+                .contains(&format!("grant {id} was revoked by alice: done")),
+            "{}",
+            cut.stderr
+        );
+    }
+    env.wait_for_record(|r| {
+        r["kind"] == "approval"
+            && r["decision"] == "abandoned"
+            && r["detail"]["id"] == approval["id"]
+    });
+    assert!(!file.exists(), "the held command ran");
     let end = env.wait_for_record(|r| {
         r["kind"] == "session_end"
             && r["detail"]["grant"] == id.as_str()

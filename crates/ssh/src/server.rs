@@ -94,32 +94,24 @@ pub(crate) async fn run(
             Err(_) => std::future::pending().await,
         }
     };
-    let reason = tokio::select! {
+    // Why the session ended, and what to tell a client the gateway
+    // disconnects.
+    let (reason, disconnect) = tokio::select! {
         result = &mut running => match result {
-            Ok(()) => "client disconnected".to_string(),
-            Err(e) => format!("connection ended: {e}"),
+            Ok(()) => ("client disconnected".to_string(), None),
+            Err(e) => (format!("connection ended: {e}"), None),
         },
         ended = grant_ended => {
-            let reason = format!("access ended: {ended}");
             // OpenSSH prints the message ("Received disconnect from …") and
             // exits 255; held commands and channels end with the connection.
-            let _ = handle
-                .disconnect(
-                    russh::Disconnect::ByApplication,
-                    format!("portcullis: {reason}"),
-                    "en".into(),
-                )
-                .await;
-            if tokio::time::timeout(Duration::from_secs(5), &mut running).await.is_err() {
-                cut();
-                let _ = running.await;
-            }
-            reason
+            let reason = format!("access ended: {ended}");
+            let message = format!("portcullis: {reason}");
+            (reason, Some(message))
         },
         _ = login_timeout => {
             let reason = format!("login did not complete within {} s", LOGIN_TIMEOUT.as_secs());
             cut();
-            let _ = running.await;
+            let _ = (&mut running).await;
             let record = NewRecord::new(RecordKind::ConnectionAttempt)
                 .session_id(peer.session_id.clone())
                 .connection(gw.name.clone())
@@ -128,23 +120,25 @@ pub(crate) async fn run(
             if let Err(e) = gw.store.append(record).await {
                 tracing::error!(error = %e, "could not record refused connection");
             }
-            reason
+            (reason, None)
         },
         _ = shutdown.changed() => {
-            let _ = handle
-                .disconnect(
-                    russh::Disconnect::ByApplication,
-                    "the gateway is shutting down".into(),
-                    "en".into(),
-                )
-                .await;
-            if tokio::time::timeout(Duration::from_secs(5), &mut running).await.is_err() {
-                cut();
-                let _ = running.await;
-            }
-            "the gateway is shutting down".to_string()
+            let reason = "the gateway is shutting down".to_string();
+            (reason.clone(), Some(reason))
         }
     };
+    if let Some(message) = disconnect {
+        let _ = handle
+            .disconnect(russh::Disconnect::ByApplication, message, "en".into())
+            .await;
+        if tokio::time::timeout(Duration::from_secs(5), &mut running)
+            .await
+            .is_err()
+        {
+            cut();
+            let _ = running.await;
+        }
+    }
     if let Some(Admitted { principal, grant }) = admitted.get() {
         let record = NewRecord::new(RecordKind::SessionEnd)
             .session_id(peer.session_id.clone())

@@ -826,3 +826,39 @@ pub(crate) async fn pipe(
     });
     write_result(&ctx, result).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(verdict: Verdict) -> Decision {
+        Decision {
+            verdict,
+            policy: Some("ci-ssh".into()),
+            rule: "port_forward".into(),
+            reason: "why".into(),
+            statement_index: None,
+        }
+    }
+
+    #[test]
+    fn refusals_name_the_policy_and_rule_and_a_held_forward_fails_closed() {
+        assert_eq!(
+            refusal_message(&decision(Verdict::Deny)),
+            "portcullis: denied by policy \"ci-ssh\", rule \"port_forward\": why"
+        );
+        let held = refusal_message(&decision(Verdict::Hold));
+        assert!(
+            held.starts_with("portcullis: approval required (policy \"ci-ssh\", rule \"port_forward\"): why; forwarding cannot wait"),
+            "{held}"
+        );
+        let default = Decision {
+            policy: None,
+            ..decision(Verdict::Deny)
+        };
+        assert_eq!(
+            refusal_message(&default),
+            "portcullis: denied by rule \"port_forward\": why"
+        );
+    }
+}

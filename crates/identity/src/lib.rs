@@ -42,7 +42,10 @@ pub struct Principal {
     pub issuer: String,
     /// Every claim of the token, for policy matching.
     pub claims: serde_json::Map<String, serde_json::Value>,
-    /// When the token stops being valid; sessions end or re-authenticate then.
+    /// When the token stops being valid. Checked at login (and by the
+    /// verifier's cache); a session already open outlives it, since jobs'
+    /// tokens are often shorter-lived than their work; time-boxing a
+    /// session is what jit grants are for.
     pub expires_at: SystemTime,
     /// [`fingerprint`] of the token, to correlate logs and records without the token.
     pub token_fingerprint: String,

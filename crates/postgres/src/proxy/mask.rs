@@ -177,23 +177,24 @@ impl SessionMask {
         tally: &mut Tally,
     ) -> Result<Option<BytesMut>, CodecError> {
         let columns = parse_data_row(body)?;
+        // A lying upstream could describe fewer columns than it sends; the
+        // extra ones would have no plan.
+        if columns.len() > shape.fields.len() {
+            return Err(CodecError::malformed(
+                "DataRow",
+                "more columns than its RowDescription",
+            ));
+        }
         let mut cells: Vec<(usize, Cell)> = Vec::new();
         for (i, value) in columns.iter().enumerate() {
             let (Some(value), Some(plan)) = (value, shape.fields.get(i)) else {
-                // NULL stays NULL; a column the description did not list
-                // (a lying upstream) is refused below.
+                // NULL stays NULL.
                 continue;
             };
             match self.mask_cell(plan, value, tally) {
                 Cell::Keep => {}
                 cell => cells.push((i, cell)),
             }
-        }
-        if columns.len() > shape.fields.len() {
-            return Err(CodecError::malformed(
-                "DataRow",
-                "more columns than its RowDescription",
-            ));
         }
         if cells.is_empty() {
             return Ok(None);
@@ -228,15 +229,13 @@ impl SessionMask {
         };
         let cell = match decode(plan, raw) {
             Decoded::Text(text, prefix) => {
-                let mut counts = DetectorCounts::default();
                 let outcome = self.masker.mask_for_type_counted(
                     plan.type_oid,
                     scope,
                     method,
                     text,
-                    &mut counts,
+                    &mut tally.detectors,
                 );
-                tally.detectors.merge(&counts);
                 match outcome {
                     Outcome::Clean => Cell::Keep,
                     Outcome::Masked { value, count } => {
@@ -296,14 +295,12 @@ impl SessionMask {
             return None;
         }
         let text = std::str::from_utf8(line).ok()?;
-        let mut counts = DetectorCounts::default();
         let (masked, n) = self.masker.mask_text_counted(
             &self.rules.detectors,
             self.rules.detect_method,
             text,
-            &mut counts,
+            &mut tally.detectors,
         );
-        tally.detectors.merge(&counts);
         tally.values += n as u64;
         (n > 0).then(|| masked.into_owned().into_bytes())
     }
@@ -332,15 +329,13 @@ impl SessionMask {
             if !self.rules.detectors.is_empty()
                 && matches!(code, b'M' | b'D' | b'H' | b'W' | b'q' | b'p')
             {
-                let mut counts = DetectorCounts::default();
                 let (masked, n) = self.masker.mask_text_counted(
                     &self.rules.detectors,
                     self.rules.detect_method,
                     &text,
-                    &mut counts,
+                    &mut tally.detectors,
                 );
                 if n > 0 {
-                    tally.detectors.merge(&counts);
                     tally.values += n as u64;
                     text = masked.into_owned().into();
                 }

@@ -289,9 +289,7 @@ impl ClientSide<'_> {
     async fn record_then_forward_query(&mut self, frame: &Frame, record: NewRecord, ddl: bool) {
         match self.gw.store.append(record).await {
             Ok(record_id) => {
-                let mut tracker = Tracker::new(record_id, true, None);
-                tracker.ddl = ddl;
-                self.expect(Expect::Statement(tracker));
+                self.expect(Expect::Statement(Tracker::new(record_id, true, None, ddl)));
                 self.expect(Expect::SyncPoint);
                 frame.encode_into(&mut self.batch);
             }
@@ -380,9 +378,12 @@ impl ClientSide<'_> {
     ) {
         match self.gw.store.append(record).await {
             Ok(id) => {
-                let mut tracker = Tracker::new(id, false, Some(portal));
-                tracker.ddl = ddl;
-                self.expect(Expect::Statement(tracker));
+                self.expect(Expect::Statement(Tracker::new(
+                    id,
+                    false,
+                    Some(portal),
+                    ddl,
+                )));
                 frame.encode_into(&mut self.batch);
             }
             Err(e) => self.poison(store_error(&e)),

@@ -278,7 +278,7 @@ struct Tracker {
 }
 
 impl Tracker {
-    fn new(record_id: i64, whole_query: bool, portal: Option<&str>) -> Self {
+    fn new(record_id: i64, whole_query: bool, portal: Option<&str>, ddl: bool) -> Self {
         Self {
             record_id,
             started: Instant::now(),
@@ -288,7 +288,7 @@ impl Tracker {
             completed: false,
             error: None,
             portal: portal.map(str::to_string),
-            ddl: false,
+            ddl,
             masked: None,
             output: OutputSample::default(),
         }

@@ -13,6 +13,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Every relayed statement allocates a few small, short-lived buffers on
+/// whichever runtime worker handles it, and glibc's allocator showed up at
+/// about a tenth of the gateway's CPU under load; mimalloc's per-thread
+/// free lists make those allocations cheap.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     logging::init(cli.log_json);

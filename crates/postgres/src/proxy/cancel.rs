@@ -156,19 +156,15 @@ mod tests {
     #[tokio::test]
     async fn a_cancel_reaches_a_unix_socket_upstream() {
         use tokio::io::AsyncReadExt;
-        let dir = std::env::temp_dir().join(format!("portcullis-cancel-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(".s.PGSQL.5432");
-        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let (socket, listener) = crate::proxy::upstream::tests::FakeSocket::bind();
         let registry = Arc::new(CancelRegistry::default());
         let reg = registry
-            .register(UpstreamAddr::Unix(path), (42, 43))
+            .register(UpstreamAddr::Unix(socket.path.clone()), (42, 43))
             .unwrap();
         assert!(registry.cancel(reg.pid.0, reg.secret).await);
         let (mut upstream, _) = listener.accept().await.unwrap();
         let mut request = Vec::new();
         upstream.read_to_end(&mut request).await.unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(request, encode_cancel(42, 43).to_vec());
     }
 }

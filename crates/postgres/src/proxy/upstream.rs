@@ -325,8 +325,32 @@ impl Login {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// A listener where PostgreSQL's socket would be, in a directory of its
+    /// own that is removed on drop.
+    pub(crate) struct FakeSocket {
+        dir: PathBuf,
+        pub path: PathBuf,
+    }
+
+    impl FakeSocket {
+        pub(crate) fn bind() -> (FakeSocket, tokio::net::UnixListener) {
+            let name = format!("portcullis-socket-{}", rand::random::<u64>());
+            let dir = std::env::temp_dir().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(".s.PGSQL.5432");
+            let listener = tokio::net::UnixListener::bind(&path).unwrap();
+            (FakeSocket { dir, path }, listener)
+        }
+    }
+
+    impl Drop for FakeSocket {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 
     fn configured(host: &str) -> PostgresUpstream {
         PostgresUpstream {
@@ -397,10 +421,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_socket_upstream_gets_the_startup_message_without_an_ssl_request() {
-        let dir = std::env::temp_dir().join(format!("portcullis-up-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(".s.PGSQL.5432");
-        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let (socket, listener) = FakeSocket::bind();
         let server = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
             let mut head = [0u8; 8];
@@ -413,11 +434,9 @@ mod tests {
             s.write_all(&msg).await.unwrap();
             head
         });
-        let err = connect(&target(UpstreamAddr::Unix(path), UpstreamTls::Prefer), &[])
-            .await
-            .err();
+        let addr = UpstreamAddr::Unix(socket.path.clone());
+        let err = connect(&target(addr, UpstreamTls::Prefer), &[]).await.err();
         let head = server.await.unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
         // Protocol 3.0, not the SSLRequest code 80877103.
         assert_eq!(head[4..], 196_608u32.to_be_bytes());
         assert!(

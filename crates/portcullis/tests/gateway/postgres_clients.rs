@@ -240,10 +240,15 @@ fn copy_from_stdin_is_a_write_and_refused_for_readers() {
 
 #[test]
 fn cancel_request_reaches_the_right_backend() {
-    let env = Env::start();
+    psycopg_cancels_a_sleep(&Env::start());
+}
+
+/// psycopg cancels its running `pg_sleep` (a CancelRequest to the gateway),
+/// PostgreSQL itself cancels it, and the session goes on.
+pub(crate) fn psycopg_cancels_a_sleep(env: &Env) {
     let token = env.token("ci-job", &["ci"]);
     let out = python(
-        &env,
+        env,
         &token,
         r#"
 import os, threading, time, psycopg
@@ -262,6 +267,11 @@ print("AFTER", conn.execute("select 1").fetchone()[0])
     assert!(out.success(), "{}\n{}", out.stderr, env.gateway_log());
     assert!(out.stdout.contains("CANCELLED"), "{}", out.stdout);
     assert!(out.stdout.contains("AFTER 1"), "{}", out.stdout);
+    let log = env.pg.log();
+    assert!(
+        log.contains("canceling statement due to user request"),
+        "{log}"
+    );
 }
 
 #[test]

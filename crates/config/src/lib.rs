@@ -250,10 +250,16 @@ pub struct PostgresConnection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresUpstream {
+    /// Host name or address; a value starting with `/` is instead the
+    /// directory holding the server's Unix-domain socket (libpq's convention),
+    /// for a gateway running on the database host.
     pub host: String,
+    /// TCP port, or the number in the socket's name (`.s.PGSQL.5432`).
     #[serde(default = "default_pg_port")]
     pub port: u16,
+    /// Database the gateway logs in to.
     pub database: String,
+    /// Role the gateway logs in as.
     pub user: String,
     /// Environment variable holding the password.
     #[serde(default)]
@@ -264,7 +270,8 @@ pub struct PostgresUpstream {
     /// Inline password: for trials only.
     #[serde(default)]
     pub password: Option<String>,
-    /// TLS towards the upstream.
+    /// TLS towards the upstream. A Unix-socket host takes only `prefer` or
+    /// `disable` (both plain): PostgreSQL never offers TLS on its socket.
     #[serde(default)]
     pub tls: UpstreamTls,
     /// CA bundle for `verify-full`; the system roots when omitted.
@@ -496,6 +503,14 @@ impl Config {
 }
 
 impl PostgresUpstream {
+    /// The Unix-domain socket libpq would use for this host and port, when
+    /// `host` names a socket directory rather than a TCP host.
+    pub fn unix_socket(&self) -> Option<PathBuf> {
+        self.host
+            .starts_with('/')
+            .then(|| Path::new(&self.host).join(format!(".s.PGSQL.{}", self.port)))
+    }
+
     /// Resolves the upstream password from env, file or inline value.
     pub fn resolve_password(&self) -> Result<Option<String>, String> {
         if let Some(var) = &self.password_env {

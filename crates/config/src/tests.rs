@@ -301,3 +301,69 @@ fn admin_api_off_loopback_needs_insecure_plaintext() {
     let c = Config::parse("p.yaml", &text).unwrap();
     assert_eq!(c.admin.base_url(), "https://0.0.0.0:8080");
 }
+
+fn pg_upstream(c: &Config, i: usize) -> &PostgresUpstream {
+    match &c.connections[i] {
+        ConnectionConfig::Postgres(pg) => &pg.upstream,
+        _ => panic!("postgres expected"),
+    }
+}
+
+#[test]
+fn a_slash_host_is_a_unix_socket_directory() {
+    let c = Config::parse("p.yaml", GOOD).unwrap();
+    assert_eq!(pg_upstream(&c, 0).unix_socket(), None);
+    for tls in ["prefer", "disable"] {
+        let text = GOOD
+            .replace("host: 127.0.0.1", "host: /run/postgresql")
+            .replace("tls: prefer", &format!("tls: {tls}"));
+        let c = Config::parse("p.yaml", &text).unwrap_or_else(|e| panic!("tls: {tls}: {e}"));
+        assert_eq!(
+            pg_upstream(&c, 0).unix_socket(),
+            Some(PathBuf::from("/run/postgresql/.s.PGSQL.5432"))
+        );
+    }
+    let text = GOOD.replace(
+        "host: 127.0.0.1",
+        "host: /var/run/postgresql/\n      port: 6432",
+    );
+    let c = Config::parse("p.yaml", &text).unwrap();
+    assert_eq!(
+        pg_upstream(&c, 0).unix_socket(),
+        Some(PathBuf::from("/var/run/postgresql/.s.PGSQL.6432"))
+    );
+}
+
+#[test]
+fn a_unix_socket_upstream_refuses_required_tls_on_its_own_line() {
+    // A TCP connection with `tls: require` comes first, and the file has a
+    // top-level `tls:` too: the error must point at the socket connection's.
+    let tcp_first = GOOD
+        .replace(
+            "store: sqlite://data/portcullis.db\n",
+            "store: sqlite://data/portcullis.db\ntls: { cert: c.pem, key: k.pem }\n",
+        )
+        .replace(
+            "connections:\n",
+            "connections:\n  - name: tcp-db\n    type: postgres\n    listen: 127.0.0.1:15433\n    upstream: { host: db.internal, database: d, user: u, tls: require }\n",
+        );
+    for mode in ["require", "verify-full"] {
+        let text = tcp_first
+            .replace("host: 127.0.0.1", "host: /run/postgresql")
+            .replace("      tls: prefer", &format!("      tls: {mode}"));
+        let err = Config::parse("p.yaml", &text).unwrap_err().to_string();
+        assert!(err.contains("connections[1].upstream.tls"), "{err}");
+        assert!(err.contains(&format!("tls: {mode} cannot be met")), "{err}");
+        assert!(err.contains("/run/postgresql/.s.PGSQL.5432"), "{err}");
+        assert!(err.contains("never offers TLS"), "{err}");
+        let line: usize = err.split(':').nth(1).unwrap().parse().unwrap();
+        assert_eq!(
+            text.lines().nth(line - 1).map(str::trim),
+            Some(format!("tls: {mode}").as_str()),
+            "{err}"
+        );
+    }
+    // The same modes are fine on a TCP host.
+    let text = tcp_first.replace("      tls: prefer", "      tls: verify-full");
+    assert!(Config::parse("p.yaml", &text).is_ok());
+}

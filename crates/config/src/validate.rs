@@ -2,7 +2,9 @@
 
 use std::collections::HashSet;
 
-use crate::{is_loopback_listen, Access, Config, ConnectionConfig, MaskConfig, SSH_WORDS};
+use crate::{
+    is_loopback_listen, Access, Config, ConnectionConfig, MaskConfig, UpstreamTls, SSH_WORDS,
+};
 
 const STATEMENT_CLASSES: [&str; 4] = ["read", "write", "ddl", "admin"];
 
@@ -22,6 +24,9 @@ pub(crate) struct Violation {
     pub message: String,
     /// Text near the offending value, used to find its line.
     pub anchor: String,
+    /// Text the anchor follows, for anchors such as `tls:` that occur in
+    /// many places: the search starts at the first line holding it.
+    pub after: Option<String>,
 }
 
 impl Violation {
@@ -30,7 +35,13 @@ impl Violation {
             field,
             message,
             anchor: anchor.to_string(),
+            after: None,
         }
+    }
+
+    fn after(mut self, scope: String) -> Self {
+        self.after = Some(scope);
+        self
     }
 
     /// Line of the first occurrence of the anchor in the file (1 when absent),
@@ -39,10 +50,18 @@ impl Violation {
         if self.anchor.is_empty() {
             return 1;
         }
-        text.lines()
-            .position(|l| l.contains(&self.anchor))
-            .map(|i| i + 1)
-            .unwrap_or(1)
+        let start = self
+            .after
+            .as_ref()
+            .and_then(|scope| text.lines().position(|l| l.contains(scope.as_str())))
+            .unwrap_or(0);
+        let find_from = |start: usize| {
+            text.lines()
+                .skip(start)
+                .position(|l| l.contains(&self.anchor))
+                .map(|i| start + i + 1)
+        };
+        find_from(start).or_else(|| find_from(0)).unwrap_or(1)
     }
 }
 
@@ -184,6 +203,22 @@ fn validate_connections(config: &Config) -> Result<(), Violation> {
                     "give at most one of password_env, password_file, password".into(),
                     "password",
                 ));
+            }
+            let needs_tls = match up.tls {
+                UpstreamTls::Require => Some("require"),
+                UpstreamTls::VerifyFull => Some("verify-full"),
+                UpstreamTls::Disable | UpstreamTls::Prefer => None,
+            };
+            if let (Some(socket), Some(mode)) = (up.unix_socket(), needs_tls) {
+                return Err(Violation::new(
+                    field("upstream.tls"),
+                    format!(
+                        "tls: {mode} cannot be met over the Unix socket {}: PostgreSQL never offers TLS on a Unix socket; use tls: prefer or disable (the socket is local and plain), or a TCP host",
+                        socket.display()
+                    ),
+                    "tls:",
+                )
+                .after(format!("name: {}", pg.name)));
             }
         }
     }

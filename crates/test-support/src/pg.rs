@@ -5,7 +5,7 @@
 //! temp dir, with TLS on (a self-signed cert for `localhost` / `127.0.0.1`) so
 //! every upstream TLS mode can be tested. The template holds these roles:
 //!
-//! | role | password | auth over TCP | notes |
+//! | role | password | auth (TCP and unix socket alike) | notes |
 //! |---|---|---|---|
 //! | `postgres` | — | none (unix socket only, trust) | superuser, used by [`PgServer::sql`] |
 //! | `app_scram` | `scram-secret` | SCRAM-SHA-256 | owns database `app` |

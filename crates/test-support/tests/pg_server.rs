@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use test_support::{psql, run, PgServer, Process, APP_DB, MD5_USER, SCRAM_PASSWORD, SCRAM_USER};
+use test_support::{
+    psql, run, PgServer, Process, APP_DB, MD5_PASSWORD, MD5_USER, SCRAM_PASSWORD, SCRAM_USER,
+};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -54,6 +56,36 @@ fn scram_and_md5_logins_over_tcp() {
          where rolname in ('app_md5', 'app_scram') order by 1",
     );
     assert_eq!(stored, "app_md5|md5\napp_scram|SCR");
+}
+
+#[test]
+fn app_roles_log_in_over_the_socket_with_their_passwords() {
+    let pg = PgServer::start();
+    let socket = |user: &str| {
+        format!(
+            "host={} port={} dbname={APP_DB} user={user}",
+            pg.socket_dir().display(),
+            pg.port
+        )
+    };
+    for (user, password) in [(SCRAM_USER, SCRAM_PASSWORD), (MD5_USER, MD5_PASSWORD)] {
+        let out = run(
+            psql(&socket(user), Some(password)).args(["-c", "select current_user"]),
+            T,
+        );
+        assert!(out.success(), "{user}: {}", out.stderr);
+        assert_eq!(out.stdout.trim(), user);
+        // A password is really asked for: the socket does not trust them.
+        let out = run(
+            psql(&socket(user), Some("wrong")).args(["-c", "select 1"]),
+            T,
+        );
+        assert!(
+            out.stderr.contains("password authentication failed"),
+            "{user}: {}",
+            out.stderr
+        );
+    }
 }
 
 #[test]

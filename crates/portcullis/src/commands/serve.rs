@@ -15,7 +15,7 @@ use portcullis_identity::Verifier;
 use portcullis_jit::{Broker, BrokerSettings, Notifier};
 use portcullis_policy::classify::Classifier;
 use portcullis_policy::decide::PolicySet;
-use portcullis_postgres::{CancelRegistry, PgGateway, UpstreamTarget};
+use portcullis_postgres::{CancelRegistry, PgGateway, UpstreamAddr, UpstreamTarget};
 use portcullis_records::Store;
 use portcullis_ssh::SshGateway;
 use tokio::sync::watch;
@@ -93,7 +93,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         let task = match connection {
             ConnectionConfig::Postgres(pg) => {
                 let gateway = postgres_gateway(&services, pg)?;
-                tracing::info!(connection = %pg.name, listen = %pg.listen, upstream = %format!("{}:{}", pg.upstream.host, pg.upstream.port), "postgres listener ready");
+                tracing::info!(connection = %pg.name, listen = %pg.listen, upstream = %gateway.upstream.addr, "postgres listener ready");
                 tokio::spawn(accept_loop(listener, name, gauge.clone(), stop, move |tcp, peer, stop| {
                     portcullis_postgres::run_session(gateway.clone(), tcp, peer, stop)
                 }))
@@ -143,8 +143,7 @@ fn postgres_gateway(
         .resolve_password()
         .map_err(|e| anyhow::anyhow!("connection {:?}: {e}", pg.name))?;
     let upstream = UpstreamTarget {
-        host: pg.upstream.host.clone(),
-        port: pg.upstream.port,
+        addr: UpstreamAddr::from_config(&pg.upstream),
         database: pg.upstream.database.clone(),
         user: pg.upstream.user.clone(),
         password,

@@ -36,17 +36,21 @@ fn a_misspelt_field_is_located_and_exits_2() {
     assert!(out.stderr.contains("denny"), "{}", out.stderr);
 }
 
+/// The line `check-config` names, after it exits 2.
+fn refused_at_line(out: &test_support::Output) -> usize {
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    out.stderr
+        .split(':')
+        .nth(1)
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_else(|| panic!("no line number in {}", out.stderr))
+}
+
 #[test]
 fn a_policy_naming_a_missing_connection_is_located() {
     let broken = EXAMPLE.replacen("connection: orders-db", "connection: billing-db", 1);
     let out = check(&broken);
-    assert_eq!(out.code, Some(2), "{}", out.stderr);
-    let line: usize = out
-        .stderr
-        .split(':')
-        .nth(1)
-        .and_then(|l| l.parse().ok())
-        .unwrap_or_else(|| panic!("no line number in {}", out.stderr));
+    let line = refused_at_line(&out);
     assert!(
         broken.lines().nth(line - 1).unwrap().contains("billing-db"),
         "{}",
@@ -70,4 +74,25 @@ fn serve_refuses_a_broken_config_with_exit_2() {
     );
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(out.stderr.contains("connections"), "{}", out.stderr);
+}
+
+#[test]
+fn required_tls_to_a_unix_socket_upstream_is_located_and_exits_2() {
+    let socket = EXAMPLE.replacen("      host: 127.0.0.1", "      host: /run/postgresql", 1);
+    assert_ne!(socket, EXAMPLE, "the example changed; update this test");
+    assert!(check(&socket).success(), "tls: prefer is plain on a socket");
+    let broken = socket.replacen("      tls: prefer", "      tls: require", 1);
+    let out = check(&broken);
+    let line = refused_at_line(&out);
+    assert_eq!(
+        broken.lines().nth(line - 1).map(str::trim),
+        Some("tls: require"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("connections[0].upstream.tls: tls: require cannot be met over the Unix socket /run/postgresql/.s.PGSQL.54329"),
+        "{}",
+        out.stderr
+    );
 }

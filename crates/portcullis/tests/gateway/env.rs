@@ -17,6 +17,8 @@ pub struct Options {
     pub upstream_user: &'static str,
     pub upstream_password: &'static str,
     pub upstream_tls: &'static str,
+    /// Reach the upstream through its Unix-socket directory instead of TCP.
+    pub upstream_socket: bool,
     /// CA bundle for `tls: verify-full`.
     pub upstream_ca: Option<PathBuf>,
     /// Where the audit store lives; the test's temp dir when `None`.
@@ -41,6 +43,7 @@ impl Default for Options {
             upstream_user: test_support::SCRAM_USER,
             upstream_password: test_support::SCRAM_PASSWORD,
             upstream_tls: "prefer",
+            upstream_socket: false,
             upstream_ca: None,
             store_path: None,
             insecure_plaintext: false,
@@ -344,7 +347,7 @@ connections:
     listen: 127.0.0.1:{gw_port}
     insecure_plaintext: {plain}
     upstream:
-      host: 127.0.0.1
+      host: {pg_host}
       port: {pg_port}
       database: app
       user: {user}
@@ -364,6 +367,10 @@ policies:
         admin_extra = opts.admin_extra,
         principal_claim = opts.principal_claim,
         plain = opts.insecure_plaintext,
+        pg_host = match opts.upstream_socket {
+            true => pg.socket_dir().display().to_string(),
+            false => pg.host.clone(),
+        },
         pg_port = pg.port,
         user = opts.upstream_user,
         password = opts.upstream_password,

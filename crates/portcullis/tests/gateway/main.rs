@@ -14,6 +14,7 @@ mod postgres_access;
 mod postgres_clients;
 mod postgres_masking;
 mod postgres_robustness;
+mod postgres_unix;
 mod records_cli;
 mod ssh_access;
 mod ssh_env;

@@ -15,10 +15,12 @@ const PGBENCH_POLICY: &str = r#"
     allow: [read, write]
 "#;
 
-fn pgbench_env() -> Env {
+/// An environment whose upstream holds pgbench's tables; principal `bench`
+/// may read and write. `opts` chooses everything but the policies.
+pub(crate) fn pgbench_env(opts: Options) -> Env {
     let env = Env::with(Options {
         policies: PGBENCH_POLICY.into(),
-        ..Options::default()
+        ..opts
     });
     let mut init = Command::new("pgbench");
     init.args(["-i", "-s", "1", "-q"])
@@ -29,7 +31,8 @@ fn pgbench_env() -> Env {
     env
 }
 
-fn pgbench(env: &Env, token: &str, args: &[&str]) -> test_support::Output {
+/// 4 clients x 50 transactions through the gateway, over TLS.
+pub(crate) fn pgbench(env: &Env, token: &str, args: &[&str]) -> test_support::Output {
     let mut cmd = Command::new("pgbench");
     cmd.args(["-n", "-c", "4", "-j", "2", "-t", "50"])
         .args(args)
@@ -38,27 +41,32 @@ fn pgbench(env: &Env, token: &str, args: &[&str]) -> test_support::Output {
     run(&mut cmd, TIMEOUT)
 }
 
+/// [`pgbench`], which must complete every transaction without a failure.
+pub(crate) fn pgbench_ok(env: &Env, token: &str, args: &[&str]) {
+    let out = pgbench(env, token, args);
+    assert!(
+        out.success(),
+        "pgbench {args:?}: {}\n{}",
+        out.stderr,
+        env.gateway_log()
+    );
+    assert!(
+        out.stdout.contains("number of failed transactions: 0"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("200/200"), "{}", out.stdout);
+}
+
 #[test]
 fn pgbench_runs_in_simple_extended_and_prepared_modes() {
-    let env = pgbench_env();
+    let env = pgbench_env(Options::default());
     let token = env.token("bench", &[]);
     for mode in ["simple", "extended", "prepared"] {
         for workload in [&["-S"][..], &[][..]] {
             let mut args = vec!["-M", mode];
             args.extend_from_slice(workload);
-            let out = pgbench(&env, &token, &args);
-            assert!(
-                out.success(),
-                "pgbench {args:?}: {}\n{}",
-                out.stderr,
-                env.gateway_log()
-            );
-            assert!(
-                out.stdout.contains("number of failed transactions: 0"),
-                "{}",
-                out.stdout
-            );
-            assert!(out.stdout.contains("200/200"), "{}", out.stdout);
+            pgbench_ok(&env, &token, &args);
         }
     }
     let statements = env
@@ -70,7 +78,8 @@ fn pgbench_runs_in_simple_extended_and_prepared_modes() {
     assert!(statements >= 1200, "{statements} statement records");
 }
 
-fn python(env: &Env, token: &str, script: &str) -> test_support::Output {
+/// Runs a Python script with `DSN` (the gateway, TLS) and the token as `PGPASSWORD`.
+pub(crate) fn python(env: &Env, token: &str, script: &str) -> test_support::Output {
     let mut cmd = Command::new("python3");
     cmd.args(["-c", script])
         .env("PGPASSWORD", token)
@@ -231,10 +240,15 @@ fn copy_from_stdin_is_a_write_and_refused_for_readers() {
 
 #[test]
 fn cancel_request_reaches_the_right_backend() {
-    let env = Env::start();
+    psycopg_cancels_a_sleep(&Env::start());
+}
+
+/// psycopg cancels its running `pg_sleep` (a CancelRequest to the gateway),
+/// PostgreSQL itself cancels it, and the session goes on.
+pub(crate) fn psycopg_cancels_a_sleep(env: &Env) {
     let token = env.token("ci-job", &["ci"]);
     let out = python(
-        &env,
+        env,
         &token,
         r#"
 import os, threading, time, psycopg
@@ -253,6 +267,11 @@ print("AFTER", conn.execute("select 1").fetchone()[0])
     assert!(out.success(), "{}\n{}", out.stderr, env.gateway_log());
     assert!(out.stdout.contains("CANCELLED"), "{}", out.stdout);
     assert!(out.stdout.contains("AFTER 1"), "{}", out.stdout);
+    let log = env.pg.log();
+    assert!(
+        log.contains("canceling statement due to user request"),
+        "{log}"
+    );
 }
 
 #[test]

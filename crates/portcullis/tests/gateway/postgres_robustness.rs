@@ -1,6 +1,7 @@
 //! Bad input gets a clear error and harms nobody else; an unreachable
 //! upstream is reported natively; a killed gateway loses no record.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -41,9 +42,9 @@ pub(crate) fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     m
 }
 
-/// Logs in over plaintext (loopback listener) and returns the socket after
-/// the first ReadyForQuery.
-pub(crate) fn logged_in(env: &Env, token: &str) -> TcpStream {
+/// Starts a login over plaintext (loopback listener) and answers the
+/// password request with `token`.
+fn send_token(env: &Env, token: &str) -> TcpStream {
     let mut s = connect(env);
     s.write_all(&startup_packet("ci")).unwrap();
     let mut buf = [0u8; 9];
@@ -52,6 +53,13 @@ pub(crate) fn logged_in(env: &Env, token: &str) -> TcpStream {
     let mut pw = token.as_bytes().to_vec();
     pw.push(0);
     s.write_all(&message(b'p', &pw)).unwrap();
+    s
+}
+
+/// Logs in over plaintext (loopback listener) and returns the socket after
+/// the first ReadyForQuery.
+pub(crate) fn logged_in(env: &Env, token: &str) -> TcpStream {
+    let mut s = send_token(env, token);
     let mut seen = Vec::new();
     let mut chunk = [0u8; 4096];
     while !seen.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
@@ -64,6 +72,23 @@ pub(crate) fn logged_in(env: &Env, token: &str) -> TcpStream {
         seen.extend_from_slice(&chunk[..n]);
     }
     s
+}
+
+/// The fields of the ErrorResponse that ends a login whose token is good
+/// (loopback plaintext listener), by field type: `b'C'` the SQLSTATE,
+/// `b'M'` the message, and so on.
+pub(crate) fn login_error(env: &Env, token: &str) -> BTreeMap<u8, String> {
+    let answer = read_all(send_token(env, token));
+    assert_eq!(answer.first(), Some(&b'E'), "{answer:?}");
+    let len = answer
+        .get(1..5)
+        .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
+        .expect("message length");
+    let body = answer.get(5..1 + len).expect("whole ErrorResponse");
+    body.split(|b| *b == 0)
+        .filter(|field| !field.is_empty())
+        .map(|field| (field[0], String::from_utf8_lossy(&field[1..]).into_owned()))
+        .collect()
 }
 
 fn plaintext_env() -> Env {

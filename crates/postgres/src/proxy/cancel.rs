@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 
 use subtle::ConstantTimeEq;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::codec::startup::encode_cancel;
+
+use super::upstream::UpstreamAddr;
 
 /// Process ids we hand to clients; a newtype so they cannot be mixed up
 /// with the upstream's.
@@ -19,7 +20,7 @@ pub struct ClientPid(pub u32);
 
 struct Entry {
     secret: u32,
-    upstream_addr: String,
+    upstream_addr: UpstreamAddr,
     upstream_pid: u32,
     upstream_secret: u32,
     /// Woken by a matching cancel: a statement held for approval has no
@@ -52,7 +53,7 @@ impl Drop for Registration {
 impl CancelRegistry {
     pub fn register(
         self: &Arc<Self>,
-        upstream_addr: String,
+        upstream_addr: UpstreamAddr,
         upstream_key: (u32, u32),
     ) -> Option<Registration> {
         let mut map = self.entries.lock().ok()?;
@@ -101,7 +102,7 @@ impl CancelRegistry {
         let Some((addr, upid, usecret)) = target else {
             return false;
         };
-        match TcpStream::connect(&addr).await {
+        match addr.dial().await {
             Ok(mut s) => s.write_all(&encode_cancel(upid, usecret)).await.is_ok(),
             Err(e) => {
                 tracing::warn!(upstream = %addr, error = %e, "cannot forward cancel request");
@@ -125,7 +126,11 @@ mod tests {
     #[tokio::test]
     async fn only_the_right_pair_wakes_the_session_and_entries_expire() {
         let registry = Arc::new(CancelRegistry::default());
-        let reg = registry.register("127.0.0.1:1".into(), (42, 43)).unwrap();
+        let upstream = UpstreamAddr::Tcp {
+            host: "127.0.0.1".into(),
+            port: 1,
+        };
+        let reg = registry.register(upstream, (42, 43)).unwrap();
         let heard = reg.cancelled.clone();
         let waiting = heard.notified();
         tokio::pin!(waiting);
@@ -146,5 +151,20 @@ mod tests {
             .unwrap()
             .get(&ClientPid(pid))
             .is_none());
+    }
+
+    #[tokio::test]
+    async fn a_cancel_reaches_a_unix_socket_upstream() {
+        use tokio::io::AsyncReadExt;
+        let (socket, listener) = crate::proxy::upstream::tests::FakeSocket::bind();
+        let registry = Arc::new(CancelRegistry::default());
+        let reg = registry
+            .register(UpstreamAddr::Unix(socket.path.clone()), (42, 43))
+            .unwrap();
+        assert!(registry.cancel(reg.pid.0, reg.secret).await);
+        let (mut upstream, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        upstream.read_to_end(&mut request).await.unwrap();
+        assert_eq!(request, encode_cancel(42, 43).to_vec());
     }
 }

@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 pub use cancel::CancelRegistry;
-pub use upstream::UpstreamTarget;
+pub use upstream::{UpstreamAddr, UpstreamTarget};
 
 /// Everything a listener's sessions share.
 pub struct PgGateway {

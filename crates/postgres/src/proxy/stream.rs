@@ -1,4 +1,5 @@
-//! A socket that may have been upgraded to TLS after the SSLRequest dance.
+//! A socket that may have been upgraded to TLS after the SSLRequest dance,
+//! or the upstream's Unix-domain socket (never TLS).
 
 use std::io;
 use std::pin::Pin;
@@ -9,12 +10,14 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 /// An enum rather than a boxed trait object: the relay loop polls it for
 /// every message, and static dispatch keeps that free.
 pub enum MaybeTls {
     Plain(TcpStream),
+    /// An upstream on this host, reached through its socket directory.
+    Unix(UnixStream),
     ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// Left behind while the socket is moved into a TLS handshake.
@@ -39,6 +42,7 @@ impl AsyncRead for MaybeTls {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Self::ServerTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Self::ClientTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Self::Detached => Poll::Ready(Err(detached())),
@@ -54,6 +58,7 @@ impl AsyncWrite for MaybeTls {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Self::ServerTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Self::ClientTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Self::Detached => Poll::Ready(Err(detached())),
@@ -63,6 +68,7 @@ impl AsyncWrite for MaybeTls {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Unix(s) => Pin::new(s).poll_flush(cx),
             Self::ServerTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Self::ClientTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Self::Detached => Poll::Ready(Err(detached())),
@@ -72,6 +78,7 @@ impl AsyncWrite for MaybeTls {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Self::ServerTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Self::ClientTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Self::Detached => Poll::Ready(Err(detached())),

@@ -1,15 +1,18 @@
 //! Opening the upstream session with the credential the gateway holds:
-//! TCP, optional TLS, StartupMessage, password / md5 / SCRAM login, then the
-//! ParameterStatus and BackendKeyData the client will be shown.
+//! TCP (optional TLS) or a Unix-domain socket, StartupMessage, password /
+//! md5 / SCRAM login, then the ParameterStatus and BackendKeyData the client
+//! will be shown.
 
+use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use portcullis_config::UpstreamTls;
+use portcullis_config::{PostgresUpstream, UpstreamTls};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::auth::{md5_password, ScramClient, ScramError};
 use crate::codec::backend::{error_field, parse_auth_request, parse_error_fields, AuthRequest};
@@ -21,11 +24,75 @@ use super::stream::MaybeTls;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where the upstream listens. Sessions, cancel requests and the masking
+/// catalog all dial it, so the libpq host convention is decided once here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAddr {
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    /// The socket file itself, `{host}/.s.PGSQL.{port}`.
+    Unix(PathBuf),
+}
+
+impl UpstreamAddr {
+    pub fn from_config(upstream: &PostgresUpstream) -> Self {
+        match upstream.unix_socket() {
+            Some(path) => Self::Unix(path),
+            None => Self::Tcp {
+                host: upstream.host.clone(),
+                port: upstream.port,
+            },
+        }
+    }
+
+    /// A plain connection: what a CancelRequest is sent over (PostgreSQL
+    /// reads it before any TLS).
+    pub async fn dial(&self) -> Result<MaybeTls, UpstreamError> {
+        match self {
+            Self::Tcp { host, port } => self.connect_tcp(host, *port).await.map(MaybeTls::Plain),
+            Self::Unix(path) => UnixStream::connect(path)
+                .await
+                .map(MaybeTls::Unix)
+                .map_err(|source| self.unreachable(source)),
+        }
+    }
+
+    async fn connect_tcp(&self, host: &str, port: u16) -> Result<TcpStream, UpstreamError> {
+        // A (host, port) pair takes an IPv6 address bare; `[::1]` as written
+        // in a URL is accepted too.
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let tcp = TcpStream::connect((bare, port))
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        tcp.set_nodelay(true)?;
+        Ok(tcp)
+    }
+
+    fn unreachable(&self, source: std::io::Error) -> UpstreamError {
+        UpstreamError::Connect {
+            addr: self.clone(),
+            source,
+        }
+    }
+}
+
+/// `host:port`, or `unix:` and the socket path, so a log line never leaves
+/// the reader guessing which transport was meant.
+impl fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
 /// Where and as whom the gateway logs in upstream.
 #[derive(Clone)]
 pub struct UpstreamTarget {
-    pub host: String,
-    pub port: u16,
+    pub addr: UpstreamAddr,
     pub database: String,
     pub user: String,
     pub password: Option<String>,
@@ -37,8 +104,7 @@ impl std::fmt::Debug for UpstreamTarget {
     // Hand-written so the password can never reach a log line.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamTarget")
-            .field("host", &self.host)
-            .field("port", &self.port)
+            .field("addr", &self.addr)
             .field("database", &self.database)
             .field("user", &self.user)
             .field("tls", &self.tls)
@@ -48,16 +114,18 @@ impl std::fmt::Debug for UpstreamTarget {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("cannot reach upstream {addr}: {source}")]
+    #[error("cannot connect to upstream {addr}: {source}")]
     Connect {
-        addr: String,
+        addr: UpstreamAddr,
         #[source]
         source: std::io::Error,
     },
     #[error("upstream {0} did not answer within 10 s")]
-    Timeout(String),
+    Timeout(UpstreamAddr),
     #[error("upstream refused TLS but the connection requires it (tls: {0:?})")]
     TlsRefused(UpstreamTls),
+    #[error("TLS is not available on a Unix socket upstream (tls: {0:?}); use prefer or disable")]
+    TlsOverUnixSocket(UpstreamTls),
     #[error("TLS handshake with upstream failed: {0}")]
     Tls(String),
     #[error("upstream rejected the gateway's login: {0}")]
@@ -89,10 +157,9 @@ pub async fn connect(
     target: &UpstreamTarget,
     client_params: &[(String, String)],
 ) -> Result<Upstream, UpstreamError> {
-    let addr = format!("{}:{}", target.host, target.port);
     tokio::time::timeout(CONNECT_TIMEOUT, login(target, client_params))
         .await
-        .map_err(|_| UpstreamError::Timeout(addr))?
+        .map_err(|_| UpstreamError::Timeout(target.addr.clone()))?
 }
 
 async fn login(
@@ -116,14 +183,18 @@ async fn login(
 
 /// Connects and negotiates TLS per the connection's `tls` mode.
 pub async fn open(target: &UpstreamTarget) -> Result<MaybeTls, UpstreamError> {
-    let addr = format!("{}:{}", target.host, target.port);
-    let mut tcp = TcpStream::connect(&addr)
-        .await
-        .map_err(|source| UpstreamError::Connect {
-            addr: addr.clone(),
-            source,
-        })?;
-    tcp.set_nodelay(true)?;
+    let (host, port) = match &target.addr {
+        UpstreamAddr::Tcp { host, port } => (host, *port),
+        // PostgreSQL answers 'N' to an SSLRequest on its socket, so libpq
+        // does not send one there, and neither do we.
+        UpstreamAddr::Unix(_) => {
+            return match target.tls {
+                UpstreamTls::Disable | UpstreamTls::Prefer => target.addr.dial().await,
+                mode => Err(UpstreamError::TlsOverUnixSocket(mode)),
+            }
+        }
+    };
+    let mut tcp = target.addr.connect_tcp(host, port).await?;
     if target.tls == UpstreamTls::Disable {
         return Ok(MaybeTls::Plain(tcp));
     }
@@ -132,7 +203,7 @@ pub async fn open(target: &UpstreamTarget) -> Result<MaybeTls, UpstreamError> {
     tcp.read_exact(&mut answer).await?;
     match answer[0] {
         b'S' => {
-            let name = ServerName::try_from(target.host.clone())
+            let name = ServerName::try_from(host.clone())
                 .map_err(|e| UpstreamError::Tls(e.to_string()))?;
             let connector = tokio_rustls::TlsConnector::from(target.tls_config.clone());
             let tls = connector
@@ -250,5 +321,127 @@ impl Login {
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// A listener where PostgreSQL's socket would be, in a directory of its
+    /// own that is removed on drop.
+    pub(crate) struct FakeSocket {
+        dir: PathBuf,
+        pub path: PathBuf,
+    }
+
+    impl FakeSocket {
+        pub(crate) fn bind() -> (FakeSocket, tokio::net::UnixListener) {
+            let name = format!("portcullis-socket-{}", rand::random::<u64>());
+            let dir = std::env::temp_dir().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(".s.PGSQL.5432");
+            let listener = tokio::net::UnixListener::bind(&path).unwrap();
+            (FakeSocket { dir, path }, listener)
+        }
+    }
+
+    impl Drop for FakeSocket {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn configured(host: &str) -> PostgresUpstream {
+        PostgresUpstream {
+            host: host.into(),
+            port: 6543,
+            database: "app".into(),
+            user: "app".into(),
+            password_env: None,
+            password_file: None,
+            password: None,
+            tls: UpstreamTls::Prefer,
+            ca_file: None,
+        }
+    }
+
+    fn target(addr: UpstreamAddr, tls: UpstreamTls) -> UpstreamTarget {
+        UpstreamTarget {
+            addr,
+            database: "app".into(),
+            user: "app".into(),
+            password: Some("never-logged".into()),
+            tls,
+            tls_config: super::super::stream::upstream_tls_config(None),
+        }
+    }
+
+    #[test]
+    fn a_slash_host_is_a_socket_and_says_so() {
+        let unix = UpstreamAddr::from_config(&configured("/run/postgresql"));
+        assert_eq!(
+            unix,
+            UpstreamAddr::Unix("/run/postgresql/.s.PGSQL.6543".into())
+        );
+        assert_eq!(unix.to_string(), "unix:/run/postgresql/.s.PGSQL.6543");
+        let tcp = UpstreamAddr::from_config(&configured("db.internal"));
+        assert_eq!(tcp.to_string(), "db.internal:6543");
+        let debug = format!("{:?}", target(unix, UpstreamTls::Prefer));
+        assert!(debug.contains("/run/postgresql/.s.PGSQL.6543"), "{debug}");
+        assert!(!debug.contains("never-logged"), "{debug}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_is_named_in_the_error() {
+        let addr = UpstreamAddr::Unix("/nonexistent/portcullis/.s.PGSQL.5432".into());
+        let err = connect(&target(addr, UpstreamTls::Prefer), &[])
+            .await
+            .err()
+            .expect("no server there");
+        assert_eq!(
+            err.to_string(),
+            "cannot connect to upstream unix:/nonexistent/portcullis/.s.PGSQL.5432: \
+             No such file or directory (os error 2)"
+        );
+    }
+
+    #[tokio::test]
+    async fn required_tls_on_a_socket_fails_before_dialing() {
+        // The path does not exist: an attempt to dial would say so instead.
+        let addr = UpstreamAddr::Unix("/nonexistent/portcullis/.s.PGSQL.5432".into());
+        for mode in [UpstreamTls::Require, UpstreamTls::VerifyFull] {
+            let err = open(&target(addr.clone(), mode)).await.err();
+            assert!(
+                matches!(err, Some(UpstreamError::TlsOverUnixSocket(m)) if m == mode),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_socket_upstream_gets_the_startup_message_without_an_ssl_request() {
+        let (socket, listener) = FakeSocket::bind();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 8];
+            s.read_exact(&mut head).await.unwrap();
+            // Reject the login so the client side finishes at once.
+            let mut body = b"SFATAL\0C28000\0Mgo away\0\0".to_vec();
+            let mut msg = vec![b'E'];
+            msg.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+            msg.append(&mut body);
+            s.write_all(&msg).await.unwrap();
+            head
+        });
+        let addr = UpstreamAddr::Unix(socket.path.clone());
+        let err = connect(&target(addr, UpstreamTls::Prefer), &[]).await.err();
+        let head = server.await.unwrap();
+        // Protocol 3.0, not the SSLRequest code 80877103.
+        assert_eq!(head[4..], 196_608u32.to_be_bytes());
+        assert!(
+            matches!(&err, Some(UpstreamError::Rejected(m)) if m.contains("go away")),
+            "{err:?}"
+        );
     }
 }

@@ -21,7 +21,7 @@ use crate::os;
 use crate::process::run;
 
 /// Bump when the template's contents (settings, roles, databases) change.
-const STAMP: &str = "portcullis test-pg-template v3";
+const STAMP: &str = "portcullis test-pg-template v4";
 
 /// How long initdb, openssl or a copy of the data dir may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -40,11 +40,13 @@ max_connections = 100
 log_connections = on
 ";
 
-/// Client authentication: the superuser only over the socket; `host` lines
+/// Client authentication: the superuser only over the socket; the app roles
+/// as over TCP, so a gateway can log in through the socket too; `host` lines
 /// match TLS and plaintext alike.
 const PG_HBA: &str = "\
 # TYPE  DATABASE  USER      ADDRESS        METHOD
 local   all       postgres                 trust
+local   all       app_md5                  md5
 local   all       all                      scram-sha-256
 host    all       app_md5   127.0.0.1/32   md5
 host    all       all       127.0.0.1/32   scram-sha-256

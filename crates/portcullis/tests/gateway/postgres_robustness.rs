@@ -95,7 +95,7 @@ pub(crate) fn logged_in_over(s: TcpStream, token: &str) -> TcpStream {
 }
 
 /// Reads up to and including an idle ReadyForQuery; returns what arrived.
-pub(crate) fn read_until_ready(s: &mut TcpStream, during: &str) -> Vec<u8> {
+fn read_until_ready(s: &mut TcpStream, during: &str) -> Vec<u8> {
     let mut seen = Vec::new();
     let mut chunk = [0u8; 4096];
     while !seen.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
@@ -108,6 +108,19 @@ pub(crate) fn read_until_ready(s: &mut TcpStream, during: &str) -> Vec<u8> {
         seen.extend_from_slice(&chunk[..n]);
     }
     seen
+}
+
+/// Asserts that a logged-in session still answers a query.
+pub(crate) fn still_answers(session: &mut TcpStream) {
+    session
+        .write_all(&message(b'Q', b"select count(*) from items\0"))
+        .unwrap();
+    let seen = read_until_ready(session, "a query");
+    assert!(
+        seen.windows(9).any(|w| w == b"SELECT 1\0"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
 }
 
 /// The fields of the ErrorResponse that ends a login whose token is good
@@ -203,15 +216,7 @@ fn malformed_messages_after_login_get_a_protocol_error() {
         assert!(reply.first() == Some(&b'E'), "{case:?} -> {text}");
         assert!(text.contains("08P01"), "{case:?} -> {text}");
     }
-    bystander
-        .write_all(&message(b'Q', b"select count(*) from items\0"))
-        .unwrap();
-    let seen = read_until_ready(&mut bystander, "the bystander's query");
-    assert!(
-        seen.windows(9).any(|w| w == b"SELECT 1\0"),
-        "{}",
-        String::from_utf8_lossy(&seen)
-    );
+    still_answers(&mut bystander);
     still_serves(&env);
 }
 

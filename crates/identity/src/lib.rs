@@ -7,6 +7,9 @@
 //! through the very same discovery / JWKS / signature path as a real issuer
 //! such as GitHub Actions, instead of a test-only shortcut.
 //!
+//! [`ratelimit`] counts failed logins per source address, the same way for
+//! every protocol front-end (each listener keeps its own count).
+//!
 //! Tokens are bearer secrets: nothing in this crate logs or displays one.
 //! Logs and records identify a token by [`fingerprint`].
 
@@ -18,6 +21,7 @@ mod error;
 mod fetch;
 mod jwk;
 mod keys;
+pub mod ratelimit;
 mod token;
 mod verifier;
 

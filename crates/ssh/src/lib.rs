@@ -12,12 +12,13 @@
 //!   pins the upstream's host key;
 //! - `recording`: asciicast v2 files; `scp` and `sftp`: what files a
 //!   transfer moved;
-//! - `ratelimit`: failed logins per source address; `hostkey`: the
-//!   gateway's persistent host key.
+//! - `hostkey`: the gateway's persistent host key.
+//!
+//! Failed logins per source address are limited by
+//! [`portcullis_identity::ratelimit`], shared with the PostgreSQL listener.
 
 mod channel;
 pub mod hostkey;
-pub mod ratelimit;
 pub mod recording;
 pub mod scp;
 mod server;
@@ -29,6 +30,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use portcullis_identity::ratelimit::AuthRateLimit;
 use portcullis_identity::{Principal, Verifier};
 use portcullis_jit::Broker;
 use portcullis_policy::decide::{Applicable, PolicySet};
@@ -68,7 +70,7 @@ pub struct SshGateway {
     pub upstream: UpstreamTarget,
     /// Recordings live under `DATA_DIR/recordings/`.
     pub data_dir: PathBuf,
-    pub limits: ratelimit::AuthRateLimit,
+    pub limits: AuthRateLimit,
     config: Arc<Config>,
 }
 

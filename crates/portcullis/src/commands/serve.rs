@@ -163,6 +163,7 @@ fn postgres_gateway(
         masker: services.masker.clone(),
         catalog: Default::default(),
         jit: services.jit.clone(),
+        limits: Default::default(),
     }))
 }
 

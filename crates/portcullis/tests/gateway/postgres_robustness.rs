@@ -3,25 +3,45 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use crate::env::{Env, Options};
 
-fn connect(env: &Env) -> TcpStream {
+pub(crate) fn connect(env: &Env) -> TcpStream {
     let s = TcpStream::connect(("127.0.0.1", env.gw_port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s
 }
 
+/// Like [`connect`], from another source address (Linux routes all of
+/// 127.0.0.0/8 to `lo`), to stand for another client host.
+pub(crate) fn connect_from(env: &Env, source: IpAddr) -> TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("runtime");
+    let gateway = SocketAddr::from(([127, 0, 0, 1], env.gw_port));
+    let s = runtime
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(source, 0))?;
+            socket.connect(gateway).await?.into_std()
+        })
+        .unwrap_or_else(|e| panic!("connect from {source}: {e}"));
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
 /// Reads until the server closes or a timeout; returns what arrived.
-fn read_all(mut s: TcpStream) -> Vec<u8> {
+pub(crate) fn read_all(mut s: TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     out
 }
 
-fn startup_packet(user: &str) -> Vec<u8> {
+pub(crate) fn startup_packet(user: &str) -> Vec<u8> {
     let mut body = 196_608i32.to_be_bytes().to_vec();
     for (k, v) in [("user", user), ("database", "app")] {
         body.extend_from_slice(k.as_bytes());
@@ -42,14 +62,19 @@ pub(crate) fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     m
 }
 
-/// Starts a login over plaintext (loopback listener) and answers the
-/// password request with `token`.
-fn send_token(env: &Env, token: &str) -> TcpStream {
-    let mut s = connect(env);
+/// Sends a StartupMessage over `s` (plaintext: a loopback listener) and
+/// waits for the password request.
+pub(crate) fn password_requested(mut s: TcpStream) -> TcpStream {
     s.write_all(&startup_packet("ci")).unwrap();
     let mut buf = [0u8; 9];
     s.read_exact(&mut buf).unwrap();
     assert_eq!(buf[0], b'R', "expected an authentication request");
+    s
+}
+
+/// Starts a login over `s` and answers the password request with `token`.
+pub(crate) fn send_token(s: TcpStream, token: &str) -> TcpStream {
+    let mut s = password_requested(s);
     let mut pw = token.as_bytes().to_vec();
     pw.push(0);
     s.write_all(&message(b'p', &pw)).unwrap();
@@ -59,26 +84,54 @@ fn send_token(env: &Env, token: &str) -> TcpStream {
 /// Logs in over plaintext (loopback listener) and returns the socket after
 /// the first ReadyForQuery.
 pub(crate) fn logged_in(env: &Env, token: &str) -> TcpStream {
-    let mut s = send_token(env, token);
+    logged_in_over(connect(env), token)
+}
+
+/// Like [`logged_in`], over a socket the caller connected.
+pub(crate) fn logged_in_over(s: TcpStream, token: &str) -> TcpStream {
+    let mut s = send_token(s, token);
+    read_until_ready(&mut s, "login");
+    s
+}
+
+/// Reads up to and including an idle ReadyForQuery; returns what arrived.
+fn read_until_ready(s: &mut TcpStream, during: &str) -> Vec<u8> {
     let mut seen = Vec::new();
     let mut chunk = [0u8; 4096];
     while !seen.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
         let n = s.read(&mut chunk).unwrap();
         assert!(
             n > 0,
-            "closed during login: {}",
+            "closed during {during}: {}",
             String::from_utf8_lossy(&seen)
         );
         seen.extend_from_slice(&chunk[..n]);
     }
-    s
+    seen
+}
+
+/// Asserts that a logged-in session still answers a query.
+pub(crate) fn still_answers(session: &mut TcpStream) {
+    session
+        .write_all(&message(b'Q', b"select count(*) from items\0"))
+        .unwrap();
+    let seen = read_until_ready(session, "a query");
+    assert!(
+        seen.windows(9).any(|w| w == b"SELECT 1\0"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
 }
 
 /// The fields of the ErrorResponse that ends a login whose token is good
 /// (loopback plaintext listener), by field type: `b'C'` the SQLSTATE,
 /// `b'M'` the message, and so on.
 pub(crate) fn login_error(env: &Env, token: &str) -> BTreeMap<u8, String> {
-    let answer = read_all(send_token(env, token));
+    error_fields(&read_all(send_token(connect(env), token)))
+}
+
+/// The fields of the ErrorResponse `answer` starts with, by field type.
+pub(crate) fn error_fields(answer: &[u8]) -> BTreeMap<u8, String> {
     assert_eq!(answer.first(), Some(&b'E'), "{answer:?}");
     let len = answer
         .get(1..5)
@@ -163,21 +216,7 @@ fn malformed_messages_after_login_get_a_protocol_error() {
         assert!(reply.first() == Some(&b'E'), "{case:?} -> {text}");
         assert!(text.contains("08P01"), "{case:?} -> {text}");
     }
-    bystander
-        .write_all(&message(b'Q', b"select count(*) from items\0"))
-        .unwrap();
-    let mut seen = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !seen.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
-        let n = bystander.read(&mut chunk).unwrap();
-        assert!(n > 0, "bystander session was closed");
-        seen.extend_from_slice(&chunk[..n]);
-    }
-    assert!(
-        seen.windows(9).any(|w| w == b"SELECT 1\0"),
-        "{}",
-        String::from_utf8_lossy(&seen)
-    );
+    still_answers(&mut bystander);
     still_serves(&env);
 }
 

@@ -19,6 +19,7 @@ pub mod upstream;
 
 use std::sync::Arc;
 
+use portcullis_identity::ratelimit::AuthRateLimit;
 use portcullis_identity::Verifier;
 use portcullis_policy::classify::Classifier;
 use portcullis_policy::decide::PolicySet;
@@ -52,6 +53,8 @@ pub struct PgGateway {
     pub catalog: catalog::Catalog,
     /// Grants (admission to `jit` connections) and held statements.
     pub jit: Arc<portcullis_jit::Broker>,
+    /// Failed logins per source address; this listener's own count.
+    pub limits: AuthRateLimit,
 }
 
 /// Runs one client connection from its first byte to its end. The binary's

@@ -1,12 +1,21 @@
 //! One client connection from the first byte to the relay: TLS, startup,
 //! token authentication, policy admission, upstream login. Every attempt,
 //! failed or not, leaves a `connection_attempt` record with its reason.
+//!
+//! Failed logins count against the source address in the listener's
+//! [`AuthRateLimit`](portcullis_identity::ratelimit::AuthRateLimit), as on
+//! SSH: an address over the limit is refused once its StartupMessage is
+//! read, before it is asked for a token, so it costs no verification. What
+//! counts is decided where each refusal is made ([`Refusal::failed_login`]).
+//! A successful login clears nothing, as on SSH: one valid token
+//! interleaved with guesses must not buy more guesses.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use portcullis_identity::ratelimit::{MAX_FAILURES, WINDOW};
 use portcullis_identity::Principal;
 use portcullis_jit::GrantLease;
 use portcullis_records::{NewRecord, RecordKind};
@@ -40,15 +49,58 @@ const FORWARDED_PARAMS: &[&str] = &[
 /// Why a connection did not become a session; each becomes the client's
 /// FATAL error and the attempt's recorded reason.
 struct Refusal {
-    error: ErrorFields,
+    /// Boxed to keep `Result<_, Refusal>` small on the paths that succeed.
+    error: Box<ErrorFields>,
     principal: Option<String>,
+    limit: Limit,
+}
+
+/// What a refusal means for the source address's failed-login count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limit {
+    /// Not a failed login: the client went away or timed out (a TCP health
+    /// check; psql hanging up at the password request to prompt for one),
+    /// asked for something the listener does not offer, or the gateway or
+    /// the upstream failed. Nothing was guessed, so nothing counts.
+    Exempt,
+    /// A refused credential, or bytes that are not the PostgreSQL protocol
+    /// (cheap for a scanner or a fuzzer to send, so as limited as a guess).
+    Counts,
+    /// Refused by the limit itself: not counted again, so the window still
+    /// closes a minute after it opened.
+    Exceeded,
 }
 
 impl Refusal {
     fn new(code: &'static str, message: impl Into<String>) -> Self {
         Self {
-            error: ErrorFields::fatal(code, message),
+            error: Box::new(ErrorFields::fatal(code, message)),
             principal: None,
+            limit: Limit::Exempt,
+        }
+    }
+
+    /// Counts this refusal against the client's address.
+    fn failed_login(mut self) -> Self {
+        self.limit = Limit::Counts;
+        self
+    }
+
+    /// 28000 like the gateway's other refusals of a client it has not
+    /// judged the password of: 28P01 would say the token was wrong, and it
+    /// was never looked at.
+    fn over_limit(ip: IpAddr, retry_after: Duration) -> Self {
+        // Whole seconds, rounded up, so "0 s" never tells a client to retry too early.
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        Self {
+            limit: Limit::Exceeded,
+            ..Self::new(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!(
+                    "too many failed logins from {ip} ({MAX_FAILURES} within {} s); try again in {secs} s",
+                    WINDOW.as_secs()
+                ),
+            )
         }
     }
 
@@ -129,6 +181,12 @@ async fn handshake(gw: &PgGateway, client: &mut Client) -> Result<Option<Admitte
     let Some(params) = read_startup(gw, client).await? else {
         return Ok(None);
     };
+    // Not checked any earlier: libpq does not show an error sent in reply
+    // to SSLRequest (CVE-2024-10977), so the client would not learn why.
+    let ip = client.peer.ip();
+    if let Some(wait) = gw.limits.retry_after(ip, Instant::now()) {
+        return Err(Refusal::over_limit(ip, wait));
+    }
     if !client.stream.is_tls() && !gw.allow_plaintext {
         return Err(Refusal::new(
             sqlstate::INVALID_AUTHORIZATION,
@@ -142,11 +200,14 @@ async fn handshake(gw: &PgGateway, client: &mut Client) -> Result<Option<Admitte
         ));
     }
     let token = read_token(client).await?;
-    let principal =
-        gw.verifier.verify(&token).await.map_err(|e| {
-            Refusal::new(sqlstate::INVALID_PASSWORD, format!("token rejected: {e}"))
-        })?;
-    let grant = admit(gw, &principal).await.map_err(|r| r.of(&principal))?;
+    let principal = gw.verifier.verify(&token).await.map_err(|e| {
+        Refusal::new(sqlstate::INVALID_PASSWORD, format!("token rejected: {e}")).failed_login()
+    })?;
+    // A genuine token without access counts too, as on SSH: to the client
+    // it is a refused login like any other, and it cost a verification.
+    let grant = admit(gw, &principal)
+        .await
+        .map_err(|r| r.of(&principal).failed_login())?;
     let forwarded: Vec<(String, String)> = params
         .iter()
         .filter(|(k, _)| FORWARDED_PARAMS.contains(&k.as_str()))
@@ -229,7 +290,11 @@ async fn read_startup(
             match decode_startup(&mut client.buf) {
                 Ok(Some(p)) => break p,
                 Ok(None) => read_more(client, MAX_STARTUP_LEN).await?,
-                Err(e) => return Err(Refusal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+                Err(e) => {
+                    return Err(
+                        Refusal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string()).failed_login()
+                    )
+                }
             }
         };
         match packet {
@@ -259,10 +324,9 @@ async fn start_tls(gw: &PgGateway, client: &mut Client) -> Result<(), Refusal> {
     let tls = match (&gw.tls, client.stream.is_tls()) {
         (Some(tls), false) => tls.clone(),
         (_, true) => {
-            return Err(Refusal::new(
-                sqlstate::PROTOCOL_VIOLATION,
-                "SSLRequest inside TLS",
-            ))
+            return Err(
+                Refusal::new(sqlstate::PROTOCOL_VIOLATION, "SSLRequest inside TLS").failed_login(),
+            )
         }
         (None, false) => return write(client, b"N").await,
     };
@@ -272,7 +336,8 @@ async fn start_tls(gw: &PgGateway, client: &mut Client) -> Result<(), Refusal> {
         return Err(Refusal::new(
             sqlstate::PROTOCOL_VIOLATION,
             "received unencrypted data after SSL request",
-        ));
+        )
+        .failed_login());
     }
     write(client, b"S").await?;
     let MaybeTls::Plain(tcp) = MaybeTls::take(&mut client.stream) else {
@@ -298,18 +363,19 @@ async fn read_token(client: &mut Client) -> Result<String, Refusal> {
     write(client, &backend::encode_auth_cleartext(BytesMut::new())).await?;
     let frame = read_frame(client).await?;
     if frame.tag != b'p' {
-        return Err(Refusal::new(
-            sqlstate::PROTOCOL_VIOLATION,
-            "expected a password message",
-        ));
+        return Err(
+            Refusal::new(sqlstate::PROTOCOL_VIOLATION, "expected a password message")
+                .failed_login(),
+        );
     }
     let token = password_text(&frame.body)
-        .map_err(|e| Refusal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string()))?;
+        .map_err(|e| Refusal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string()).failed_login())?;
     if token.is_empty() {
         return Err(Refusal::new(
             sqlstate::INVALID_PASSWORD,
             "no token: pass your OIDC token as the password (PGPASSWORD)",
-        ));
+        )
+        .failed_login());
     }
     Ok(token.to_string())
 }
@@ -319,17 +385,18 @@ async fn read_frame(client: &mut Client) -> Result<Frame, Refusal> {
         match decode_frame(&mut client.buf, 64 * 1024) {
             Ok(Some(f)) => return Ok(f),
             Ok(None) => read_more(client, 64 * 1024).await?,
-            Err(e) => return Err(Refusal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+            Err(e) => {
+                return Err(Refusal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string()).failed_login())
+            }
         }
     }
 }
 
 async fn read_more(client: &mut Client, limit: usize) -> Result<(), Refusal> {
     if client.buf.len() > limit {
-        return Err(Refusal::new(
-            sqlstate::PROTOCOL_VIOLATION,
-            "startup packet too large",
-        ));
+        return Err(
+            Refusal::new(sqlstate::PROTOCOL_VIOLATION, "startup packet too large").failed_login(),
+        );
     }
     match client.stream.read_buf(&mut client.buf).await {
         Ok(0) => Err(Refusal::new(
@@ -417,9 +484,15 @@ async fn refuse(gw: &PgGateway, client: &mut Client, session_id: &str, refusal: 
         principal = refusal.principal.as_deref().unwrap_or("-"), reason = %reason,
         "connection refused"
     );
+    if refusal.limit == Limit::Counts {
+        gw.limits.failed(client.peer.ip(), Instant::now());
+    }
     // The refusal is sent whether or not the record lands: nothing runs
-    // either way, and the client deserves to know why.
-    if let Err(e) = gw.store.append(record).await {
+    // either way, and the client deserves to know why. Over the limit it is
+    // not awaited, so a flood of refused attempts does not queue on the store.
+    if refusal.limit == Limit::Exceeded {
+        gw.store.append_detached(record);
+    } else if let Err(e) = gw.store.append(record).await {
         tracing::error!(error = %e, "could not record refused connection");
     }
     let _ = client

@@ -37,12 +37,53 @@ pub use pg::{
 pub use process::{run, run_with_input, Output, Process};
 pub use ssh::{quiet_client_options, SshServer};
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it).
-/// Another process may still take it before you bind it; [`PgServer::start`]
-/// retries for that reason.
+/// A TCP port on 127.0.0.1 that was free a moment ago. Another test may still
+/// take it before you bind it; [`PgServer::start`] retries for that reason.
+///
+/// Taken from below the kernel's ephemeral range, not by binding port 0: an
+/// ephemeral port can be taken by any process's outgoing connection before
+/// the server under test binds it, and a connect to an ephemeral port nobody
+/// listens on can occasionally connect to itself, which makes
+/// [`wait_for_port`] report a server ready that is not. Tests run in parallel
+/// processes, so each starts at a pseudo-random place in the range.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
+    const FLOOR: u32 = 10_000;
+    let ceiling = ephemeral_floor().unwrap_or(32_768);
+    if ceiling <= FLOOR + 1_000 {
+        return kernel_picked_port();
+    }
+    let span = ceiling - FLOOR;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let start = std::process::id()
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(nanos);
+    for _ in 0..span {
+        let n = HANDED_OUT.fetch_add(1, Ordering::Relaxed);
+        // A prime stride visits every port of the span once (unless the span is a multiple of it).
+        let port = FLOOR + start.wrapping_add(n.wrapping_mul(7_919)) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    kernel_picked_port()
+}
+
+fn kernel_picked_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local_addr").port()
+}
+
+/// The lowest port the kernel hands out for outgoing connections.
+fn ephemeral_floor() -> Option<u32> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
 }
 
 /// Waits until a TCP connect to `addr` succeeds, polling every 20 ms for up to
@@ -92,10 +133,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn free_port_is_bindable() {
+    fn free_port_is_bindable_and_outside_the_ephemeral_range() {
         let port = free_port();
         assert_ne!(port, 0);
         TcpListener::bind(("127.0.0.1", port)).expect("port should be free");
+        if let Some(floor) = ephemeral_floor() {
+            assert!(u32::from(port) < floor, "{port} is in the ephemeral range");
+        }
+        let ports: std::collections::HashSet<u16> = (0..50).map(|_| free_port()).collect();
+        assert_eq!(
+            ports.len(),
+            50,
+            "one process never gets the same port twice in a row"
+        );
     }
 
     #[test]

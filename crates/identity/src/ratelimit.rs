@@ -66,9 +66,30 @@ impl AuthRateLimit {
     }
 }
 
+/// What a refused address is told, and what its refused attempt records, on
+/// every protocol.
+pub fn lockout_message(ip: IpAddr, retry_after: Duration) -> String {
+    // Whole seconds, rounded up, so "0 s" never tells a client to retry too early.
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    format!(
+        "too many failed logins from {ip} ({MAX_FAILURES} within {} s); try again in {secs} s",
+        WINDOW.as_secs()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lockout_message_rounds_the_wait_up() {
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(
+            lockout_message(ip, Duration::from_millis(1)),
+            "too many failed logins from 192.0.2.7 (10 within 60 s); try again in 1 s"
+        );
+        assert!(lockout_message(ip, Duration::from_secs(59)).ends_with("try again in 59 s"));
+    }
 
     fn addr(s: &str) -> IpAddr {
         s.parse().expect("test address")

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use portcullis_identity::ratelimit::lockout_message;
 use portcullis_identity::Principal;
 use portcullis_jit::GrantLease;
 use portcullis_policy::decide::{Decision, ForwardDirection, SshRequest, Verdict};
@@ -188,19 +189,23 @@ pub(crate) struct ClientHandler {
 struct Refusal {
     reason: String,
     principal: Option<String>,
+    /// Counts towards the address's failed-login limit: not when the
+    /// gateway itself failed (its audit store), which says nothing about
+    /// the client.
+    client_at_fault: bool,
 }
 
 impl ClientHandler {
     async fn authenticate(&mut self, user: &str, token: &str) -> Auth {
         let ip = self.peer.addr.ip();
-        if !self.gw.limits.allows(ip, Instant::now()) {
+        if let Some(wait) = self.gw.limits.retry_after(ip, Instant::now()) {
             // Not awaited: a flood of refused attempts must not queue on the store.
             self.gw
                 .store
                 .append_detached(self.attempt("deny").detail(json!({
                     "client_addr": self.peer.addr.to_string(),
                     "client_user": user,
-                    "reason": "too many failed logins from this address; try again later",
+                    "reason": lockout_message(ip, wait),
                 })));
             return Auth::reject();
         }
@@ -219,7 +224,9 @@ impl ClientHandler {
                 Auth::Accept
             }
             Err(refusal) => {
-                self.gw.limits.failed(ip, Instant::now());
+                if refusal.client_at_fault {
+                    self.gw.limits.failed(ip, Instant::now());
+                }
                 tracing::info!(
                     session = %self.peer.session_id, connection = %self.gw.name, client = %self.peer.addr,
                     principal = refusal.principal.as_deref().unwrap_or("-"), reason = %refusal.reason,
@@ -249,6 +256,7 @@ impl ClientHandler {
         let refuse = |reason: String, principal: Option<&Principal>| Refusal {
             reason,
             principal: principal.map(|p| p.name.clone()),
+            client_at_fault: true,
         };
         let token = token.trim();
         if token.is_empty() {
@@ -311,8 +319,9 @@ impl ClientHandler {
                 "grant": grant,
             }));
         for record in [attempt, start] {
-            self.gw.store.append(record).await.map_err(|e| {
-                refuse(
+            self.gw.store.append(record).await.map_err(|e| Refusal {
+                client_at_fault: false,
+                ..refuse(
                     format!("audit store unavailable, so the session cannot be recorded: {e}"),
                     Some(&principal),
                 )

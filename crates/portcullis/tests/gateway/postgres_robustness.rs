@@ -336,11 +336,12 @@ except psycopg.OperationalError as e:
     assert_eq!(end["detail"]["reason"], "the gateway is shutting down");
 }
 
-/// A tiny tmpfs, unmounted on drop (after the gateway using it is gone).
-struct TinyDisk(std::path::PathBuf);
+/// A tiny tmpfs, unmounted on drop (declare it before the gateway using it,
+/// so the gateway is gone first).
+pub(crate) struct TinyDisk(pub(crate) std::path::PathBuf);
 
 impl TinyDisk {
-    fn mount() -> Option<TinyDisk> {
+    pub(crate) fn mount() -> Option<TinyDisk> {
         let dir = std::env::temp_dir().join(format!("portcullis-full-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let out = test_support::run(
@@ -352,7 +353,7 @@ impl TinyDisk {
         out.success().then_some(TinyDisk(dir))
     }
 
-    fn fill(&self) {
+    pub(crate) fn fill(&self) {
         let mut dd = std::process::Command::new("dd");
         dd.args(["if=/dev/zero", "bs=64k", "count=1000"])
             .arg(format!("of={}", self.0.join("filler").display()));
@@ -360,7 +361,7 @@ impl TinyDisk {
         let _ = test_support::run(&mut dd, Duration::from_secs(10));
     }
 
-    fn free(&self) {
+    pub(crate) fn free(&self) {
         std::fs::remove_file(self.0.join("filler")).unwrap();
     }
 }

@@ -626,9 +626,11 @@ fn ssh_repeated_failed_logins_lock_out_the_source_address() {
     let env = SshEnv::start();
     let limited = |r: &Value| {
         r["kind"] == "connection_attempt"
-            && r["detail"]["reason"]
-                .as_str()
-                .is_some_and(|why| why.starts_with("too many failed logins"))
+            && r["detail"]["reason"].as_str().is_some_and(|why| {
+                why.starts_with(
+                    "too many failed logins from 127.0.0.1 (10 within 60 s); try again in ",
+                )
+            })
     };
     let mut attempts = 0;
     while !env.records().iter().any(limited) {
@@ -641,6 +643,46 @@ fn ssh_repeated_failed_logins_lock_out_the_source_address() {
     let out = env.ssh(&env.ci_token(), &["echo hi"]);
     assert_eq!(out.code, Some(255), "{}", out.stdout);
     assert!(!env.records().iter().any(|r| r["kind"] == "session_start"));
+}
+
+/// Logins refused because the gateway cannot record them say nothing about
+/// the client, so they must not lock its address out.
+#[test]
+fn ssh_logins_refused_by_a_full_audit_store_do_not_count_as_failed() {
+    let Some(disk) = crate::postgres_robustness::TinyDisk::mount() else {
+        // Mounting needs root, which CI has; say so rather than pass silently.
+        panic!("cannot mount a tmpfs: run the integration tests as root (CI does)");
+    };
+    let env = SshEnv::with_store_in(&disk.0);
+    let token = env.ci_token();
+    let ok = env.ssh(&token, &["echo before"]);
+    assert_eq!(ok.code, Some(0), "{}", ok.stderr);
+
+    disk.fill();
+    // The store's last partly used page may still take a few records.
+    let refused = (0..18)
+        .filter(|_| env.ssh(&token, &["echo while full"]).code == Some(255))
+        .count();
+    assert!(
+        refused > 10,
+        "only {refused} of 18 logins were refused with the store full: the lockout was not exercised\n{}",
+        env.gateway_log()
+    );
+    assert!(
+        env.gateway_log().contains("audit store unavailable"),
+        "{}",
+        env.gateway_log()
+    );
+
+    disk.free();
+    let after = env.ssh(&token, &["echo after"]);
+    assert_eq!(
+        (after.code, after.stdout.trim()),
+        (Some(0), "after"),
+        "a valid token was refused once the store recovered: {}\n{}",
+        after.stderr,
+        env.gateway_log()
+    );
 }
 
 #[test]

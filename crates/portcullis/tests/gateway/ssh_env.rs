@@ -50,6 +50,20 @@ impl SshEnv {
 
     /// Like [`SshEnv::with`], with held requests refused after `approval_timeout`.
     pub fn configured(policies: &str, host_key: Option<String>, approval_timeout: &str) -> SshEnv {
+        Self::build(policies, host_key, approval_timeout, None)
+    }
+
+    /// The default environment with its audit store in `store_dir`.
+    pub fn with_store_in(store_dir: &Path) -> SshEnv {
+        Self::build(SSH_POLICIES, None, "5m", Some(store_dir))
+    }
+
+    fn build(
+        policies: &str,
+        host_key: Option<String>,
+        approval_timeout: &str,
+        store_dir: Option<&Path>,
+    ) -> SshEnv {
         let sshd = SshServer::start();
         let (issuer, idp) = env::start_dev_idp();
         let dir = test_support::temp_dir();
@@ -62,7 +76,7 @@ impl SshEnv {
 admin:
   listen: 127.0.0.1:{admin_port}
   approval_timeout: {approval_timeout}
-store: sqlite://{dir}/portcullis.db
+store: sqlite://{store_dir}/portcullis.db
 data_dir: {dir}/data
 identity:
   oidc:
@@ -85,6 +99,7 @@ policies:
 {policies}
 "#,
             dir = dir.path().display(),
+            store_dir = store_dir.unwrap_or(dir.path()).display(),
             ssh_port = sshd.port,
             user = sshd.user,
             key = sshd.user_key().display(),

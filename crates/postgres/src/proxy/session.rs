@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use portcullis_identity::ratelimit::{MAX_FAILURES, WINDOW};
+use portcullis_identity::ratelimit::lockout_message;
 use portcullis_identity::Principal;
 use portcullis_jit::GrantLease;
 use portcullis_records::{NewRecord, RecordKind};
@@ -90,16 +90,11 @@ impl Refusal {
     /// judged the password of: 28P01 would say the token was wrong, and it
     /// was never looked at.
     fn over_limit(ip: IpAddr, retry_after: Duration) -> Self {
-        // Whole seconds, rounded up, so "0 s" never tells a client to retry too early.
-        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
         Self {
             limit: Limit::Exceeded,
             ..Self::new(
                 sqlstate::INVALID_AUTHORIZATION,
-                format!(
-                    "too many failed logins from {ip} ({MAX_FAILURES} within {} s); try again in {secs} s",
-                    WINDOW.as_secs()
-                ),
+                lockout_message(ip, retry_after),
             )
         }
     }

@@ -8,6 +8,8 @@
 //! canonical JSON text that is stored; verification hashes the stored text again and never
 //! re-serialises it, so a future serde_json formatting change cannot break old chains.
 
+use std::fmt::Write as _;
+
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -73,7 +75,7 @@ fn update_field(h: &mut Sha256, field: Option<&str>) {
 /// Written by hand rather than relying on `serde_json::Map` ordering, because another crate in
 /// the build enabling serde_json's `preserve_order` feature would silently change that ordering.
 pub(crate) fn canonical_json(value: &Value) -> String {
-    let mut out = String::new();
+    let mut out = String::with_capacity(256);
     write_value(&mut out, value);
     out
 }
@@ -82,7 +84,10 @@ fn write_value(out: &mut String, value: &Value) {
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => out.push_str(&n.to_string()),
+        // Writing into a String cannot fail.
+        Value::Number(n) => {
+            let _ = write!(out, "{n}");
+        }
         Value::String(s) => write_string(out, s),
         Value::Array(items) => {
             out.push('[');
@@ -94,36 +99,54 @@ fn write_value(out: &mut String, value: &Value) {
             }
             out.push(']');
         }
+        // Every statement's record goes through here: the default map iterates in key order
+        // already, so the sorted copy is only made when a build has changed that.
+        Value::Object(map) if map.keys().is_sorted() => write_entries(out, map.iter()),
         Value::Object(map) => {
             let mut entries: Vec<_> = map.iter().collect();
             entries.sort_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
-            for (i, (key, item)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_string(out, key);
-                out.push(':');
-                write_value(out, item);
-            }
-            out.push('}');
+            write_entries(out, entries.into_iter());
         }
     }
 }
 
+fn write_entries<'a>(out: &mut String, entries: impl Iterator<Item = (&'a String, &'a Value)>) {
+    out.push('{');
+    for (i, (key, item)) in entries.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_string(out, key);
+        out.push(':');
+        write_value(out, item);
+    }
+    out.push('}');
+}
+
 fn write_string(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+    // Runs of characters that need no escape are copied whole. Every byte that needs one is
+    // ASCII, so splitting the UTF-8 at those bytes never cuts a character.
+    let mut run = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            b if b < 0x20 => "",
+            _ => continue,
+        };
+        out.push_str(&s[run..i]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{:04x}", b);
+        } else {
+            out.push_str(escape);
         }
+        run = i + 1;
     }
+    out.push_str(&s[run..]);
     out.push('"');
 }
 
@@ -155,6 +178,41 @@ mod tests {
         let b: Value = serde_json::from_str(r#"{"a":{"x":null,"y":[1,2.5]},"b":1}"#).unwrap();
         assert_eq!(canonical_json(&a), r#"{"a":{"x":null,"y":[1,2.5]},"b":1}"#);
         assert_eq!(canonical_json(&a), canonical_json(&b));
+    }
+
+    #[test]
+    fn strings_are_escaped_as_the_char_by_char_writer_did() {
+        fn reference(s: &str) -> String {
+            let mut out = String::from('"');
+            for c in s.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+            out
+        }
+        let awkward: String = (0u32..0x80).filter_map(char::from_u32).collect();
+        for s in [
+            "",
+            "plain",
+            "é\u{1}ü\"\\x",
+            "\u{8}\u{c}\u{1f}\u{7f}",
+            "SELECT '\"' || E'\\n' -- ñ",
+            &awkward,
+            "\u{10ffff}\n\u{2028}",
+        ] {
+            let mut out = String::new();
+            write_string(&mut out, s);
+            assert_eq!(out, reference(s), "{s:?}");
+            assert_eq!(serde_json::from_str::<String>(&out).unwrap(), s);
+        }
     }
 
     #[test]

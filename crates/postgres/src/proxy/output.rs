@@ -6,7 +6,7 @@
 //! what a statement returned without turning the audit log into a copy of
 //! the database (or a second hot path).
 
-use serde_json::{json, Value};
+use serde_json::{Map, Value};
 
 use crate::codec::rows::{parse_data_row, parse_row_description};
 
@@ -54,8 +54,15 @@ impl OutputSample {
         self.rows.is_empty()
     }
 
-    pub fn to_json(&self) -> Value {
-        json!({ "columns": self.columns, "rows": self.rows, "truncated": self.truncated })
+    /// Moves the sample into JSON (`json!` would copy every cell).
+    pub fn into_json(self) -> Value {
+        let columns = self.columns.into_iter().map(Value::String).collect();
+        let rows = self.rows.into_iter().map(Value::Array).collect();
+        let mut sample = Map::with_capacity(3);
+        sample.insert("columns".into(), Value::Array(columns));
+        sample.insert("rows".into(), Value::Array(rows));
+        sample.insert("truncated".into(), Value::Bool(self.truncated));
+        Value::Object(sample)
     }
 }
 
@@ -86,6 +93,7 @@ mod tests {
     use super::*;
     use crate::codec::rows::encode_data_row;
     use bytes::BytesMut;
+    use serde_json::json;
 
     fn row(values: &[Option<&[u8]>]) -> Vec<u8> {
         encode_data_row(BytesMut::new(), values).unwrap()[5..].to_vec()
@@ -105,12 +113,15 @@ mod tests {
         let long = "é".repeat(200);
         let mut other = OutputSample::default();
         other.note_row(&row(&[Some(long.as_bytes())]));
-        let json = s.to_json();
+        let json = s.into_json();
         assert_eq!(json["columns"], json!(["id"]));
         assert_eq!(json["rows"].as_array().unwrap().len(), SAMPLE_ROWS);
         assert_eq!(json["rows"][0], json!(["1", null, "\\x00000007"]));
         assert_eq!(json["truncated"], true);
-        let cut = other.to_json()["rows"][0][0].as_str().unwrap().to_string();
+        let cut = other.into_json()["rows"][0][0]
+            .as_str()
+            .unwrap()
+            .to_string();
         assert_eq!(cut.chars().count(), CELL_CHARS + 1);
     }
 

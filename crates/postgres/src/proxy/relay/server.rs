@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use portcullis_records::{NewRecord, RecordKind};
-use serde_json::json;
+use serde_json::{Map, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use crate::codec::backend::{
@@ -270,20 +270,22 @@ impl ServerSide<'_> {
     }
 
     fn record_result(&mut self, t: Tracker) {
-        let mut result = json!({
-            "statement": t.record_id,
-            "duration_us": t.started.elapsed().as_micros() as u64,
-            "rows": t.rows,
-            "bytes": t.bytes,
-            "error": t.error,
-        });
+        // Built field by field rather than with `json!`, which would copy the output sample:
+        // one of these is made for every statement.
+        let mut result = Map::with_capacity(7);
+        result.insert("statement".into(), t.record_id.into());
+        let duration_us = u64::try_from(t.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        result.insert("duration_us".into(), duration_us.into());
+        result.insert("rows".into(), t.rows.into());
+        result.insert("bytes".into(), t.bytes.into());
+        result.insert("error".into(), t.error.map_or(Value::Null, Value::String));
         if let Some(masked) = &t.masked {
-            result["masked"] = masked.to_json();
+            result.insert("masked".into(), masked.to_json());
         }
         if !t.output.is_empty() {
-            result["output"] = t.output.to_json();
+            result.insert("output".into(), t.output.into_json());
         }
-        self.results.push(result);
+        self.results.push(Value::Object(result));
         let oldest = *self.oldest_result.get_or_insert_with(Instant::now);
         if self.results.len() >= RESULTS_PER_RECORD || oldest.elapsed() >= RESULTS_MAX_DELAY {
             self.flush_results();
@@ -301,7 +303,10 @@ impl ServerSide<'_> {
             .session_id(self.session_id)
             .connection(self.gw.name.clone())
             .decision(if failed > 0 { "fail" } else { "ok" })
-            .detail(json!({ "results": results }));
+            .detail(Value::Object(Map::from_iter([(
+                "results".to_owned(),
+                Value::Array(results),
+            )])));
         self.gw.store.append_detached(record);
     }
 }

@@ -70,7 +70,8 @@ pub struct SshGateway {
     pub upstream: UpstreamTarget,
     /// Recordings live under `DATA_DIR/recordings/`.
     pub data_dir: PathBuf,
-    pub limits: AuthRateLimit,
+    /// Failed logins per address; shared with the gateway's other listeners.
+    pub limits: Arc<AuthRateLimit>,
     config: Arc<Config>,
 }
 
@@ -112,13 +113,19 @@ impl SshGateway {
             jit,
             upstream,
             data_dir,
-            limits: Default::default(),
+            limits: Arc::default(),
             config: Arc::new(config),
         })
     }
 }
 
 impl SshGateway {
+    /// Counts failed logins in `limits` (shared with other listeners) instead of its own.
+    pub fn with_login_limits(mut self, limits: Arc<AuthRateLimit>) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// The rules that decide a session's requests: a `jit` policy's apply
     /// only to a session admitted under a grant (which ends with it), as on
     /// PostgreSQL; otherwise only standing policies count.

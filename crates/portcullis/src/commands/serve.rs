@@ -11,6 +11,7 @@ use portcullis_config::{
     Access, AdminConfig, Config, ConnectionConfig, JitApproval, PostgresConnection, SshConnection,
     UpstreamTls,
 };
+use portcullis_identity::ratelimit::AuthRateLimit;
 use portcullis_identity::Verifier;
 use portcullis_jit::{Broker, BrokerSettings, Notifier};
 use portcullis_policy::classify::Classifier;
@@ -31,6 +32,9 @@ struct Services {
     tls: Arc<rustls::ServerConfig>,
     masker: Arc<portcullis_masking::Masker>,
     jit: Arc<Broker>,
+    /// One failed-login count per address for the whole gateway: an address gets no more tries
+    /// by spreading them over several listeners.
+    login_limits: Arc<AuthRateLimit>,
 }
 
 /// How often ended grants are swept into `expired` records. Sessions do not
@@ -74,6 +78,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         tls: crate::tls::server_config(&config)?,
         masker: Arc::new(crate::tls::masking_key(&config)?),
         jit,
+        login_limits: Arc::default(),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -163,7 +168,7 @@ fn postgres_gateway(
         masker: services.masker.clone(),
         catalog: Default::default(),
         jit: services.jit.clone(),
-        limits: Default::default(),
+        limits: services.login_limits.clone(),
     }))
 }
 
@@ -233,6 +238,7 @@ fn ssh_gateway(
         upstream,
         config.data_dir.clone(),
     )
+    .map(|gw| gw.with_login_limits(services.login_limits.clone()))
     .with_context(|| format!("connection {:?}", ssh.name))
 }
 

@@ -35,6 +35,9 @@ pub struct Options {
     pub approval_timeout: &'static str,
     /// Extra lines under `admin:` (webhooks), indented by two spaces.
     pub admin_extra: String,
+    /// A second PostgreSQL listener (`app-db-b`, plaintext allowed, same upstream, no policy)
+    /// on this port.
+    pub second_listener: Option<u16>,
 }
 
 impl Default for Options {
@@ -53,6 +56,7 @@ impl Default for Options {
             principal_claim: "sub",
             approval_timeout: "5m",
             admin_extra: String::new(),
+            second_listener: None,
         }
     }
 }
@@ -154,6 +158,9 @@ impl Env {
         let gw = Process::spawn(cmd, "portcullis-serve");
         wait_for_port(&format!("127.0.0.1:{}", self.gw_port), Some(&gw));
         wait_for_port(&format!("127.0.0.1:{}", self.admin_port), Some(&gw));
+        if let Some(port) = self.opts.second_listener {
+            wait_for_port(&format!("127.0.0.1:{port}"), Some(&gw));
+        }
         self.gateway = Some(gw);
     }
 
@@ -352,7 +359,7 @@ connections:
       database: app
       user: {user}
       password: {password}
-      tls: {tls}{ca}
+      tls: {tls}{ca}{second}
 policies:
 {policies}
 "#,
@@ -381,5 +388,16 @@ policies:
             .map(|p| format!("\n      ca_file: {}", p.display()))
             .unwrap_or_default(),
         policies = opts.policies,
+        second = opts
+            .second_listener
+            .map(|port| {
+                format!(
+                    "\n  - name: app-db-b\n    type: postgres\n    listen: 127.0.0.1:{port}\n    \
+                     insecure_plaintext: true\n    upstream: {{ host: {}, port: {}, database: app, \
+                     user: {}, password: {} }}",
+                    pg.host, pg.port, opts.upstream_user, opts.upstream_password
+                )
+            })
+            .unwrap_or_default(),
     )
 }

@@ -140,3 +140,25 @@ fn refused_credentials_and_protocol_garbage_count_and_hang_ups_do_not() {
         );
     }
 }
+
+#[test]
+fn failures_on_one_listener_count_on_the_others() {
+    let second = test_support::free_port();
+    let env = Env::with(Options {
+        insecure_plaintext: true,
+        second_listener: Some(second),
+        ..Options::default()
+    });
+    for _ in 0..10 {
+        let out = env.psql("not-a-jwt", "select 1;");
+        assert!(out.stderr.contains("token rejected"), "{}", out.stderr);
+    }
+    // The other listener refuses the address before asking for a token.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", second)).unwrap();
+    s.write_all(&startup_packet("ci")).unwrap();
+    let fields = error_fields(&read_all(s));
+    assert_eq!(fields[&b'C'], "28000");
+    assert!(fields[&b'M'].starts_with(LOCKED_OUT), "{:?}", fields[&b'M']);
+    let refused = env.wait_for_record(limited);
+    assert_eq!(refused["connection"], "app-db-b", "{refused}");
+}

@@ -53,8 +53,8 @@ pub struct PgGateway {
     pub catalog: catalog::Catalog,
     /// Grants (admission to `jit` connections) and held statements.
     pub jit: Arc<portcullis_jit::Broker>,
-    /// Failed logins per source address; this listener's own count.
-    pub limits: AuthRateLimit,
+    /// Failed logins per source address; shared with the gateway's other listeners.
+    pub limits: Arc<AuthRateLimit>,
 }
 
 /// Runs one client connection from its first byte to its end. The binary's

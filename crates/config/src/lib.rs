@@ -56,6 +56,10 @@ pub struct Config {
     /// Directory for generated state: dev TLS certificate, SSH host key.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Threads that relay sessions; omitted means one per CPU. On a host the gateway shares
+    /// with a busy database or its clients, fewer threads waste less CPU on waking each other.
+    #[serde(default)]
+    pub workers: Option<std::num::NonZeroUsize>,
     /// Certificate for client-facing listeners; omitted means a generated dev certificate.
     #[serde(default)]
     pub tls: Option<TlsFiles>,

@@ -367,3 +367,20 @@ fn a_unix_socket_upstream_refuses_required_tls_on_its_own_line() {
     let text = tcp_first.replace("      tls: prefer", "      tls: verify-full");
     assert!(Config::parse("p.yaml", &text).is_ok());
 }
+
+#[test]
+fn workers_default_to_one_per_cpu_and_zero_is_refused_with_its_line() {
+    assert_eq!(Config::parse("p.yaml", GOOD).unwrap().workers, None);
+    let one = format!("workers: 1\n{GOOD}");
+    assert_eq!(
+        Config::parse("p.yaml", &one)
+            .unwrap()
+            .workers
+            .map(usize::from),
+        Some(1)
+    );
+    let zero = format!("workers: 0\n{GOOD}");
+    let err = Config::parse("p.yaml", &zero).unwrap_err().to_string();
+    assert!(err.starts_with("p.yaml:1:"), "{err}");
+    assert!(err.contains("workers"), "{err}");
+}

@@ -23,21 +23,30 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     logging::init(cli.log_json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let outcome = match cli.command {
+        // The gateway sizes its runtime from its config.
+        cli::Command::Serve { config } => commands::serve::main(&config),
+        command => runtime(None).and_then(|rt| rt.block_on(commands::dispatch(command))),
     };
-    match runtime.block_on(commands::dispatch(cli.command)) {
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// A multi-threaded runtime with `workers` threads (one per CPU when `None`).
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    builder
+        // At most 15 characters: what `top -H` and /proc show of a thread's name.
+        .thread_name("gateway-worker")
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
 }

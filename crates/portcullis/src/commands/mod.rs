@@ -3,7 +3,7 @@
 mod access;
 mod idp;
 mod records;
-mod serve;
+pub(crate) mod serve;
 
 use std::process::ExitCode;
 
@@ -11,7 +11,7 @@ use crate::cli::{ApprovalsCommand, AuditCommand, Command, GrantsCommand, Session
 
 pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve { config } => serve::run(&config).await,
+        Command::Serve { .. } => unreachable!("main runs serve on a runtime sized from its config"),
         Command::CheckConfig { file } => Ok(check_config(&file)),
         Command::DevIdp { listen, alg } => idp::dev_idp(&listen, &alg).await,
         Command::Token {

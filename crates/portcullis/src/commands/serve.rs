@@ -41,7 +41,8 @@ struct Services {
 /// wait for it: each knows its grant's end.
 const EXPIRY_SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
 
-pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
+/// `portcullis serve`: loads the config, then runs the gateway on a runtime of `workers` threads.
+pub fn main(config_path: &Path) -> anyhow::Result<ExitCode> {
     let config = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -49,6 +50,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    crate::runtime(config.workers.map(usize::from))?.block_on(run(config_path, config))
+}
+
+async fn run(config_path: &Path, config: Config) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let policies = Arc::new(PolicySet::compile_config(&config).context("policies")?);
@@ -118,7 +123,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
         };
         tasks.push(task);
     }
-    tracing::info!(config = %config_path.display(), store = %config.store, "portcullis is serving");
+    tracing::info!(
+        config = %config_path.display(),
+        store = %config.store,
+        workers = tokio::runtime::Handle::current().metrics().num_workers(),
+        "portcullis is serving"
+    );
     wait_for_shutdown().await;
     tracing::info!("shutting down: no new connections; flushing records");
     let _ = stop_tx.send(true);

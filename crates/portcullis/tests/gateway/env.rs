@@ -38,6 +38,8 @@ pub struct Options {
     /// A second PostgreSQL listener (`app-db-b`, plaintext allowed, same upstream, no policy)
     /// on this port.
     pub second_listener: Option<u16>,
+    /// `workers:` (runtime threads); omitted when `None`.
+    pub workers: Option<usize>,
 }
 
 impl Default for Options {
@@ -57,6 +59,7 @@ impl Default for Options {
             approval_timeout: "5m",
             admin_extra: String::new(),
             second_listener: None,
+            workers: None,
         }
     }
 }
@@ -337,7 +340,7 @@ admin:
   listen: 127.0.0.1:{admin_port}
   approval_timeout: {approval_timeout}
 {admin_extra}
-store: sqlite://{store}
+store: sqlite://{store}{workers}
 data_dir: {dir}/data
 identity:
   oidc:
@@ -388,6 +391,10 @@ policies:
             .map(|p| format!("\n      ca_file: {}", p.display()))
             .unwrap_or_default(),
         policies = opts.policies,
+        workers = opts
+            .workers
+            .map(|n| format!("\nworkers: {n}"))
+            .unwrap_or_default(),
         second = opts
             .second_listener
             .map(|port| {

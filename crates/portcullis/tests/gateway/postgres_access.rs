@@ -22,6 +22,29 @@ fn allowed_read_returns_rows_and_is_recorded_under_the_principal() {
 }
 
 #[test]
+fn workers_setting_sizes_the_runtime() {
+    let mut env = Env::with(Options {
+        workers: Some(1),
+        ..Options::default()
+    });
+    let token = env.token("ci-job-42", &["ci"]);
+    let out = env.psql(&token, "select count(*) from items;");
+    assert!(out.success(), "{}\n{}", out.stderr, env.gateway_log());
+    let pid = env.gateway().pid();
+    let workers = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "gateway-worker")
+        .count();
+    assert_eq!(workers, 1, "{}", env.gateway_log());
+    assert!(
+        env.gateway_log().contains("workers=1"),
+        "{}",
+        env.gateway_log()
+    );
+}
+
+#[test]
 fn blocked_drop_names_policy_and_rule_and_session_stays_usable() {
     let env = Env::start();
     let token = env.token("ci-job", &["ci"]);

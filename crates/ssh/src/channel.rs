@@ -55,6 +55,8 @@ struct Shared {
     stderr_bytes: u64,
     input_bytes: u64,
     signals: Vec<String>,
+    /// The client left and the upstream had not closed the channel within the grace period.
+    upstream_abandoned: bool,
 }
 
 #[derive(Default, PartialEq, Eq)]
@@ -101,21 +103,50 @@ pub(crate) async fn run(
     let (client_queue, mut client_msgs) = mpsc::unbounded_channel();
     let (upstream_queue, mut upstream_msgs) = mpsc::unbounded_channel();
     let (to_client, to_upstream) = (AtomicBool::new(false), AtomicBool::new(false));
+    let client_done = tokio::sync::Notify::new();
+    let upstream_side = async {
+        tokio::join!(
+            drain(&mut upstream_rx, upstream_queue, &to_upstream),
+            from_upstream(&ctx, &mut upstream_msgs, &client_tx, &shared, &to_client),
+        );
+    };
     tokio::join!(
         drain(&mut client_rx, client_queue, &to_client),
-        drain(&mut upstream_rx, upstream_queue, &to_upstream),
-        from_client(
-            &ctx,
-            &mut client_msgs,
-            &client_tx,
-            &upstream_tx,
-            &shared,
-            &to_upstream
-        ),
-        from_upstream(&ctx, &mut upstream_msgs, &client_tx, &shared, &to_client),
+        async {
+            from_client(
+                &ctx,
+                &mut client_msgs,
+                &client_tx,
+                &upstream_tx,
+                &shared,
+                &to_upstream,
+            )
+            .await;
+            // Nothing more is taken from the client: its drain stops too.
+            client_msgs.close();
+            client_done.notify_one();
+        },
+        async {
+            tokio::select! {
+                () = upstream_side => {}
+                () = client_gone_for(&client_done, UPSTREAM_CLOSE_GRACE) => {
+                    lock(&shared).upstream_abandoned = true;
+                }
+            }
+        },
     );
     let shared = shared.into_inner().unwrap_or_else(|p| p.into_inner());
     finish(&ctx, shared).await;
+}
+
+/// How long the upstream may take to close a channel once the client has closed it or gone,
+/// before the channel's result is recorded without waiting further. A command still running
+/// upstream (`sleep 600`, its client killed) would otherwise hold the record back until it ends.
+const UPSTREAM_CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+async fn client_gone_for(client_done: &tokio::sync::Notify, grace: Duration) {
+    client_done.notified().await;
+    tokio::time::sleep(grace).await;
 }
 
 /// How many bytes of one direction may wait between the side that sent
@@ -174,6 +205,9 @@ async fn drain(
                 },
                 // Look at the other direction again soon.
                 _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+            if queue.is_closed() {
+                return;
             }
         };
         if queue.send((msg, permit)).is_err() {
@@ -724,6 +758,9 @@ async fn finish(ctx: &ChannelContext, shared: Shared) {
         "input_bytes": shared.input_bytes,
         "signals": shared.signals,
     });
+    if shared.upstream_abandoned {
+        result["upstream_still_open"] = json!(true);
+    }
     if let Some(rec) = shared.recording {
         result["recording"] = rec.finish();
     }

@@ -705,3 +705,20 @@ fn ssh_clients_that_never_log_in_are_cut_off_and_recorded() {
         "login did not complete within 30 s"
     );
 }
+
+#[test]
+fn a_killed_client_still_gets_its_commands_result_recorded() {
+    let env = SshEnv::start();
+    let cmd = "sh -c 'sleep 60'";
+    let mut child = env.spawn_ssh(&env.ci_token(), cmd);
+    let record = statement(&env, cmd);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    child.kill().unwrap();
+    let _ = child.wait();
+    // Recorded once the upstream has had a moment to close the channel, not when the
+    // command upstream ends a minute later.
+    let result = env.result_of(&record);
+    assert!(result["exit_status"].is_null(), "{result}");
+    assert_eq!(result["upstream_still_open"], true, "{result}");
+    assert!(result["recording"]["complete"] == true, "{result}");
+}

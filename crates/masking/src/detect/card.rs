@@ -7,9 +7,9 @@
 //! grouping. A run of groups (`12 4111 1111 1111 1111`, or two cards side
 //! by side) is tried from every group so the card inside is still found.
 
-use super::{word_at, word_before, Detector, Finding};
+use super::{next_start, word_at, word_before, Detector, Finding};
 
-const MIN_DIGITS: usize = 13;
+pub(super) const MIN_DIGITS: usize = 13;
 const MAX_DIGITS: usize = 19;
 
 /// A run of digits, and the separator byte before it (0 for the first).
@@ -33,7 +33,7 @@ pub(super) fn scan(text: &str, out: &mut Vec<Finding>) {
     let mut i = 0;
     while i < b.len() {
         if !b[i].is_ascii_digit() || word_before(b, i) {
-            i += 1;
+            i = next_start(b, i);
             continue;
         }
         groups_from(b, i, &mut groups);

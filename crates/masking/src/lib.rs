@@ -21,7 +21,7 @@ pub mod rules;
 
 pub use detect::{find, Detector, Finding, UnknownDetector};
 pub use mask::{DetectorCounts, Masker, Method, UnknownMethod, REDACTED};
-pub use pgtype::{type_class, Outcome, Scope, TypeClass};
+pub use pgtype::{type_class, Outcome, Scope, TypeClass, Written};
 pub use rules::{ColumnRule, Expressions, MaskRules, SourceColumn};
 
 /// Errors building a [`Masker`].

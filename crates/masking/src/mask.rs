@@ -22,7 +22,7 @@ use std::str::FromStr;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::detect::{find, Detector};
+use crate::detect::{find_into, Detector, Finding};
 use crate::MaskError;
 
 /// What `redact` puts in place of a value.
@@ -155,31 +155,35 @@ impl Masker {
         text: &'a str,
         counts: &mut DetectorCounts,
     ) -> (Cow<'a, str>, usize) {
-        let mut out = String::new();
-        match self.push_masked_text(detectors, method, text, counts, &mut out) {
+        let mut buf = MaskBuf::default();
+        match self.push_masked_text(detectors, method, text, counts, &mut buf) {
             0 => (Cow::Borrowed(text), 0),
-            n => (Cow::Owned(out), n),
+            n => (Cow::Owned(buf.text), n),
         }
     }
 
-    /// Appends `text` with every finding of `detectors` masked to `out`
-    /// and returns how many were masked; when none were, `out` is left as
-    /// it was.
+    /// Appends `text` with every finding of `detectors` masked to
+    /// `buf.text` and returns how many were masked; when none were, the
+    /// text is left as it was.
     pub fn push_masked_text(
         &self,
         detectors: &[Detector],
         method: Method,
         text: &str,
         counts: &mut DetectorCounts,
-        out: &mut String,
+        buf: &mut MaskBuf,
     ) -> usize {
-        let findings = find(detectors, text);
+        let MaskBuf {
+            text: out,
+            findings,
+        } = buf;
+        find_into(detectors, text, findings);
         if findings.is_empty() {
             return 0;
         }
         out.reserve(text.len());
         let mut at = 0;
-        for f in &findings {
+        for f in findings.iter() {
             counts.add(f.detector);
             out.push_str(&text[at..f.start]);
             self.push_masked_value(method, Some(f.detector), &text[f.start..f.end], out);
@@ -201,6 +205,16 @@ impl Masker {
             out.push(hex_digit(byte & 0x0f));
         }
     }
+}
+
+/// Where masked values are written, and the findings behind them: one per
+/// session, reused across the values of its results, spares each value an
+/// allocation.
+#[derive(Debug, Default)]
+pub struct MaskBuf {
+    /// The masked text written so far.
+    pub text: String,
+    findings: Vec<Finding>,
 }
 
 /// How many values each detector found: what an audit record says fired,

@@ -15,7 +15,7 @@
 use std::borrow::Cow;
 
 use crate::detect::{find, Detector};
-use crate::mask::{DetectorCounts, Masker, Method};
+use crate::mask::{DetectorCounts, MaskBuf, Masker, Method};
 
 /// PostgreSQL type OIDs this module knows how to mask.
 pub mod oid {
@@ -109,12 +109,12 @@ impl Masker {
         method: Method,
         value: &'a str,
     ) -> Outcome<'a> {
-        let mut out = String::new();
+        let mut buf = MaskBuf::default();
         let counts = &mut DetectorCounts::default();
-        match self.mask_for_type_into(oid, scope, method, value, counts, &mut out) {
+        match self.mask_for_type_into(oid, scope, method, value, counts, &mut buf) {
             Written::Clean => Outcome::Clean,
             Written::Masked { count } => Outcome::Masked {
-                value: Cow::Owned(out),
+                value: Cow::Owned(buf.text),
                 count,
             },
             Written::Unrepresentable => Outcome::Unrepresentable,
@@ -122,8 +122,8 @@ impl Masker {
     }
 
     /// [`mask_for_type`](Self::mask_for_type), appending the masked value
-    /// to `out` (so one buffer serves a whole result) and counting detector
-    /// findings for the audit record.
+    /// to `buf.text` (so one buffer serves a whole result) and counting
+    /// detector findings for the audit record.
     pub fn mask_for_type_into(
         &self,
         oid: u32,
@@ -131,22 +131,22 @@ impl Masker {
         method: Method,
         value: &str,
         counts: &mut DetectorCounts,
-        out: &mut String,
+        buf: &mut MaskBuf,
     ) -> Written {
         match (type_class(oid), scope) {
             (TypeClass::Text, Scope::Whole) => {
-                self.push_masked_value(method, None, value, out);
+                self.push_masked_value(method, None, value, &mut buf.text);
                 Written::Masked { count: 1 }
             }
             (TypeClass::Text, Scope::Detect(ds)) => {
-                Written::from_count(self.push_masked_text(ds, method, value, counts, out))
+                Written::from_count(self.push_masked_text(ds, method, value, counts, buf))
             }
             (TypeClass::Json, scope) => match self.walk_json(scope, method, value, counts) {
-                Some((masked, count)) => Self::push_walked(&masked, count, out),
+                Some((masked, count)) => Self::push_walked(&masked, count, &mut buf.text),
                 None => Written::Unrepresentable,
             },
             (TypeClass::TextArray, scope) => match self.walk_array(scope, method, value, counts) {
-                Some((masked, count)) => Self::push_walked(&masked, count, out),
+                Some((masked, count)) => Self::push_walked(&masked, count, &mut buf.text),
                 None => Written::Unrepresentable,
             },
             (TypeClass::Unmaskable, Scope::Whole) => Written::Unrepresentable,

@@ -155,23 +155,31 @@ impl Finding {
 /// merged into one finding carrying the detector of the earliest, longest
 /// candidate: masking the union is what guarantees no detected byte survives.
 pub fn find(detectors: &[Detector], text: &str) -> Vec<Finding> {
-    find_with(detectors, text, &Traits::of(text))
+    let mut found = Vec::new();
+    find_into(detectors, text, &mut found);
+    found
 }
 
-/// [`find`] for a text with the given traits ([`Traits::ANY`] in tests, to
-/// compare with what the scanners find unfiltered).
-fn find_with(detectors: &[Detector], text: &str, traits: &Traits) -> Vec<Finding> {
-    let mut found = Vec::new();
+/// [`find`] into `found` (cleared first), so that one buffer can serve
+/// every value of a result.
+pub fn find_into(detectors: &[Detector], text: &str, found: &mut Vec<Finding>) {
+    find_with(detectors, text, &Traits::of(text), found);
+}
+
+/// [`find_into`] for a text with the given traits ([`Traits::ANY`] in
+/// tests, to compare with what the scanners find unfiltered).
+fn find_with(detectors: &[Detector], text: &str, traits: &Traits, found: &mut Vec<Finding>) {
+    found.clear();
     let mut seen = [false; Detector::ALL.len()];
     for &d in detectors {
         // A detector listed twice would only produce duplicates.
         if !std::mem::replace(&mut seen[d as usize], true) && d.may_match(traits) {
-            d.scan(text, traits, &mut found);
+            d.scan(text, traits, found);
         }
     }
     // Scanners stop on ASCII bytes, except at their length caps; widening to
     // char boundaries here makes that a non-issue for every detector.
-    for f in &mut found {
+    for f in found.iter_mut() {
         while !text.is_char_boundary(f.start) {
             f.start -= 1;
         }
@@ -180,22 +188,26 @@ fn find_with(detectors: &[Detector], text: &str, traits: &Traits) -> Vec<Finding
         }
     }
     found.retain(|f| f.start < f.end);
-    merge(found)
+    merge(found);
 }
 
-fn merge(mut found: Vec<Finding>) -> Vec<Finding> {
+/// Sorts and merges overlapping findings in place.
+fn merge(found: &mut Vec<Finding>) {
     if found.len() < 2 {
-        return found;
+        return;
     }
     found.sort_unstable_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
-    let mut merged: Vec<Finding> = Vec::with_capacity(found.len());
-    for f in found {
-        match merged.last_mut() {
-            Some(last) if f.start < last.end => last.end = last.end.max(f.end),
-            _ => merged.push(f),
+    let mut last = 0;
+    for i in 1..found.len() {
+        let f = found[i];
+        if f.start < found[last].end {
+            found[last].end = found[last].end.max(f.end);
+        } else {
+            last += 1;
+            found[last] = f;
         }
     }
-    merged
+    found.truncate(last + 1);
 }
 
 /// The trigger bytes a text contains and how many digits, gathered in one

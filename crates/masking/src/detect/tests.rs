@@ -502,17 +502,19 @@ mod pre_filter_properties {
         #[test]
         fn pre_filters_never_change_findings(text in text()) {
             let traits = Traits::of(&text);
+            let found = |ds: &[Detector], traits: &Traits| {
+                let mut found = Vec::new();
+                find_with(ds, &text, traits, &mut found);
+                found
+            };
             for d in Detector::ALL {
                 prop_assert_eq!(
-                    find_with(&[d], &text, &traits),
-                    find_with(&[d], &text, &Traits::ANY),
+                    found(&[d], &traits),
+                    found(&[d], &Traits::ANY),
                     "{} in {:?}", d, text
                 );
             }
-            prop_assert_eq!(
-                find_with(&Detector::ALL, &text, &traits),
-                find_with(&Detector::ALL, &text, &Traits::ANY)
-            );
+            prop_assert_eq!(found(&Detector::ALL, &traits), found(&Detector::ALL, &Traits::ANY));
         }
     }
 }
@@ -536,4 +538,29 @@ fn matches_start_after_words_not_inside_them() {
         "_AKIAIOSFODNN7EXAMPLE 9f8e-AKIAIOSFODNN7EXAMPLE",
         &["AKIAIOSFODNN7EXAMPLE"],
     );
+}
+
+/// Card runs are read a few groups at a time; a card far along a run of
+/// groups, or two cards back to back, are still found whole.
+#[test]
+fn cards_deep_in_long_runs_of_groups() {
+    assert_hits(
+        Detector::CreditCard,
+        "1 2 3 4 5 6 7 8 9 10 4111 1111 1111 1111 2",
+        &["4111 1111 1111 1111"],
+    );
+    assert_hits(
+        Detector::CreditCard,
+        "4111-1111-1111-1111-4242-4242-4242-4242",
+        &["4111-1111-1111-1111", "4242-4242-4242-4242"],
+    );
+}
+
+#[test]
+fn find_into_replaces_what_the_buffer_held() {
+    let mut found = find(&[Detector::Email], "a@b.co and c@d.co");
+    find_into(&[Detector::Email], "only e@f.co", &mut found);
+    assert_eq!(found, vec![Finding::new(Detector::Email, 5, 11)]);
+    find_into(&[Detector::Email], "nothing", &mut found);
+    assert!(found.is_empty());
 }

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use portcullis_masking::{
-    type_class, DetectorCounts, Expressions, MaskRules, Masker, Method, Scope, SourceColumn,
-    TypeClass, Written, REDACTED,
+    type_class, DetectorCounts, Expressions, MaskBuf, MaskRules, Masker, Method, Scope,
+    SourceColumn, TypeClass, Written, REDACTED,
 };
 use serde_json::json;
 
@@ -183,14 +183,14 @@ impl SessionMask {
     }
 
     /// Appends the masked form of a DataRow body to `out`; `false`, with
-    /// `out` as it was, when nothing in the row changed. `text` is a buffer
-    /// for one masked value at a time, reused across rows.
+    /// `out` as it was, when nothing in the row changed. `buf` holds one
+    /// masked value at a time, reused across rows.
     pub fn mask_row(
         &self,
         shape: &Shape,
         body: &[u8],
         tally: &mut Tally,
-        text: &mut String,
+        buf: &mut MaskBuf,
         out: &mut BytesMut,
     ) -> Result<bool, CodecError> {
         let columns = parse_data_row(body)?;
@@ -203,7 +203,7 @@ impl SessionMask {
             ));
         }
         let start = out.len();
-        let written = self.write_row(shape, &columns, tally, text, out);
+        let written = self.write_row(shape, &columns, tally, buf, out);
         if !matches!(written, Ok(true)) {
             out.truncate(start);
         }
@@ -215,7 +215,7 @@ impl SessionMask {
         shape: &Shape,
         columns: &[Option<&[u8]>],
         tally: &mut Tally,
-        text: &mut String,
+        buf: &mut MaskBuf,
         out: &mut BytesMut,
     ) -> Result<bool, CodecError> {
         let mut row = DataRowWriter::new(out, columns.len())?;
@@ -223,12 +223,12 @@ impl SessionMask {
         for (value, plan) in columns.iter().zip(&shape.fields) {
             // NULL stays NULL.
             let cell = match value {
-                Some(value) => self.mask_cell(plan, value, tally, text),
+                Some(value) => self.mask_cell(plan, value, tally, buf),
                 None => Cell::Keep,
             };
             match cell {
                 Cell::Keep => row.value(*value)?,
-                Cell::Replace(prefix) => row.joined(&[prefix, text.as_bytes()])?,
+                Cell::Replace(prefix) => row.joined(&[prefix, buf.text.as_bytes()])?,
                 Cell::Null => row.value(None)?,
             }
             changed |= !matches!(cell, Cell::Keep);
@@ -245,13 +245,13 @@ impl SessionMask {
         encode_data_row(BytesMut::new(), &vec![None; columns.len()])
     }
 
-    /// Masks one value; a replacement is left in `text`.
+    /// Masks one value; a replacement is left in `buf.text`.
     fn mask_cell(
         &self,
         plan: &FieldPlan,
         raw: &[u8],
         tally: &mut Tally,
-        text: &mut String,
+        buf: &mut MaskBuf,
     ) -> Cell {
         let scope = match &plan.action {
             Action::Detect if self.rules.detectors.is_empty() => return Cell::Keep,
@@ -262,7 +262,7 @@ impl SessionMask {
             Action::Whole { method, .. } => *method,
             Action::Detect => self.rules.detect_method,
         };
-        text.clear();
+        buf.text.clear();
         let cell = match decode(plan, raw) {
             Decoded::Text(value, prefix) => {
                 let written = self.masker.mask_for_type_into(
@@ -271,7 +271,7 @@ impl SessionMask {
                     method,
                     value,
                     &mut tally.detectors,
-                    text,
+                    buf,
                 );
                 match written {
                     Written::Clean => Cell::Keep,
@@ -295,7 +295,7 @@ impl SessionMask {
                 match scope {
                     Scope::Detect(_) if found.is_empty() => Cell::Keep,
                     _ if type_class(plan.type_oid) == TypeClass::Text => {
-                        text.push_str(REDACTED);
+                        buf.text.push_str(REDACTED);
                         Cell::Replace(b"")
                     }
                     _ => Cell::Null,

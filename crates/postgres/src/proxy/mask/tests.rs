@@ -59,7 +59,7 @@ fn masked(
     // Rows are appended after whatever the relay has already queued.
     let mut out = BytesMut::from(&b"queued"[..]);
     let changed = m
-        .mask_row(shape, &body, &mut tally, &mut String::new(), &mut out)
+        .mask_row(shape, &body, &mut tally, &mut MaskBuf::default(), &mut out)
         .expect("masks");
     let out = if changed {
         assert_eq!(&out[..6], b"queued");
@@ -127,7 +127,7 @@ fn null_stays_null_and_clean_rows_are_not_rewritten() {
             &shape,
             &row(&[None]),
             &mut tally,
-            &mut String::new(),
+            &mut MaskBuf::default(),
             &mut BytesMut::new()
         )
         .unwrap());
@@ -137,7 +137,7 @@ fn null_stays_null_and_clean_rows_are_not_rewritten() {
             &shape,
             &row(&[Some(b"Alice")]),
             &mut tally,
-            &mut String::new(),
+            &mut MaskBuf::default(),
             &mut BytesMut::new()
         )
         .unwrap());
@@ -204,7 +204,7 @@ fn a_row_wider_than_its_description_is_refused() {
             &shape,
             &row(&[Some(b"x"), Some(b"y")]),
             &mut tally,
-            &mut String::new(),
+            &mut MaskBuf::default(),
             &mut BytesMut::new()
         )
         .is_err());

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
-use portcullis_masking::Expressions;
+use portcullis_masking::{Expressions, MaskBuf};
 use tokio::io::WriteHalf;
 
 use crate::codec::backend::{parse_error_fields, sqlstate, ErrorFields};
@@ -27,7 +27,7 @@ pub(super) struct MaskState<'a> {
     portals: HashMap<String, Arc<Shape>>,
     copy: CopyOut,
     /// Holds each masked value on its way into the output.
-    text: String,
+    buf: MaskBuf,
 }
 
 /// What is being done with a COPY TO STDOUT in flight.
@@ -57,7 +57,7 @@ impl<'a> MaskState<'a> {
             current: None,
             portals: HashMap::new(),
             copy: CopyOut::None,
-            text: String::new(),
+            buf: MaskBuf::default(),
         }
     }
 }
@@ -203,11 +203,11 @@ impl ServerSide<'_> {
             Some(p) => m.portals.get(p),
             None => m.current.as_ref(),
         };
-        let (session, text) = (m.session, &mut m.text);
+        let (session, buf) = (m.session, &mut m.buf);
         with_tally(tally, |tally| {
             Ok(match shape {
                 Some(shape) if session.is_clean(shape) => Masked::Keep,
-                Some(shape) if session.mask_row(shape, body, tally, text, out)? => Masked::Appended,
+                Some(shape) if session.mask_row(shape, body, tally, buf, out)? => Masked::Appended,
                 Some(_) => Masked::Keep,
                 // Rows the gateway cannot place: nothing of them goes out.
                 None => Masked::Replace(session.null_row(body, tally)?),

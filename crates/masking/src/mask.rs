@@ -274,19 +274,21 @@ fn is_separator(c: char) -> bool {
 fn push_keep_last(value: &str, keep: usize, out: &mut String) {
     let content = value.chars().filter(|&c| !is_separator(c)).count();
     let keep = if content >= 2 * keep { keep } else { 0 };
-    let mut seen = 0;
+    let mut to_star = content - keep;
     out.reserve(value.len());
-    out.extend(value.chars().map(|c| {
+    for (i, c) in value.char_indices() {
+        if to_star == 0 {
+            // What is left is kept as it is: copy it whole.
+            out.push_str(&value[i..]);
+            return;
+        }
         if is_separator(c) {
-            return c;
-        }
-        seen += 1;
-        if seen > content - keep {
-            c
+            out.push(c);
         } else {
-            '*'
+            out.push('*');
+            to_star -= 1;
         }
-    }));
+    }
 }
 
 /// `alice@example.com` → `a****@example.com` (`****@…` for one-letter

@@ -19,9 +19,9 @@ pub mod mask;
 pub mod pgtype;
 pub mod rules;
 
-pub use detect::{find, Detector, Finding, UnknownDetector};
-pub use mask::{DetectorCounts, Masker, Method, UnknownMethod, REDACTED};
-pub use pgtype::{type_class, Outcome, Scope, TypeClass};
+pub use detect::{find, find_into, Detector, Finding, UnknownDetector};
+pub use mask::{DetectorCounts, MaskBuf, Masker, Method, UnknownMethod, REDACTED};
+pub use pgtype::{type_class, Outcome, Scope, TypeClass, Written};
 pub use rules::{ColumnRule, Expressions, MaskRules, SourceColumn};
 
 /// Errors building a [`Masker`].

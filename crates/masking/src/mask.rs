@@ -22,7 +22,7 @@ use std::str::FromStr;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::detect::{find, Detector};
+use crate::detect::{find_into, Detector, Finding};
 use crate::MaskError;
 
 /// What `redact` puts in place of a value.
@@ -113,10 +113,24 @@ impl Masker {
     /// Masks one whole value; `detector` says what it is when known (a
     /// detector finding), `None` for a declared column.
     pub fn mask_value(&self, method: Method, detector: Option<Detector>, value: &str) -> String {
+        let mut out = String::new();
+        self.push_masked_value(method, detector, value, &mut out);
+        out
+    }
+
+    /// [`mask_value`](Self::mask_value), appending to `out`: a result's
+    /// cells can all be masked into one reused buffer.
+    pub fn push_masked_value(
+        &self,
+        method: Method,
+        detector: Option<Detector>,
+        value: &str,
+        out: &mut String,
+    ) {
         match method {
-            Method::Redact => REDACTED.to_string(),
-            Method::Partial => partial(detector, value),
-            Method::Hash => self.hash(value),
+            Method::Redact => out.push_str(REDACTED),
+            Method::Partial => push_partial(detector, value, out),
+            Method::Hash => self.push_hash(value, out),
         }
     }
 
@@ -141,35 +155,66 @@ impl Masker {
         text: &'a str,
         counts: &mut DetectorCounts,
     ) -> (Cow<'a, str>, usize) {
-        let findings = find(detectors, text);
-        if findings.is_empty() {
-            return (Cow::Borrowed(text), 0);
+        let mut buf = MaskBuf::default();
+        match self.push_masked_text(detectors, method, text, counts, &mut buf) {
+            0 => (Cow::Borrowed(text), 0),
+            n => (Cow::Owned(buf.text), n),
         }
-        let mut out = String::with_capacity(text.len());
+    }
+
+    /// Appends `text` with every finding of `detectors` masked to
+    /// `buf.text` and returns how many were masked; when none were, the
+    /// text is left as it was.
+    pub fn push_masked_text(
+        &self,
+        detectors: &[Detector],
+        method: Method,
+        text: &str,
+        counts: &mut DetectorCounts,
+        buf: &mut MaskBuf,
+    ) -> usize {
+        let MaskBuf {
+            text: out,
+            findings,
+        } = buf;
+        find_into(detectors, text, findings);
+        if findings.is_empty() {
+            return 0;
+        }
+        out.reserve(text.len());
         let mut at = 0;
-        for f in &findings {
+        for f in findings.iter() {
             counts.add(f.detector);
             out.push_str(&text[at..f.start]);
-            out.push_str(&self.mask_value(method, Some(f.detector), &text[f.start..f.end]));
+            self.push_masked_value(method, Some(f.detector), &text[f.start..f.end], out);
             at = f.end;
         }
         out.push_str(&text[at..]);
-        (Cow::Owned(out), findings.len())
+        findings.len()
     }
 
     /// `h:` + the first 8 bytes of HMAC-SHA256(key, value), in hex.
-    fn hash(&self, value: &str) -> String {
+    fn push_hash(&self, value: &str, out: &mut String) {
         let mut mac = self.mac.clone();
         mac.update(value.as_bytes());
         let digest = mac.finalize().into_bytes();
-        let mut out = String::with_capacity(18);
+        out.reserve(18);
         out.push_str("h:");
         for byte in &digest[..8] {
             out.push(hex_digit(byte >> 4));
             out.push(hex_digit(byte & 0x0f));
         }
-        out
     }
+}
+
+/// Where masked values are written, and the findings behind them: one per
+/// session, reused across the values of its results, spares each value an
+/// allocation.
+#[derive(Debug, Default)]
+pub struct MaskBuf {
+    /// The masked text written so far.
+    pub text: String,
+    findings: Vec<Finding>,
 }
 
 /// How many values each detector found: what an audit record says fired,
@@ -201,18 +246,19 @@ fn hex_digit(n: u8) -> char {
     char::from(b"0123456789abcdef"[usize::from(n & 0x0f)])
 }
 
-/// The `partial` rendering of `value` for what `detector` says it is.
-fn partial(detector: Option<Detector>, value: &str) -> String {
+/// Appends the `partial` rendering of `value` for what `detector` says it is.
+fn push_partial(detector: Option<Detector>, value: &str, out: &mut String) {
     match detector {
-        Some(Detector::Email) => {
-            partial_email(value).unwrap_or_else(|| keep_last(value, KEEP_LAST))
+        Some(Detector::Email) | None => {
+            if !push_partial_email(value, out) {
+                push_keep_last(value, KEEP_LAST, out);
+            }
         }
-        Some(Detector::Secret | Detector::Jwt) => REDACTED.to_string(),
-        Some(Detector::Ip) => keep_first_group(value),
+        Some(Detector::Secret | Detector::Jwt) => out.push_str(REDACTED),
+        Some(Detector::Ip) => push_keep_first_group(value, out),
         Some(Detector::CreditCard | Detector::Iban | Detector::Phone | Detector::Ssn) => {
-            keep_last(value, KEEP_LAST)
+            push_keep_last(value, KEEP_LAST, out)
         }
-        None => partial_email(value).unwrap_or_else(|| keep_last(value, KEEP_LAST)),
     }
 }
 
@@ -225,60 +271,63 @@ fn is_separator(c: char) -> bool {
 /// Stars every content character but the last `keep`; when the value has
 /// fewer than twice that many, keeping any would give away too much, so
 /// all are starred.
-fn keep_last(value: &str, keep: usize) -> String {
+fn push_keep_last(value: &str, keep: usize, out: &mut String) {
     let content = value.chars().filter(|&c| !is_separator(c)).count();
     let keep = if content >= 2 * keep { keep } else { 0 };
-    let mut seen = 0;
-    value
-        .chars()
-        .map(|c| {
-            if is_separator(c) {
-                return c;
-            }
-            seen += 1;
-            if seen > content - keep {
-                c
-            } else {
-                '*'
-            }
-        })
-        .collect()
+    let mut to_star = content - keep;
+    out.reserve(value.len());
+    for (i, c) in value.char_indices() {
+        if to_star == 0 {
+            // What is left is kept as it is: copy it whole.
+            out.push_str(&value[i..]);
+            return;
+        }
+        if is_separator(c) {
+            out.push(c);
+        } else {
+            out.push('*');
+            to_star -= 1;
+        }
+    }
 }
 
 /// `alice@example.com` → `a****@example.com` (`****@…` for one-letter
-/// local parts). `None` when the value is not `local@domain`.
-fn partial_email(value: &str) -> Option<String> {
-    let (local, domain) = value.rsplit_once('@')?;
-    let mut chars = local.chars();
-    let first = chars.next()?;
-    if domain.is_empty() || !domain.contains('.') || domain.contains(char::is_whitespace) {
-        return None;
-    }
-    let shown = if chars.next().is_some() {
-        first.to_string()
-    } else {
-        String::new()
+/// local parts). `false`, with nothing appended, when the value is not
+/// `local@domain`.
+fn push_partial_email(value: &str, out: &mut String) -> bool {
+    let Some((local, domain)) = value.rsplit_once('@') else {
+        return false;
     };
-    Some(format!("{shown}{REDACTED}@{domain}"))
+    let mut chars = local.chars();
+    let Some(first) = chars.next() else {
+        return false;
+    };
+    if domain.is_empty() || !domain.contains('.') || domain.contains(char::is_whitespace) {
+        return false;
+    }
+    if chars.next().is_some() {
+        out.push(first);
+    }
+    out.push_str(REDACTED);
+    out.push('@');
+    out.push_str(domain);
+    true
 }
 
 /// `192.168.1.20` → `192.***.*.**`: the first group locates the network
 /// loosely; the host part is starred.
-fn keep_first_group(value: &str) -> String {
+fn push_keep_first_group(value: &str, out: &mut String) {
     let mut in_first = true;
-    value
-        .chars()
-        .map(|c| {
-            if c == '.' || c == ':' {
-                in_first = false;
-                c
-            } else if in_first {
-                c
-            } else {
-                '*'
-            }
-        })
-        .collect()
+    out.extend(value.chars().map(|c| {
+        if c == '.' || c == ':' {
+            in_first = false;
+            c
+        } else if in_first {
+            c
+        } else {
+            '*'
+        }
+    }));
 }
 
 #[cfg(test)]

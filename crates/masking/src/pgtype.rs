@@ -15,7 +15,7 @@
 use std::borrow::Cow;
 
 use crate::detect::{find, Detector};
-use crate::mask::{DetectorCounts, Masker, Method};
+use crate::mask::{DetectorCounts, MaskBuf, Masker, Method};
 
 /// PostgreSQL type OIDs this module knows how to mask.
 pub mod oid {
@@ -78,12 +78,23 @@ pub enum Outcome<'a> {
     Unrepresentable,
 }
 
-impl<'a> Outcome<'a> {
-    fn from_count(value: Cow<'a, str>, count: usize) -> Self {
+/// What [`Masker::mask_for_type_into`] did with a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Nothing to mask; nothing was appended.
+    Clean,
+    /// The masked value was appended; `count` values were masked.
+    Masked { count: usize },
+    /// As [`Outcome::Unrepresentable`]; nothing was appended.
+    Unrepresentable,
+}
+
+impl Written {
+    fn from_count(count: usize) -> Self {
         if count == 0 {
-            Outcome::Clean
+            Written::Clean
         } else {
-            Outcome::Masked { value, count }
+            Written::Masked { count }
         }
     }
 }
@@ -98,47 +109,65 @@ impl Masker {
         method: Method,
         value: &'a str,
     ) -> Outcome<'a> {
-        self.mask_for_type_counted(oid, scope, method, value, &mut DetectorCounts::default())
+        let mut buf = MaskBuf::default();
+        let counts = &mut DetectorCounts::default();
+        match self.mask_for_type_into(oid, scope, method, value, counts, &mut buf) {
+            Written::Clean => Outcome::Clean,
+            Written::Masked { count } => Outcome::Masked {
+                value: Cow::Owned(buf.text),
+                count,
+            },
+            Written::Unrepresentable => Outcome::Unrepresentable,
+        }
     }
 
-    /// [`mask_for_type`](Self::mask_for_type), also counting detector
-    /// findings for the audit record.
-    pub fn mask_for_type_counted<'a>(
+    /// [`mask_for_type`](Self::mask_for_type), appending the masked value
+    /// to `buf.text` (so one buffer serves a whole result) and counting
+    /// detector findings for the audit record.
+    pub fn mask_for_type_into(
         &self,
         oid: u32,
         scope: Scope<'_>,
         method: Method,
-        value: &'a str,
+        value: &str,
         counts: &mut DetectorCounts,
-    ) -> Outcome<'a> {
+        buf: &mut MaskBuf,
+    ) -> Written {
         match (type_class(oid), scope) {
             (TypeClass::Text, Scope::Whole) => {
-                Outcome::from_count(Cow::Owned(self.mask_value(method, None, value)), 1)
+                self.push_masked_value(method, None, value, &mut buf.text);
+                Written::Masked { count: 1 }
             }
             (TypeClass::Text, Scope::Detect(ds)) => {
-                let (masked, count) = self.mask_text_counted(ds, method, value, counts);
-                Outcome::from_count(masked, count)
+                Written::from_count(self.push_masked_text(ds, method, value, counts, buf))
             }
             (TypeClass::Json, scope) => match self.walk_json(scope, method, value, counts) {
-                Some((masked, count)) => Outcome::from_count(Cow::Owned(masked), count),
-                None => Outcome::Unrepresentable,
+                Some((masked, count)) => Self::push_walked(&masked, count, &mut buf.text),
+                None => Written::Unrepresentable,
             },
             (TypeClass::TextArray, scope) => match self.walk_array(scope, method, value, counts) {
-                Some((masked, count)) => Outcome::from_count(Cow::Owned(masked), count),
-                None => Outcome::Unrepresentable,
+                Some((masked, count)) => Self::push_walked(&masked, count, &mut buf.text),
+                None => Written::Unrepresentable,
             },
-            (TypeClass::Unmaskable, Scope::Whole) => Outcome::Unrepresentable,
+            (TypeClass::Unmaskable, Scope::Whole) => Written::Unrepresentable,
             // A bigint holding a card number is still a card number.
-            (TypeClass::Unmaskable, Scope::Detect(ds)) if find(ds, value).is_empty() => {
-                Outcome::Clean
-            }
             (TypeClass::Unmaskable, Scope::Detect(ds)) => {
-                for f in find(ds, value) {
-                    counts.add(f.detector);
+                let found = find(ds, value);
+                found.iter().for_each(|f| counts.add(f.detector));
+                if found.is_empty() {
+                    Written::Clean
+                } else {
+                    Written::Unrepresentable
                 }
-                Outcome::Unrepresentable
             }
         }
+    }
+
+    fn push_walked(masked: &str, count: usize, out: &mut String) -> Written {
+        if count > 0 {
+            out.push_str(masked);
+        }
+        Written::from_count(count)
     }
 
     /// Masks what `detectors` find in the string values of a JSON document;

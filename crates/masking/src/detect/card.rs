@@ -7,9 +7,9 @@
 //! grouping. A run of groups (`12 4111 1111 1111 1111`, or two cards side
 //! by side) is tried from every group so the card inside is still found.
 
-use super::{word_at, word_before, Detector, Finding};
+use super::{digits_at, next_start, word_at, word_before, Detector, Finding};
 
-const MIN_DIGITS: usize = 13;
+pub(super) const MIN_DIGITS: usize = 13;
 const MAX_DIGITS: usize = 19;
 
 /// A run of digits, and the separator byte before it (0 for the first).
@@ -28,57 +28,70 @@ impl Group {
 
 pub(super) fn scan(text: &str, out: &mut Vec<Finding>) {
     let b = text.as_bytes();
-    // One buffer for the whole scan: digit runs are everywhere in results.
-    let mut groups = Vec::new();
     let mut i = 0;
     while i < b.len() {
         if !b[i].is_ascii_digit() || word_before(b, i) {
-            i += 1;
+            i = next_start(b, i);
             continue;
         }
-        groups_from(b, i, &mut groups);
-        let run_end = groups.last().map_or(i + 1, |g| g.end);
-        find_in_groups(b, &groups, out);
-        i = run_end;
+        i = scan_run(b, i, out);
     }
 }
 
-/// Digit groups joined by single spaces or dashes, starting at `i`.
-fn groups_from(b: &[u8], mut i: usize, groups: &mut Vec<Group>) {
-    groups.clear();
-    let mut sep = 0;
+/// How many groups of a run [`longest_card`] is shown at a time. It looks
+/// at six at most: inner groups have four digits (or six, the second of an
+/// American Express layout) and a card at most 19, so a sixth group only
+/// tells that the fifth is not the last.
+const WINDOW: usize = 8;
+
+/// Pushes the longest card starting at each group of the run of digit
+/// groups (joined by single spaces or dashes) at `i`, left to right, and
+/// returns where the run ends. The groups are read as the scan moves along
+/// them, into a window on the stack: runs of digits are in most results.
+fn scan_run(b: &[u8], i: usize, out: &mut Vec<Finding>) -> usize {
+    let mut window = [Group {
+        start: 0,
+        end: 0,
+        sep: 0,
+    }; WINDOW];
+    let (mut len, mut next, mut run_end) = (0, Some((i, 0)), i + 1);
     loop {
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
+        while let (true, Some((start, sep))) = (len < WINDOW, next) {
+            let group = group_at(b, start, sep);
+            (window[len], run_end, next) = (group, group.end, group_after(b, group.end));
+            len += 1;
         }
-        groups.push(Group { start, end: i, sep });
-        match (b.get(i), b.get(i + 1)) {
-            (Some(&s @ (b' ' | b'-')), Some(d)) if d.is_ascii_digit() => {
-                sep = s;
-                i += 1;
+        if len == 0 {
+            return run_end;
+        }
+        let taken = match longest_card(b, &window[..len]) {
+            Some(n) => {
+                let (start, end) = (window[0].start, window[n - 1].end);
+                out.push(Finding::new(Detector::CreditCard, start, end));
+                n
             }
-            _ => return,
-        }
+            None => 1,
+        };
+        window.copy_within(taken..len, 0);
+        len -= taken;
     }
 }
 
-/// Pushes the longest card starting at each group, left to right.
-fn find_in_groups(b: &[u8], groups: &[Group], out: &mut Vec<Finding>) {
-    let mut s = 0;
-    while s < groups.len() {
-        match longest_card(b, &groups[s..]) {
-            Some(n) => {
-                let last = &groups[s + n - 1];
-                out.push(Finding::new(
-                    Detector::CreditCard,
-                    groups[s].start,
-                    last.end,
-                ));
-                s += n;
-            }
-            None => s += 1,
-        }
+/// The digits at `start`, after the separator `sep` (0 for a run's first).
+fn group_at(b: &[u8], start: usize, sep: u8) -> Group {
+    Group {
+        start,
+        end: start + digits_at(b, start),
+        sep,
+    }
+}
+
+/// Where the next group of a run starts after a group ending at `end`, and
+/// the separator before it.
+fn group_after(b: &[u8], end: usize) -> Option<(usize, u8)> {
+    match (b.get(end), b.get(end + 1)) {
+        (Some(&s @ (b' ' | b'-')), Some(d)) if d.is_ascii_digit() => Some((end + 1, s)),
+        _ => None,
     }
 }
 
@@ -123,26 +136,17 @@ fn last_ok(groups: &[Group]) -> bool {
 
 /// The Luhn mod-10 check over the digits of `groups`.
 fn luhn(b: &[u8], groups: &[Group]) -> bool {
-    let digits = groups
-        .iter()
-        .rev()
-        .flat_map(|g| b[g.start..g.end].iter().rev());
-    let sum: u32 = digits
-        .enumerate()
-        .map(|(i, &c)| {
-            let d = u32::from(c - b'0');
-            if i % 2 == 1 {
-                let dd = d * 2;
-                if dd > 9 {
-                    dd - 9
-                } else {
-                    dd
-                }
-            } else {
-                d
-            }
-        })
-        .sum();
+    // Every second digit from the right counts doubled, digit sum taken; a
+    // table and a flip-flop instead of a branch on `dd > 9` per digit.
+    const DOUBLED: [u32; 10] = [0, 2, 4, 6, 8, 1, 3, 5, 7, 9];
+    let (mut sum, mut double) = (0, false);
+    for g in groups.iter().rev() {
+        for &c in b[g.start..g.end].iter().rev() {
+            let d = usize::from(c - b'0');
+            sum += if double { DOUBLED[d] } else { d as u32 };
+            double = !double;
+        }
+    }
     sum.is_multiple_of(10)
 }
 

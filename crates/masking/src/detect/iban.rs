@@ -7,9 +7,9 @@
 //! in 97, and the shape (two letters, two digits, 15–34 characters, clean
 //! boundaries) removes most of those. Per-country lengths are not checked.
 
-use super::{is_word, word_before, Detector, Finding};
+use super::{is_word, next_start, word_before, Detector, Finding};
 
-const MIN_LEN: usize = 15;
+pub(super) const MIN_LEN: usize = 15;
 const MAX_LEN: usize = 34;
 
 pub(super) fn scan(text: &str, out: &mut Vec<Finding>) {
@@ -17,7 +17,7 @@ pub(super) fn scan(text: &str, out: &mut Vec<Finding>) {
     let mut i = 0;
     while i + 4 <= b.len() {
         if !starts_iban(b, i) {
-            i += 1;
+            i = next_start(b, i);
             continue;
         }
         match longest_valid(b, i) {
@@ -25,7 +25,7 @@ pub(super) fn scan(text: &str, out: &mut Vec<Finding>) {
                 out.push(Finding::new(Detector::Iban, i, end));
                 i = end;
             }
-            None => i += 1,
+            None => i = next_start(b, i),
         }
     }
 }

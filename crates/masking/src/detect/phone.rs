@@ -10,7 +10,7 @@
 use super::{digits_at, word_at, word_before, Detector, Finding};
 
 /// E.164 allows at most 15 digits; fewer than 8 is not a full number.
-const E164_MIN: usize = 8;
+pub(super) const E164_MIN: usize = 8;
 const E164_MAX: usize = 15;
 
 pub(super) fn scan(text: &str, out: &mut Vec<Finding>) {

@@ -19,7 +19,7 @@
 //!
 //! Only the value is masked, so `password=****` still shows what was there.
 
-use super::{word_at, word_before, Detector, Finding};
+use super::{next_start, word_at, word_before, Detector, Finding, Traits};
 
 /// Shortest token/secret value judged by entropy.
 pub const MIN_SECRET_LEN: usize = 12;
@@ -29,11 +29,23 @@ pub const MIN_ENTROPY: f64 = 3.0;
 const MAX_KEY: usize = 64;
 const MAX_VALUE: usize = 1024;
 
-pub(super) fn scan(text: &str, out: &mut Vec<Finding>) {
+/// Each part of the scan needs its own trigger: a token's first byte or a
+/// PEM header's dashes, an assignment's `=` or `:`, a URL's `://`.
+pub(super) fn scan(text: &str, traits: &Traits, out: &mut Vec<Finding>) {
     let b = text.as_bytes();
-    prefixed(text, out);
-    assignments(b, out);
-    url_passwords(b, out);
+    if traits.has_any(Traits::TOKEN_HEAD | Traits::DASH) {
+        prefixed(text, out);
+    }
+    if traits.has_any(Traits::EQUALS | Traits::COLON) {
+        assignments(b, out);
+    }
+    if traits.has(Traits::COLON) {
+        url_passwords(b, out);
+    }
+}
+
+pub(super) fn may_match(traits: &Traits) -> bool {
+    traits.has_any(Traits::TOKEN_HEAD | Traits::DASH | Traits::EQUALS | Traits::COLON)
 }
 
 fn push(out: &mut Vec<Finding>, start: usize, end: usize) {
@@ -104,7 +116,7 @@ fn prefixed(text: &str, out: &mut Vec<Finding>) {
                 push(out, i, end);
                 i = end;
             }
-            None => i += 1,
+            None => i = next_start(b, i),
         }
     }
 }

@@ -422,3 +422,145 @@ fn luhn_helper_agrees() {
     assert!(card::luhn_str("4111111111111111"));
     assert!(!card::luhn_str("4111111111111112"));
 }
+
+/// The smallest match of each detector, sitting right at its pre-filter's
+/// threshold (13 digits for a card, 15 characters for an IBAN, the lone
+/// `=` of an assignment…): none may be skipped.
+#[test]
+fn pre_filters_let_the_smallest_matches_through() {
+    for (d, text) in [
+        (Detector::CreditCard, "4222222222222"),
+        (Detector::Email, "a@b.co"),
+        (Detector::Iban, "NO9386011117947"),
+        (Detector::Ssn, "123-45-6789"),
+        (Detector::Phone, "+1 234 5678"),
+        (Detector::Ip, "1.2.3.4"),
+        (Detector::Ip, "::1"),
+        (Detector::Jwt, "eyJhbGciOiJub25lIn0.e30."),
+        (Detector::Secret, "AKIAIOSFODNN7EXAMPLE"),
+        (Detector::Secret, "ghp_abcdefghijklmnopqrstuvwxyz0123456789"),
+        (Detector::Secret, "xoxb-1234567890"),
+        (Detector::Secret, "-----BEGIN RSA PRIVATE KEY-----"),
+    ] {
+        assert_hits(d, text, &[text]);
+    }
+    assert_hits(Detector::Secret, "password=x", &["x"]);
+    assert_hits(Detector::Secret, "pwd:1", &["1"]);
+    assert_hits(Detector::Secret, "postgres://u:p@h", &["p"]);
+}
+
+#[test]
+fn pre_filters_skip_text_without_triggers() {
+    let t = Traits::of("customer 123, order 4567 ok");
+    assert_eq!(t.digits, 7);
+    for d in Detector::ALL {
+        assert!(!d.may_match(&t), "{d}");
+    }
+    let t = Traits::of("Grüße: a@b.c");
+    assert!(t.has(Traits::UPPER | Traits::COLON | Traits::AT | Traits::DOT));
+    assert!(!t.has_any(Traits::DASH | Traits::EQUALS | Traits::Y | Traits::TOKEN_HEAD));
+}
+
+mod pre_filter_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Pieces that are, or almost are, what the detectors look for, so that
+    /// random texts land on both sides of every pre-filter's threshold.
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[0-9]{1,19}",
+            "[0-9]{4}([ -][0-9]{4}){0,4}",
+            Just("4222222222222".to_string()),
+            "[a-z]{1,3}@[a-z]{1,3}(\\.[a-z]{1,3}){0,2}",
+            "[A-Z]{2}[0-9]{2}( ?[A-Z0-9]{4}){0,5}",
+            Just("NO9386011117947".to_string()),
+            "[0-9]{3}-[0-9]{2}-[0-9]{4}",
+            "\\+?[0-9]{1,3}[ .-]?[0-9]{3}[ .-]?[0-9]{4}",
+            "[0-9]{1,3}(\\.[0-9]{1,3}){0,4}|[0-9a-f:]{1,12}",
+            "[0-9](\\.[0-9]){3}",
+            Just(JWT.to_string()),
+            Just("eyJhbGciOiJub25lIn0.e30.".to_string()),
+            "(password|pwd|token|api_key)[=:] ?[A-Za-z0-9]{0,16}",
+            "(AKIA|ghp_|xoxb-|glpat-)[A-Z0-9a-z_-]{0,40}",
+            "-----(BEGIN|END) [A-Z ]{0,16}-----",
+            "[a-z]{1,6}://[a-z]{0,4}:?[a-z0-9]{0,4}@?[a-z]{0,4}",
+            "\\PC{0,8}",
+            "[ .:=@/-]{1,3}",
+        ]
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop::collection::vec(piece(), 0..8).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Pre-filtering only ever saves work: every detector finds
+        /// exactly what its unfiltered scan finds.
+        #[test]
+        fn pre_filters_never_change_findings(text in text()) {
+            let traits = Traits::of(&text);
+            let found = |ds: &[Detector], traits: &Traits| {
+                let mut found = Vec::new();
+                find_with(ds, &text, traits, &mut found);
+                found
+            };
+            for d in Detector::ALL {
+                prop_assert_eq!(
+                    found(&[d], &traits),
+                    found(&[d], &Traits::ANY),
+                    "{} in {:?}", d, text
+                );
+            }
+            prop_assert_eq!(found(&Detector::ALL, &traits), found(&Detector::ALL, &Traits::ANY));
+        }
+    }
+}
+
+/// Scanners jump over whole words (cards, IBANs and tokens cannot start
+/// inside one); what follows the word is still scanned.
+#[test]
+fn matches_start_after_words_not_inside_them() {
+    assert_hits(
+        Detector::CreditCard,
+        "deadbeef1234,4111111111111111 x4111111111111111",
+        &["4111111111111111"],
+    );
+    assert_hits(
+        Detector::Iban,
+        "AB12GB82WEST12345698765432 (GB82WEST12345698765432)",
+        &["GB82WEST12345698765432"],
+    );
+    assert_hits(
+        Detector::Secret,
+        "_AKIAIOSFODNN7EXAMPLE 9f8e-AKIAIOSFODNN7EXAMPLE",
+        &["AKIAIOSFODNN7EXAMPLE"],
+    );
+}
+
+/// Card runs are read a few groups at a time; a card far along a run of
+/// groups, or two cards back to back, are still found whole.
+#[test]
+fn cards_deep_in_long_runs_of_groups() {
+    assert_hits(
+        Detector::CreditCard,
+        "1 2 3 4 5 6 7 8 9 10 4111 1111 1111 1111 2",
+        &["4111 1111 1111 1111"],
+    );
+    assert_hits(
+        Detector::CreditCard,
+        "4111-1111-1111-1111-4242-4242-4242-4242",
+        &["4111-1111-1111-1111", "4242-4242-4242-4242"],
+    );
+}
+
+#[test]
+fn find_into_replaces_what_the_buffer_held() {
+    let mut found = find(&[Detector::Email], "a@b.co and c@d.co");
+    find_into(&[Detector::Email], "only e@f.co", &mut found);
+    assert_eq!(found, vec![Finding::new(Detector::Email, 5, 11)]);
+    find_into(&[Detector::Email], "nothing", &mut found);
+    assert!(found.is_empty());
+}

@@ -8,7 +8,7 @@
 
 use bytes::BytesMut;
 
-use super::{CodecError, Reader, Writer};
+use super::{CodecError, Reader};
 
 /// Smallest encoding of one RowDescription field: an empty name (its NUL)
 /// plus 18 bytes of fixed-width attributes.
@@ -88,23 +88,67 @@ pub fn parse_data_row(body: &[u8]) -> Result<Vec<Option<&[u8]>>, CodecError> {
 /// Fails, rather than writing a truncated length that would desynchronise
 /// the client's stream, if there are more than `i16::MAX` columns or a value
 /// of 2 GiB or more (PostgreSQL itself stops at 1664 columns and 1 GiB).
-pub fn encode_data_row(out: BytesMut, columns: &[Option<&[u8]>]) -> Result<BytesMut, CodecError> {
-    let too_large = || CodecError::malformed("DataRow", "too many columns or a value over 2 GiB");
-    let count = i16::try_from(columns.len()).map_err(|_| too_large())?;
-    let mut w = Writer::new(out, b'D');
-    w.bytes(&count.to_be_bytes());
+pub fn encode_data_row(
+    mut out: BytesMut,
+    columns: &[Option<&[u8]>],
+) -> Result<BytesMut, CodecError> {
+    let mut row = DataRowWriter::new(&mut out, columns.len())?;
     for column in columns {
-        match column {
-            Some(value) => {
-                let len = i32::try_from(value.len()).map_err(|_| too_large())?;
-                w.i32(len).bytes(value);
-            }
+        row.value(*column)?;
+    }
+    row.finish();
+    Ok(out)
+}
+
+/// Appends a DataRow to a buffer a value at a time, so a rewritten row
+/// goes straight into the output (see [`encode_data_row`] for the limits).
+/// On an error the buffer holds a partial message: the caller truncates it.
+pub struct DataRowWriter<'a> {
+    out: &'a mut BytesMut,
+    /// Where the message's tag is.
+    start: usize,
+}
+
+fn too_large() -> CodecError {
+    CodecError::malformed("DataRow", "too many columns or a value over 2 GiB")
+}
+
+impl<'a> DataRowWriter<'a> {
+    pub fn new(out: &'a mut BytesMut, columns: usize) -> Result<Self, CodecError> {
+        let count = i16::try_from(columns).map_err(|_| too_large())?;
+        let start = out.len();
+        out.extend_from_slice(&[b'D', 0, 0, 0, 0]);
+        out.extend_from_slice(&count.to_be_bytes());
+        Ok(Self { out, start })
+    }
+
+    /// One value (`None` is NULL).
+    pub fn value(&mut self, value: Option<&[u8]>) -> Result<(), CodecError> {
+        match value {
+            Some(value) => self.joined(&[value]),
             None => {
-                w.i32(-1);
+                self.out.extend_from_slice(&(-1i32).to_be_bytes());
+                Ok(())
             }
         }
     }
-    Ok(w.finish())
+
+    /// One value made of `parts` one after another.
+    pub fn joined(&mut self, parts: &[&[u8]]) -> Result<(), CodecError> {
+        let len = parts.iter().map(|p| p.len()).sum::<usize>();
+        let len = i32::try_from(len).map_err(|_| too_large())?;
+        self.out.extend_from_slice(&len.to_be_bytes());
+        for part in parts {
+            self.out.extend_from_slice(part);
+        }
+        Ok(())
+    }
+
+    /// Writes the message's length word.
+    pub fn finish(self) {
+        let len = (self.out.len() - self.start - 1) as u32;
+        self.out[self.start + 1..self.start + 5].copy_from_slice(&len.to_be_bytes());
+    }
 }
 
 #[cfg(test)]

@@ -14,12 +14,12 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use portcullis_masking::{
-    type_class, DetectorCounts, Expressions, MaskRules, Masker, Method, Outcome, Scope,
-    SourceColumn, TypeClass, REDACTED,
+    type_class, DetectorCounts, Expressions, MaskBuf, MaskRules, Masker, Method, Scope,
+    SourceColumn, TypeClass, Written, REDACTED,
 };
 use serde_json::json;
 
-use crate::codec::rows::{encode_data_row, parse_data_row, FieldDescription};
+use crate::codec::rows::{encode_data_row, parse_data_row, DataRowWriter, FieldDescription};
 use crate::codec::{CodecError, Writer};
 
 /// What a session masks with: its compiled rules and the gateway's key.
@@ -75,6 +75,17 @@ impl Tally {
         }
     }
 
+    /// One more value of a declared column; the label is cloned only the
+    /// first time, as rows of one result name the same columns over again.
+    fn count_column(&mut self, label: &Arc<str>) {
+        match self.columns.get_mut(label) {
+            Some(n) => *n += 1,
+            None => {
+                self.columns.insert(label.clone(), 1);
+            }
+        }
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         let detectors: BTreeMap<&str, u64> =
             self.detectors.fired().map(|(d, n)| (d.name(), n)).collect();
@@ -91,7 +102,9 @@ impl Tally {
 /// One masked cell.
 enum Cell {
     Keep,
-    Replace(Vec<u8>),
+    /// These bytes (jsonb's version byte), then the masked text, which is
+    /// in the caller's buffer.
+    Replace(&'static [u8]),
     Null,
 }
 
@@ -169,13 +182,17 @@ impl SessionMask {
                 .all(|f| matches!(f.action, Action::Detect))
     }
 
-    /// Rewrites a DataRow body; `None` when nothing in it changed.
+    /// Appends the masked form of a DataRow body to `out`; `false`, with
+    /// `out` as it was, when nothing in the row changed. `buf` holds one
+    /// masked value at a time, reused across rows.
     pub fn mask_row(
         &self,
         shape: &Shape,
         body: &[u8],
         tally: &mut Tally,
-    ) -> Result<Option<BytesMut>, CodecError> {
+        buf: &mut MaskBuf,
+        out: &mut BytesMut,
+    ) -> Result<bool, CodecError> {
         let columns = parse_data_row(body)?;
         // A lying upstream could describe fewer columns than it sends; the
         // extra ones would have no plan.
@@ -185,28 +202,39 @@ impl SessionMask {
                 "more columns than its RowDescription",
             ));
         }
-        let mut cells: Vec<(usize, Cell)> = Vec::new();
-        for (i, value) in columns.iter().enumerate() {
-            let (Some(value), Some(plan)) = (value, shape.fields.get(i)) else {
-                // NULL stays NULL.
-                continue;
+        let start = out.len();
+        let written = self.write_row(shape, &columns, tally, buf, out);
+        if !matches!(written, Ok(true)) {
+            out.truncate(start);
+        }
+        written
+    }
+
+    fn write_row(
+        &self,
+        shape: &Shape,
+        columns: &[Option<&[u8]>],
+        tally: &mut Tally,
+        buf: &mut MaskBuf,
+        out: &mut BytesMut,
+    ) -> Result<bool, CodecError> {
+        let mut row = DataRowWriter::new(out, columns.len())?;
+        let mut changed = false;
+        for (value, plan) in columns.iter().zip(&shape.fields) {
+            // NULL stays NULL.
+            let cell = match value {
+                Some(value) => self.mask_cell(plan, value, tally, buf),
+                None => Cell::Keep,
             };
-            match self.mask_cell(plan, value, tally) {
-                Cell::Keep => {}
-                cell => cells.push((i, cell)),
+            match cell {
+                Cell::Keep => row.value(*value)?,
+                Cell::Replace(prefix) => row.joined(&[prefix, buf.text.as_bytes()])?,
+                Cell::Null => row.value(None)?,
             }
+            changed |= !matches!(cell, Cell::Keep);
         }
-        if cells.is_empty() {
-            return Ok(None);
-        }
-        let mut out: Vec<Option<&[u8]>> = columns;
-        for (i, cell) in &cells {
-            out[*i] = match cell {
-                Cell::Replace(bytes) => Some(bytes.as_slice()),
-                Cell::Null | Cell::Keep => None,
-            };
-        }
-        encode_data_row(BytesMut::with_capacity(body.len() + 16), &out).map(Some)
+        row.finish();
+        Ok(changed)
     }
 
     /// A DataRow that arrived without a description the gateway saw: every
@@ -217,7 +245,14 @@ impl SessionMask {
         encode_data_row(BytesMut::new(), &vec![None; columns.len()])
     }
 
-    fn mask_cell(&self, plan: &FieldPlan, raw: &[u8], tally: &mut Tally) -> Cell {
+    /// Masks one value; a replacement is left in `buf.text`.
+    fn mask_cell(
+        &self,
+        plan: &FieldPlan,
+        raw: &[u8],
+        tally: &mut Tally,
+        buf: &mut MaskBuf,
+    ) -> Cell {
         let scope = match &plan.action {
             Action::Detect if self.rules.detectors.is_empty() => return Cell::Keep,
             Action::Detect => Scope::Detect(&self.rules.detectors),
@@ -227,41 +262,41 @@ impl SessionMask {
             Action::Whole { method, .. } => *method,
             Action::Detect => self.rules.detect_method,
         };
+        buf.text.clear();
         let cell = match decode(plan, raw) {
-            Decoded::Text(text, prefix) => {
-                let outcome = self.masker.mask_for_type_counted(
+            Decoded::Text(value, prefix) => {
+                let written = self.masker.mask_for_type_into(
                     plan.type_oid,
                     scope,
                     method,
-                    text,
+                    value,
                     &mut tally.detectors,
+                    buf,
                 );
-                match outcome {
-                    Outcome::Clean => Cell::Keep,
-                    Outcome::Masked { value, count } => {
+                match written {
+                    Written::Clean => Cell::Keep,
+                    Written::Masked { count } => {
                         // A cell can hold several values (a JSON document,
                         // free text with two keys); the record counts values.
                         tally.values += count.saturating_sub(1) as u64;
-                        let mut bytes = Vec::with_capacity(value.len() + 1);
-                        bytes.extend(prefix);
-                        bytes.extend_from_slice(value.as_bytes());
-                        Cell::Replace(bytes)
+                        Cell::Replace(prefix)
                     }
-                    Outcome::Unrepresentable => Cell::Null,
+                    Written::Unrepresentable => Cell::Null,
                 }
             }
             // Not UTF-8 (a non-UTF8 client_encoding): detectors read it
             // lossily, and any finding masks the whole value.
-            Decoded::Lossy(text) => {
+            Decoded::Lossy(lossy) => {
                 let found = match scope {
-                    Scope::Detect(ds) => portcullis_masking::find(ds, &text),
+                    Scope::Detect(ds) => portcullis_masking::find(ds, &lossy),
                     Scope::Whole => Vec::new(),
                 };
                 found.iter().for_each(|f| tally.detectors.add(f.detector));
                 match scope {
                     Scope::Detect(_) if found.is_empty() => Cell::Keep,
                     _ if type_class(plan.type_oid) == TypeClass::Text => {
-                        Cell::Replace(REDACTED.as_bytes().to_vec())
+                        buf.text.push_str(REDACTED);
+                        Cell::Replace(b"")
                     }
                     _ => Cell::Null,
                 }
@@ -281,7 +316,7 @@ impl SessionMask {
             Cell::Null => tally.nulled += 1,
         }
         if let (Action::Whole { label, .. }, false) = (&plan.action, matches!(cell, Cell::Keep)) {
-            *tally.columns.entry(label.clone()).or_default() += 1;
+            tally.count_column(label);
         }
         cell
     }

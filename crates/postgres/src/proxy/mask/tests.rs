@@ -56,9 +56,19 @@ fn masked(
 ) -> (Vec<Option<Vec<u8>>>, Tally) {
     let mut tally = Tally::default();
     let body = row(values);
-    let out = match m.mask_row(shape, &body, &mut tally).expect("masks") {
-        Some(out) => out[5..].to_vec(),
-        None => body.to_vec(),
+    // Rows are appended after whatever the relay has already queued.
+    let mut out = BytesMut::from(&b"queued"[..]);
+    let changed = m
+        .mask_row(shape, &body, &mut tally, &mut MaskBuf::default(), &mut out)
+        .expect("masks");
+    let out = if changed {
+        assert_eq!(&out[..6], b"queued");
+        let len = u32::from_be_bytes(out[7..11].try_into().expect("4 bytes")) as usize;
+        assert_eq!(out.len(), 6 + 1 + len, "the length word covers the row");
+        out[11..].to_vec()
+    } else {
+        assert_eq!(&out[..], b"queued", "an unchanged row appends nothing");
+        body.to_vec()
     };
     let cells = parse_data_row(&out)
         .expect("a masked row parses")
@@ -112,15 +122,25 @@ fn null_stays_null_and_clean_rows_are_not_rewritten() {
     let m = session(&["customers.email"], &["email"], "redact");
     let shape = m.plan(&[field("e", 7, TEXT, 0)], &[source("customers", "email")]);
     let mut tally = Tally::default();
-    assert!(m
-        .mask_row(&shape, &row(&[None]), &mut tally)
-        .unwrap()
-        .is_none());
+    assert!(!m
+        .mask_row(
+            &shape,
+            &row(&[None]),
+            &mut tally,
+            &mut MaskBuf::default(),
+            &mut BytesMut::new()
+        )
+        .unwrap());
     let shape = m.plan(&[field("n", 7, TEXT, 0)], &[source("customers", "name")]);
-    assert!(m
-        .mask_row(&shape, &row(&[Some(b"Alice")]), &mut tally)
-        .unwrap()
-        .is_none());
+    assert!(!m
+        .mask_row(
+            &shape,
+            &row(&[Some(b"Alice")]),
+            &mut tally,
+            &mut MaskBuf::default(),
+            &mut BytesMut::new()
+        )
+        .unwrap());
     assert!(tally.is_empty());
 }
 
@@ -180,7 +200,13 @@ fn a_row_wider_than_its_description_is_refused() {
     let shape = m.plan(&[field("a", 7, TEXT, 0)], &[None]);
     let mut tally = Tally::default();
     assert!(m
-        .mask_row(&shape, &row(&[Some(b"x"), Some(b"y")]), &mut tally)
+        .mask_row(
+            &shape,
+            &row(&[Some(b"x"), Some(b"y")]),
+            &mut tally,
+            &mut MaskBuf::default(),
+            &mut BytesMut::new()
+        )
         .is_err());
 }
 

@@ -188,10 +188,7 @@ impl ServerSide<'_> {
     }
 
     fn current_tracker(&mut self) -> Option<&mut Tracker> {
-        self.local.iter_mut().find_map(|e| match e {
-            Expect::Statement(t) if !t.completed => Some(t),
-            _ => None,
-        })
+        open_tracker(&mut self.local)
     }
 
     fn complete(&mut self, rows: Option<u64>, error: Option<String>) {
@@ -336,4 +333,12 @@ async fn write(client: &mut WriteHalf<MaybeTls>, bytes: &[u8]) -> Result<(), End
         return Ok(());
     }
     client.write_all(bytes).await.map_err(|_| End::ClientGone)
+}
+
+/// The statement whose results are streaming: the first one not completed.
+fn open_tracker(local: &mut VecDeque<Expect>) -> Option<&mut Tracker> {
+    local.iter_mut().find_map(|e| match e {
+        Expect::Statement(t) if !t.completed => Some(t),
+        _ => None,
+    })
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
-use portcullis_masking::Expressions;
+use portcullis_masking::{Expressions, MaskBuf};
 use tokio::io::WriteHalf;
 
 use crate::codec::backend::{parse_error_fields, sqlstate, ErrorFields};
@@ -15,8 +15,8 @@ use crate::codec::{peek_frame_len, CodecError};
 use crate::proxy::mask::{SessionMask, Shape, Tally};
 use crate::proxy::stream::MaybeTls;
 
-use super::super::{End, Expect};
-use super::{check_parameter, write, ServerSide, MAX_BACKEND_MESSAGE};
+use super::super::{End, Expect, Tracker};
+use super::{check_parameter, open_tracker, write, ServerSide, MAX_BACKEND_MESSAGE};
 
 /// The masking side of a session's results.
 pub(super) struct MaskState<'a> {
@@ -26,6 +26,8 @@ pub(super) struct MaskState<'a> {
     /// Shapes of described portals, for their Executes' rows.
     portals: HashMap<String, Arc<Shape>>,
     copy: CopyOut,
+    /// Holds each masked value on its way into the output.
+    buf: MaskBuf,
 }
 
 /// What is being done with a COPY TO STDOUT in flight.
@@ -44,6 +46,8 @@ enum Masked {
     Keep,
     Drop,
     Replace(BytesMut),
+    /// The rewritten message is already at the end of the output.
+    Appended,
 }
 
 impl<'a> MaskState<'a> {
@@ -53,6 +57,7 @@ impl<'a> MaskState<'a> {
             current: None,
             portals: HashMap::new(),
             copy: CopyOut::None,
+            buf: MaskBuf::default(),
         }
     }
 }
@@ -75,17 +80,21 @@ impl ServerSide<'_> {
             if tag == b'S' {
                 check_parameter(body)?;
             }
-            let masked = self.mask_message(tag, body).await?;
+            let start = out.len();
+            let masked = self.mask_message(tag, body, &mut out).await?;
             // Records describe what the client got: the masked message.
             let observed = match &masked {
                 Masked::Replace(m) => self.observe(m[0], &m[5..]),
+                Masked::Appended => self.observe(out[start], &out[start + 5..]),
                 Masked::Keep | Masked::Drop => self.observe(tag, body),
             };
             match (observed, masked) {
-                (Some(replacement), _) | (None, Masked::Replace(replacement)) => {
+                (Some(replacement), _) => {
+                    out.truncate(start);
                     out.extend_from_slice(&replacement)
                 }
-                (None, Masked::Drop) => {}
+                (None, Masked::Replace(replacement)) => out.extend_from_slice(&replacement),
+                (None, Masked::Drop | Masked::Appended) => {}
                 (None, Masked::Keep) => out.extend_from_slice(frame),
             }
             pos += len;
@@ -99,7 +108,14 @@ impl ServerSide<'_> {
         Ok(())
     }
 
-    async fn mask_message(&mut self, tag: u8, body: &[u8]) -> Result<Masked, End> {
+    /// What to send for one message; a rewritten DataRow is appended to
+    /// `out` directly.
+    async fn mask_message(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<Masked, End> {
         let protocol = |e: CodecError| End::UpstreamProtocol(e.to_string());
         Ok(match tag {
             b'T' => {
@@ -108,7 +124,7 @@ impl ServerSide<'_> {
                 self.answer_describe(shape)
             }
             b'n' => self.answer_describe(Arc::new(Shape::default())),
-            b'D' => self.mask_data_row(body).map_err(protocol)?,
+            b'D' => self.mask_data_row(body, out).map_err(protocol)?,
             b'H' => self.start_copy(body),
             b'd' | b'c' => self.mask_copy(tag, body),
             b'C' => self.end_copy(),
@@ -173,24 +189,30 @@ impl ServerSide<'_> {
         }
     }
 
-    fn mask_data_row(&mut self, body: &[u8]) -> Result<Masked, CodecError> {
-        let portal = self.current_tracker().and_then(|t| t.portal.clone());
-        let Some(m) = self.mask.as_ref() else {
+    fn mask_data_row(&mut self, body: &[u8], out: &mut BytesMut) -> Result<Masked, CodecError> {
+        let Some(m) = self.mask.as_mut() else {
             return Ok(Masked::Keep);
         };
-        let shape = match &portal {
+        // The statement's portal and tally are borrowed field by field
+        // next to the mask state, rather than cloned and merged per row.
+        let (portal, tally) = match open_tracker(&mut self.local) {
+            Some(Tracker { portal, masked, .. }) => (portal.as_deref(), Some(masked)),
+            None => (None, None),
+        };
+        let shape = match portal {
             Some(p) => m.portals.get(p),
             None => m.current.as_ref(),
         };
-        let mut tally = Tally::default();
-        let masked = match shape {
-            Some(shape) if m.session.is_clean(shape) => None,
-            Some(shape) => m.session.mask_row(shape, body, &mut tally)?,
-            // Rows the gateway cannot place: nothing of them goes out.
-            None => Some(m.session.null_row(body, &mut tally)?),
-        };
-        self.tally(tally);
-        Ok(masked.map_or(Masked::Keep, Masked::Replace))
+        let (session, buf) = (m.session, &mut m.buf);
+        with_tally(tally, |tally| {
+            Ok(match shape {
+                Some(shape) if session.is_clean(shape) => Masked::Keep,
+                Some(shape) if session.mask_row(shape, body, tally, buf, out)? => Masked::Appended,
+                Some(_) => Masked::Keep,
+                // Rows the gateway cannot place: nothing of them goes out.
+                None => Masked::Replace(session.null_row(body, tally)?),
+            })
+        })
     }
 
     /// CopyOutResponse: text and CSV are scanned line by line; binary
@@ -265,4 +287,22 @@ impl ServerSide<'_> {
             t.masked.get_or_insert_with(Default::default).merge(tally);
         }
     }
+}
+
+/// Runs `f` on the statement's tally (`slot`; `None` when there is no
+/// statement to record it). Counting in place keeps the row path free of
+/// a tally per row; a statement gets a tally once something is masked.
+fn with_tally<R>(slot: Option<&mut Option<Box<Tally>>>, f: impl FnOnce(&mut Tally) -> R) -> R {
+    let Some(slot) = slot else {
+        return f(&mut Tally::default());
+    };
+    if let Some(tally) = slot {
+        return f(tally);
+    }
+    let mut tally = Tally::default();
+    let result = f(&mut tally);
+    if !tally.is_empty() {
+        *slot = Some(Box::new(tally));
+    }
+    result
 }

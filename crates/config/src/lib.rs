@@ -56,8 +56,8 @@ pub struct Config {
     /// Directory for generated state: dev TLS certificate, SSH host key.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// Threads that relay sessions; omitted means one per CPU. On a host the gateway shares
-    /// with a busy database or its clients, fewer threads waste less CPU on waking each other.
+    /// Threads that relay sessions; omitted means one per CPU. Fewer leave CPUs to what else
+    /// runs on the host (a co-located database); one thread serves many sessions.
     #[serde(default)]
     pub workers: Option<std::num::NonZeroUsize>,
     /// Certificate for client-facing listeners; omitted means a generated dev certificate.

@@ -31,7 +31,7 @@ use crate::classify::{Classification, Statement, StatementClass};
 
 use principal::Matcher;
 pub use rules::RuleProblem;
-use rules::{fold, List, Rule};
+use rules::{Folded, List, Rule};
 pub use ssh::{parse_scp, ForwardDirection, ScpCommand, ScpDirection, SshRequest, SSH_WORDS};
 
 /// What happens to a query.
@@ -277,7 +277,7 @@ impl Applicable<'_> {
         if self.policies.is_empty() {
             return default_deny("no policy applies to this principal on this connection".into());
         }
-        let folded = fold(&statement.normalized);
+        let folded = Folded::new(&statement.normalized);
         let lists = [
             (List::Deny, Verdict::Deny),
             (List::RequireApproval, Verdict::Hold),
@@ -306,7 +306,7 @@ impl Applicable<'_> {
         list: List,
         verdict: Verdict,
         statement: &Statement,
-        folded: &str,
+        folded: &Folded<'_>,
     ) -> Option<Decision> {
         self.policies.iter().find_map(|policy| {
             let rule = policy

@@ -91,10 +91,10 @@ impl Rule {
 
     /// `folded` is the statement's normalized text passed through [`fold`].
     /// SSH rules never match SQL statements.
-    pub fn matches(&self, statement: &Statement, folded: &str) -> bool {
+    pub fn matches(&self, statement: &Statement, folded: &Folded<'_>) -> bool {
         match &self.matcher {
             RuleMatcher::Class(class) => statement.class == *class,
-            RuleMatcher::Pattern(glob) => glob.matches(folded),
+            RuleMatcher::Pattern(glob) => glob.matches(folded.get()),
             RuleMatcher::Ssh(_) => false,
         }
     }
@@ -111,6 +111,26 @@ impl Rule {
 /// Classes a policy may name; `session` statements need no rule.
 fn policy_class(name: &str) -> Option<StatementClass> {
     StatementClass::from_name(name).filter(|c| *c != StatementClass::Session)
+}
+
+/// A statement's [`fold`]ed text, made the first time a pattern rule needs it: policies made
+/// of class rules only (`allow: [read]`) never pay for it.
+pub struct Folded<'a> {
+    text: &'a str,
+    folded: std::cell::OnceCell<String>,
+}
+
+impl<'a> Folded<'a> {
+    pub fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            folded: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn get(&self) -> &str {
+        self.folded.get_or_init(|| fold(self.text))
+    }
 }
 
 /// Lowercase with whitespace runs collapsed to one space: the form both

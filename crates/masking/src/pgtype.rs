@@ -297,7 +297,8 @@ impl Masker {
             match b[i] {
                 b'{' => depth += 1,
                 b'}' => depth = depth.checked_sub(1)?,
-                b',' | b' ' | b'\t' | b'\n' | b'\r' => {}
+                b',' => {}
+                c if is_array_space(c) => {}
                 _ => {
                     let (end, element) = array_element(text, i)?;
                     match element.and_then(|e| self.mask_leaf(scope, method, &e, counts)) {
@@ -354,14 +355,26 @@ fn array_element(text: &str, i: usize) -> Option<(usize, Option<String>)> {
         return None;
     }
     let n = text[i..].find([',', '}']).unwrap_or(text.len() - i);
-    let raw = text[i..i + n].trim_end();
+    // Only the whitespace PostgreSQL's array parser skips: `str::trim_end` would also take a
+    // lone no-break space, leaving an empty element that ends where it starts.
+    let raw = text[i..i + n].trim_end_matches(|c: char| c.is_ascii() && is_array_space(c as u8));
     // PostgreSQL quotes any element that needs escaping; a bare quote or
     // backslash means a literal this parser does not understand.
     if raw.contains(['"', '\\', '{']) {
         return None;
     }
+    if raw.is_empty() {
+        // Unreachable from `walk_array` (it skips whitespace first); refused rather than
+        // returned, since an element that consumes nothing would never let the walk end.
+        return None;
+    }
     let element = (!raw.eq_ignore_ascii_case("NULL")).then(|| raw.to_string());
     Some((i + raw.len(), element))
+}
+
+/// Whitespace between array elements, as PostgreSQL's `array_isspace` has it.
+fn is_array_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c')
 }
 
 fn push_quoted(out: &mut String, value: &str) {

@@ -143,6 +143,30 @@ fn text_arrays() {
 }
 
 #[test]
+fn unicode_spaces_are_array_elements_and_ascii_control_spaces_separators() {
+    // psql shows `{ }` with a no-break space: one unquoted element, which
+    // PostgreSQL does not treat as whitespace. It once ended where it began
+    // and the walk never finished.
+    let m = masker();
+    let (out, n) = m
+        .mask_array(Scope::Whole, Method::Redact, "{\u{a0}}")
+        .expect("valid array");
+    assert_eq!((out.as_str(), n), (r#"{"****"}"#, 1));
+    let (out, n) = m
+        .mask_array(
+            Scope::Detect(CARD),
+            Method::Redact,
+            "{\u{2003}x\u{a0},\x0cy\x0b}",
+        )
+        .expect("valid array");
+    assert_eq!((out.as_str(), n), ("{\u{2003}x\u{a0},\x0cy\x0b}", 0));
+    let (out, n) = m
+        .mask_array(Scope::Whole, Method::Redact, "{\x0ca b\x0b}")
+        .expect("valid array");
+    assert_eq!((out.as_str(), n), ("{\x0c\"****\"\x0b}", 1));
+}
+
+#[test]
 fn malformed_arrays_are_refused() {
     let m = masker();
     for bad in ["", "{a", "{\"a}", "a,b", "{a}}", "{a\"b}"] {

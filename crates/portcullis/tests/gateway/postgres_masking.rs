@@ -189,6 +189,14 @@ fn detectors_mask_inside_text_json_arrays_and_integers() {
     // Row 2's small bigint in a non-declared column is left alone.
     let out = psql_ok(&env, &ci, "select legacy_card from customers where id = 2;");
     assert_eq!(out, "7\n");
+    // PostgreSQL leaves an element of a lone no-break space unquoted; the
+    // gateway's array walk once looped on it forever.
+    let out = psql_ok(
+        &env,
+        &ci,
+        &format!("select array[chr(160), '{CARD_OTHER}'];"),
+    );
+    assert_eq!(out, "{\u{a0},\"************0004\"}\n");
 }
 
 #[test]

@@ -55,17 +55,23 @@ pub fn free_port() -> u16 {
         return kernel_picked_port();
     }
     let span = ceiling - FLOOR;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let start = std::process::id()
-        .wrapping_mul(2_654_435_761)
-        .wrapping_add(nanos);
+    // Chosen once per process: every call continues the same walk, so one process never gets
+    // a port twice (a fresh start per call let two calls' walks cross, about once in twenty
+    // runs of 50 calls).
+    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        std::process::id()
+            .wrapping_mul(2_654_435_761)
+            .wrapping_add(nanos)
+    });
     for _ in 0..span {
         let n = HANDED_OUT.fetch_add(1, Ordering::Relaxed);
         // A prime stride visits every port of the span once (unless the span is a multiple of it).
-        let port = FLOOR + start.wrapping_add(n.wrapping_mul(7_919)) % span;
-        let Ok(port) = u16::try_from(port) else {
+        let step = (u64::from(start) + u64::from(n) * 7_919) % u64::from(span);
+        let Ok(port) = u16::try_from(u64::from(FLOOR) + step) else {
             continue;
         };
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {

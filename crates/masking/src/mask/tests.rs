@@ -115,6 +115,36 @@ fn hash_is_keyed_deterministic_and_short() {
 }
 
 #[test]
+fn hashes_never_read_as_card_numbers() {
+    let m = masker();
+    let mut all_decimal_digests = 0;
+    for i in 0..40_000 {
+        let value = format!("v{i}");
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"0123456789abcdef-test-key").expect("key");
+        mac.update(value.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let hashed = m.mask_value(Method::Hash, None, &value);
+        if hex.bytes().all(|c| c.is_ascii_digit()) {
+            all_decimal_digests += 1;
+            assert_eq!(hashed[3..], hex[1..], "only the first digit changes");
+        } else {
+            assert_eq!(hashed, format!("h:{hex}"));
+        }
+        assert!(
+            hashed[2..].bytes().any(|c| c.is_ascii_lowercase()),
+            "{value} -> {hashed}"
+        );
+        assert!(
+            crate::detect::find(&Detector::ALL, &hashed).is_empty(),
+            "{hashed}"
+        );
+    }
+    // About 22 expected; without any the test would prove nothing.
+    assert!(all_decimal_digests > 0);
+}
+
+#[test]
 fn hash_matches_hmac_sha256() {
     // RFC 4231 test case 2 key is too short for us; check against our own
     // computation of HMAC-SHA256 over the same key instead.

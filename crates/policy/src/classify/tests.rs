@@ -698,16 +698,17 @@ mod properties {
         prop::collection::vec(piece, 0..16).prop_map(|v| v.concat())
     }
 
-    /// The key with the insides of `"..."` identifiers dropped: those are
-    /// names, kept byte for byte, spaces included.
+    /// The key with the insides of `"..."` identifiers dropped (the quotes
+    /// stay): those are names, kept byte for byte, spaces included.
     fn outside_quoted_identifiers(key: &str) -> String {
         let mut quoted = false;
         key.chars()
             .filter(|&c| {
                 if c == '"' {
                     quoted = !quoted;
+                    return true;
                 }
-                !quoted && c != '"'
+                !quoted
             })
             .collect()
     }

@@ -330,9 +330,12 @@ fn push_partial_email(value: &str, out: &mut String) -> bool {
 }
 
 /// `192.168.1.20` → `192.***.*.**`: the first group locates the network
-/// loosely; the host part is starred.
+/// loosely; the host part is starred. An address that is all first group
+/// (`7::`) is starred whole, or it would be shown as it is.
 fn push_keep_first_group(value: &str, out: &mut String) {
-    let mut in_first = true;
+    let is_group_separator = |c: char| c == '.' || c == ':';
+    let host_part = value.find(is_group_separator).map_or("", |at| &value[at..]);
+    let mut in_first = host_part.contains(|c| !is_group_separator(c));
     out.extend(value.chars().map(|c| {
         if c == '.' || c == ':' {
             in_first = false;

@@ -96,6 +96,11 @@ fn partial_redacts_secrets_and_keeps_ip_network() {
         m.mask_value(Method::Partial, Some(Detector::Ip), "2001:db8::1"),
         "2001:***::*"
     );
+    // Nothing but a first group: keeping it would show the whole address.
+    assert_eq!(
+        m.mask_value(Method::Partial, Some(Detector::Ip), "7::"),
+        "*::"
+    );
 }
 
 #[test]

@@ -11,6 +11,15 @@ use portcullis_masking::{find, Detector, DetectorCounts, MaskBuf, Masker, Method
 /// text, json, jsonb, text[]
 const OIDS: [u32; 4] = [25, 114, 3802, 1009];
 const METHODS: [Method; 3] = [Method::Redact, Method::Partial, Method::Hash];
+const VALUE_DETECTORS: [Detector; 7] = [
+    Detector::CreditCard,
+    Detector::Email,
+    Detector::Iban,
+    Detector::Ssn,
+    Detector::Phone,
+    Detector::Ip,
+    Detector::Jwt,
+];
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, rest)) = data.split_first() else {
@@ -32,24 +41,18 @@ fuzz_target!(|data: &[u8]| {
     if count == 0 {
         assert_eq!(masked, text);
     }
-
-    let oid = OIDS[usize::from(selector >> 2) % OIDS.len()];
-    let scope = if selector & 0x80 == 0 {
-        Scope::Detect(&Detector::ALL)
-    } else {
-        Scope::Whole
-    };
-    let mut reused = MaskBuf::default();
-    reused.text.push_str("an earlier value");
-    let counts = &mut DetectorCounts::default();
-    let after = masker.mask_for_type_into(oid, scope, method, &text, counts, &mut reused);
-    let mut fresh = MaskBuf::default();
-    let alone = masker.mask_for_type_into(oid, scope, method, &text, counts, &mut fresh);
-    assert_eq!(after, alone);
-    if matches!(alone, Written::Masked { .. }) {
-        assert_eq!(
-            reused.text.strip_prefix("an earlier value"),
-            Some(fresh.text.as_str())
-        );
+    // What redact and hash write never reads as a value itself (one hash
+    // in twenty thousand once did, as a card number). Only the value
+    // detectors are asked: `secret` hangs on context (`passwd=` makes
+    // anything after it one). `partial` keeps part of a value by design.
+    for f in found.iter().take(4) {
+        for method in [Method::Redact, Method::Hash] {
+            let written = masker.mask_value(method, Some(f.detector), &text[f.start..f.end]);
+            let read_as = find(&VALUE_DETECTORS, &written);
+            assert!(
+                read_as.is_empty(),
+                "{method:?} wrote {written:?}, read as {read_as:?}"
+            );
+        }
     }
 });

@@ -800,7 +800,10 @@ mod properties {
         "SELECT set_config({}, {}, {})",
         "SET statement_timeout = {}; SELECT {}, {}",
         "EXPLAIN (ANALYZE {}) SELECT {} + {}",
+        "EXPLAIN (ANALYZE {}) DELETE FROM t WHERE a = {} AND b = {}",
         "SELECT {}::text, ARRAY[{}, {}]",
+        "COPY (SELECT {}) TO PROGRAM {} WITH (DELIMITER {})",
+        "SET client_encoding = {}; SELECT {}, {}",
     ];
 
     const LITERALS: &[&str] = &[
@@ -825,5 +828,9 @@ mod properties {
         "'a'\n'b'",
         "'role'",
         "'off'",
+        "'utf8'",
+        "'latin1'",
+        "'/tmp/x'",
+        "'on'",
     ];
 }

@@ -50,6 +50,7 @@ pub(crate) async fn run(
         upstream: None,
         numbers: Default::default(),
         reverse: Default::default(),
+        told_why: false,
     };
     // A client that connects and never logs in would hold its task and
     // socket for ever; OpenSSH's LoginGraceTime does the same job.
@@ -183,9 +184,14 @@ pub(crate) struct ClientHandler {
     /// the channels the upstream forwards back.
     numbers: Arc<AtomicU32>,
     reverse: ReverseForwards,
+    /// A keyboard-interactive round has just told the client why its token
+    /// was refused; the client's empty answer to it is rejected, not read
+    /// as another token.
+    told_why: bool,
 }
 
-/// Why a login failed, for the client (nothing) and the record (everything).
+/// Why a login failed: the reason goes to the record, and to the client
+/// when it logs in with keyboard-interactive.
 struct Refusal {
     reason: String,
     principal: Option<String>,
@@ -196,7 +202,9 @@ struct Refusal {
 }
 
 impl ClientHandler {
-    async fn authenticate(&mut self, user: &str, token: &str) -> Auth {
+    /// Admits the client with `token`, or says why not, in words for the
+    /// client: the same a PostgreSQL client gets in its ErrorResponse.
+    async fn authenticate(&mut self, user: &str, token: &str) -> Result<(), String> {
         let ip = self.peer.addr.ip();
         if let Some(wait) = self.gw.limits.retry_after(ip, Instant::now()) {
             // Not awaited: a flood of refused attempts must not queue on the store.
@@ -207,7 +215,7 @@ impl ClientHandler {
                     "client_user": user,
                     "reason": lockout_message(ip, wait),
                 })));
-            return Auth::reject();
+            return Err(lockout_message(ip, wait));
         }
         match self.admit(user, token).await {
             Ok((principal, lease)) => {
@@ -221,7 +229,7 @@ impl ClientHandler {
                 }
                 self.principal = Some(principal);
                 self.grant = grant;
-                Auth::Accept
+                Ok(())
             }
             Err(refusal) => {
                 if refusal.client_at_fault {
@@ -243,7 +251,7 @@ impl ClientHandler {
                 if let Err(e) = self.gw.store.append(record).await {
                     tracing::error!(error = %e, "could not record refused connection");
                 }
-                Auth::reject()
+                Err(refusal.reason)
             }
         }
     }
@@ -490,16 +498,25 @@ impl russh::server::Handler for ClientHandler {
         Ok(token_methods())
     }
 
+    /// Password authentication has no way to say why it failed: the reason
+    /// is only in the record.
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
-        Ok(self.authenticate(user, password).await)
+        Ok(match self.authenticate(user, password).await {
+            Ok(()) => Auth::Accept,
+            Err(_) => Auth::reject(),
+        })
     }
 
+    /// Asks for the token; a refused one gets a second round with no
+    /// prompt, whose instruction tells the client why (OpenSSH prints it
+    /// at its default log level), and only the answer to that is rejected.
     async fn auth_keyboard_interactive<'a>(
         &'a mut self,
         user: &str,
         _submethods: &str,
         response: Option<Response<'a>>,
     ) -> Result<Auth, Self::Error> {
+        let told_why = std::mem::take(&mut self.told_why);
         let Some(mut response) = response else {
             return Ok(Auth::Partial {
                 name: Cow::Borrowed("Portcullis"),
@@ -507,9 +524,22 @@ impl russh::server::Handler for ClientHandler {
                 prompts: Cow::Owned(vec![(Cow::Borrowed(TOKEN_PROMPT), false)]),
             });
         };
+        if told_why {
+            return Ok(Auth::reject());
+        }
         let answer = response.next().unwrap_or_default();
         let token = String::from_utf8_lossy(&answer).into_owned();
-        Ok(self.authenticate(user, &token).await)
+        Ok(match self.authenticate(user, &token).await {
+            Ok(()) => Auth::Accept,
+            Err(why) => {
+                self.told_why = true;
+                Auth::Partial {
+                    name: Cow::Borrowed("Portcullis"),
+                    instructions: Cow::Owned(format!("Login refused: {why}")),
+                    prompts: Cow::Owned(Vec::new()),
+                }
+            }
+        })
     }
 
     async fn channel_open_session(

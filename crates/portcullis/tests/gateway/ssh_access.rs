@@ -87,17 +87,34 @@ fn ssh_exec_denied_commands_get_a_reason_and_exit_126() {
 #[test]
 fn ssh_bad_tokens_and_unknown_principals_are_refused_and_recorded() {
     let env = SshEnv::start();
-    let out = env.ssh("not-a-token", &["echo hi"]);
+    // At OpenSSH's default log level the client shows why, as a PostgreSQL
+    // client's ErrorResponse would.
+    let out = env.ssh_verbose("not-a-token", &["echo hi"]);
     assert_eq!(out.code, Some(255));
     assert!(out.stderr.contains("Permission denied"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Login refused: token rejected"),
+        "{}",
+        out.stderr
+    );
     let attempt =
         env.wait_for_record(|r| r["kind"] == "connection_attempt" && r["decision"] == "deny");
     let reason = attempt["detail"]["reason"].as_str().unwrap_or_default();
     assert!(reason.starts_with("token rejected"), "{reason}");
 
     let stranger = env.token("stranger", &["web"]);
-    let out = env.ssh(&stranger, &["echo hi"]);
+    let out = env.ssh_verbose(&stranger, &["echo hi"]);
     assert_eq!(out.code, Some(255));
+    assert!(
+        out.stderr
+            .contains("Login refused: principal \"stranger\" has no access"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains(&stranger),
+        "the token is not echoed back"
+    );
     env.wait_for_record(|r| {
         r["kind"] == "connection_attempt"
             && r["principal"] == "stranger"

@@ -49,10 +49,18 @@ fn ssh_jit_principal_is_refused_before_a_grant_admitted_inside_it_and_cut_on_rev
     let ci = env.ci_token();
     let alice = env.token("alice", &["sre"]);
 
-    let before = env.ssh(&ci, &["echo hi"]);
+    let before = env.ssh_verbose(&ci, &["echo hi"]);
     assert_eq!(before.code, Some(255), "{}", before.stderr);
     assert!(
         before.stderr.contains("Permission denied"),
+        "{}",
+        before.stderr
+    );
+    // The client is told how to get in, as a PostgreSQL client is.
+    assert!(
+        before
+            .stderr
+            .contains("portcullis grants request --connection"),
         "{}",
         before.stderr
     );

@@ -11,15 +11,6 @@ use portcullis_masking::{find, Detector, DetectorCounts, MaskBuf, Masker, Method
 /// text, json, jsonb, text[]
 const OIDS: [u32; 4] = [25, 114, 3802, 1009];
 const METHODS: [Method; 3] = [Method::Redact, Method::Partial, Method::Hash];
-const VALUE_DETECTORS: [Detector; 7] = [
-    Detector::CreditCard,
-    Detector::Email,
-    Detector::Iban,
-    Detector::Ssn,
-    Detector::Phone,
-    Detector::Ip,
-    Detector::Jwt,
-];
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, rest)) = data.split_first() else {
@@ -45,10 +36,14 @@ fuzz_target!(|data: &[u8]| {
     // in twenty thousand once did, as a card number). Only the value
     // detectors are asked: `secret` hangs on context (`passwd=` makes
     // anything after it one). `partial` keeps part of a value by design.
+    let value_detectors: Vec<_> = Detector::ALL
+        .into_iter()
+        .filter(|&d| d != Detector::Secret)
+        .collect();
     for f in found.iter().take(4) {
         for method in [Method::Redact, Method::Hash] {
             let written = masker.mask_value(method, Some(f.detector), &text[f.start..f.end]);
-            let read_as = find(&VALUE_DETECTORS, &written);
+            let read_as = find(&value_detectors, &written);
             assert!(
                 read_as.is_empty(),
                 "{method:?} wrote {written:?}, read as {read_as:?}"

@@ -204,20 +204,18 @@ impl Masker {
         let digest = mac.finalize().into_bytes();
         out.reserve(18);
         out.push_str("h:");
-        let start = out.len();
-        for byte in &digest[..8] {
-            out.push(hex_digit(byte >> 4));
+        let all_decimal = digest[..8].iter().all(|b| b >> 4 < 10 && b & 0x0f < 10);
+        for (i, byte) in digest[..8].iter().enumerate() {
+            let high = byte >> 4;
+            // Folds 0-9 onto a-f: such a value may now equal another's hash,
+            // which costs a few of 64 bits in about one hash in two thousand.
+            let high = if i == 0 && all_decimal {
+                10 + high % 6
+            } else {
+                high
+            };
+            out.push(hex_digit(high));
             out.push(hex_digit(byte & 0x0f));
-        }
-        if out[start..].bytes().all(|c| c.is_ascii_digit()) {
-            let first = digest[0] >> 4;
-            // Folds 0-9 onto a-f: such a value may now equal another's
-            // hash, which costs a few of 64 bits in about one hash in two
-            // thousand.
-            out.replace_range(
-                start..start + 1,
-                hex_digit(10 + first % 6).encode_utf8(&mut [0; 4]),
-            );
         }
     }
 }

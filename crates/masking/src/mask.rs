@@ -333,12 +333,12 @@ fn push_partial_email(value: &str, out: &mut String) -> bool {
 fn push_keep_first_group(value: &str, out: &mut String) {
     let is_group_separator = |c: char| c == '.' || c == ':';
     let host_part = value.find(is_group_separator).map_or("", |at| &value[at..]);
-    let mut in_first = host_part.contains(|c| !is_group_separator(c));
+    let mut keeping = host_part.contains(|c| !is_group_separator(c));
     out.extend(value.chars().map(|c| {
-        if c == '.' || c == ':' {
-            in_first = false;
+        if is_group_separator(c) {
+            keeping = false;
             c
-        } else if in_first {
+        } else if keeping {
             c
         } else {
             '*'

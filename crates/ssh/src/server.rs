@@ -207,15 +207,16 @@ impl ClientHandler {
     async fn authenticate(&mut self, user: &str, token: &str) -> Result<(), String> {
         let ip = self.peer.addr.ip();
         if let Some(wait) = self.gw.limits.retry_after(ip, Instant::now()) {
+            let reason = lockout_message(ip, wait);
             // Not awaited: a flood of refused attempts must not queue on the store.
             self.gw
                 .store
                 .append_detached(self.attempt("deny").detail(json!({
                     "client_addr": self.peer.addr.to_string(),
                     "client_user": user,
-                    "reason": lockout_message(ip, wait),
+                    "reason": &reason,
                 })));
-            return Err(lockout_message(ip, wait));
+            return Err(reason);
         }
         match self.admit(user, token).await {
             Ok((principal, lease)) => {

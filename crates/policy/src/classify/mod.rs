@@ -165,7 +165,7 @@ pub(crate) fn analyze(sql: &str) -> Result<Analysis, ClassifyError> {
 /// Parses with `pg_query`, turning a panic in its tree conversion into an
 /// error: a query must never take the gateway down.
 fn parse(sql: &str) -> Result<pg_query::ParseResult, ClassifyError> {
-    match std::panic::catch_unwind(|| pg_query::parse(sql)) {
+    match std::panic::catch_unwind(|| pg_query::parse(sql, pg_query::ParserOptions::DEFAULT)) {
         Ok(Ok(parsed)) => Ok(parsed),
         Ok(Err(pg_query::Error::Parse(message))) => Err(ClassifyError::Syntax(message)),
         Ok(Err(other)) => Err(ClassifyError::Unreadable(other.to_string())),

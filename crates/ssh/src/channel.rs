@@ -55,6 +55,8 @@ struct Shared {
     stderr_bytes: u64,
     input_bytes: u64,
     signals: Vec<String>,
+    /// Environment variables passed on to the upstream, for the record.
+    env: Vec<(String, String)>,
     /// The client left and the upstream had not closed the channel within the grace period.
     upstream_abandoned: bool,
 }
@@ -249,7 +251,7 @@ async fn from_client(
             ChannelMsg::RequestShell { .. } => SshRequest::Shell,
             ChannelMsg::RequestSubsystem { name, .. } => SshRequest::Subsystem(name),
             msg => {
-                if !pass_on(ctx, msg, client, upstream, shared, to_upstream).await {
+                if !pass_on(msg, upstream, shared, to_upstream).await {
                     break;
                 }
                 continue;
@@ -273,14 +275,11 @@ async fn from_client(
 /// Passes one client message other than the exec / shell / subsystem
 /// request on to the upstream; `false` when the channel is done.
 async fn pass_on(
-    ctx: &ChannelContext,
     msg: ChannelMsg,
-    client: &ClientTx,
     upstream: &UpstreamTx,
     shared: &Mutex<Shared>,
     to_upstream: &AtomicBool,
 ) -> bool {
-    let id = client.id();
     match msg {
         ChannelMsg::RequestPty {
             term,
@@ -302,16 +301,28 @@ async fn pass_on(
                     &terminal_modes,
                 )
                 .await;
-            lock(shared).pty = Some(Pty {
-                term,
-                width: col_width,
-                height: row_height,
-            });
-            reply(ctx, id, sent.is_ok()).await;
+            if sent.is_ok() {
+                lock(shared).pty = Some(Pty {
+                    term,
+                    width: col_width,
+                    height: row_height,
+                });
+            }
         }
-        // Environment variables change what a command does
-        // (LD_PRELOAD, PATH) without appearing in its command line.
-        ChannelMsg::SetEnv { .. } => reply(ctx, id, false).await,
+        // Answered by the server handler (see `env_passes`); only the
+        // variables it accepted are passed on, without asking for a reply.
+        ChannelMsg::SetEnv {
+            variable_name,
+            variable_value,
+            ..
+        } => {
+            if env_passes(&variable_name, &variable_value) {
+                lock(shared)
+                    .env
+                    .push((variable_name.clone(), variable_value.clone()));
+                let _ = upstream.set_env(false, variable_name, variable_value).await;
+            }
+        }
         ChannelMsg::Data { data } => {
             {
                 let mut s = lock(shared);
@@ -436,6 +447,27 @@ fn output(shared: &Mutex<Shared>, stream: Stream, data: &[u8]) {
     }
 }
 
+/// Whether the client may set this environment variable upstream.
+///
+/// Variables change what a command does (`LD_PRELOAD`, `PATH`, `BASH_ENV`)
+/// without appearing in its command line, so only those that stock clients
+/// send and that change no program are let through: the locale (OpenSSH's
+/// `SendEnv LANG LC_*`, which Ansible and git rely on) and git's protocol
+/// version. The upstream's `AcceptEnv` still has the last word.
+pub(crate) fn env_passes(name: &str, value: &str) -> bool {
+    let locale_name = name == "LANG" || name == "LANGUAGE" || name.starts_with("LC_");
+    let locale_value = value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-@:".contains(&b));
+    let git_protocol = name == "GIT_PROTOCOL"
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"=:.".contains(&b));
+    (locale_name && locale_value) || git_protocol
+}
+
 async fn reply(ctx: &ChannelContext, id: russh::ChannelId, ok: bool) {
     let _ = match ok {
         true => ctx.handle.channel_success(id).await,
@@ -493,7 +525,12 @@ async fn start(
         approval,
         mut message,
     } = settled;
-    let pty = lock(shared).pty.as_ref().map(|p| p.term.clone());
+    let (pty, env) = {
+        let s = lock(shared);
+        let env: serde_json::Map<String, Value> =
+            s.env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        (s.pty.as_ref().map(|p| p.term.clone()), env)
+    };
     let detail = json!({
         "protocol": "ssh",
         "request": kind,
@@ -501,6 +538,7 @@ async fn start(
         "text": text,
         "channel": ctx.number,
         "pty": pty,
+        "env": env,
         "scp": scp,
         "reason": decision.reason,
         "approval": approval,

@@ -641,6 +641,39 @@ impl russh::server::Handler for ClientHandler {
         }
     }
 
+    /// Answered here rather than by the channel task: russh keeps one
+    /// want-reply flag per channel, overwritten by each request, so a reply
+    /// sent later from the channel task could answer the next request
+    /// (OpenSSH sends `env` without wanting a reply, then `exec`).
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        variable_name: &str,
+        variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match channel::env_passes(variable_name, variable_value) {
+            true => session.channel_success(channel),
+            false => session.channel_failure(channel),
+        }
+    }
+
+    /// Answered here for the same reason as `env`; the channel task passes
+    /// the request on to the upstream.
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
     async fn agent_request(
         &mut self,
         _channel: ChannelId,

@@ -82,6 +82,7 @@ X11Forwarding no
 PrintMotd no
 PrintLastLog no
 Subsystem sftp internal-sftp
+AcceptEnv LANG LC_* GIT_PROTOCOL
 LogLevel VERBOSE
 ",
             port = self.port

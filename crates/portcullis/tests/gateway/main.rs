@@ -20,4 +20,5 @@ mod records_cli;
 mod ssh_access;
 mod ssh_env;
 mod ssh_jit;
+mod ssh_stock_clients;
 mod third_party_issuer;

@@ -315,13 +315,11 @@ async fn pass_on(
             variable_name,
             variable_value,
             ..
-        } => {
-            if env_passes(&variable_name, &variable_value) {
-                lock(shared)
-                    .env
-                    .push((variable_name.clone(), variable_value.clone()));
-                let _ = upstream.set_env(false, variable_name, variable_value).await;
-            }
+        } if env_passes(&variable_name, &variable_value) => {
+            lock(shared)
+                .env
+                .push((variable_name.clone(), variable_value.clone()));
+            let _ = upstream.set_env(false, variable_name, variable_value).await;
         }
         ChannelMsg::Data { data } => {
             {

@@ -81,18 +81,21 @@ pub fn shorten(text: &str, max: usize) -> String {
     out
 }
 
-/// JSON text with every character [`needs_escape`] names (other than the
-/// backslash, which JSON already escapes) written as a `\uXXXX` escape, so
-/// `--json` output printed on a terminal cannot drive it either. Still the
-/// same JSON: outside strings JSON holds only ASCII, and inside them
-/// `\uXXXX` means the character itself.
+/// JSON text (as serde_json writes it) with every character
+/// [`needs_escape`] names written as a `\uXXXX` escape, so `--json` output
+/// printed on a terminal cannot drive it either. Still the same JSON:
+/// serde_json already escapes backslashes and C0 controls inside strings,
+/// so a raw line break or tab is whitespace between tokens and stays, and
+/// anything else escaped here is inside a string, where `\uXXXX` means the
+/// character itself.
 pub fn json_for_terminal(json: &str) -> Cow<'_, str> {
-    if !json.chars().any(|c| c != '\\' && needs_escape(c)) {
+    let escaped = |c: char| !matches!(c, '\\' | '\n' | '\r' | '\t') && needs_escape(c);
+    if !json.chars().any(escaped) {
         return Cow::Borrowed(json);
     }
     let mut out = String::with_capacity(json.len() + 16);
     for c in json.chars() {
-        if c != '\\' && needs_escape(c) {
+        if escaped(c) {
             let mut units = [0u16; 2];
             for unit in c.encode_utf16(&mut units) {
                 out.push_str(&format!("\\u{unit:04x}"));

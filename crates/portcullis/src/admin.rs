@@ -340,19 +340,27 @@ async fn caller(
             ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, lockout_message(ip, wait))
         });
     }
+    // A credential presented and refused counts against the address, as a
+    // refused login does; a request that presents none does not, as a
+    // client that hangs up before its password does not.
     let unauthorized = |message: String| {
         state.limits.failed(ip, Instant::now());
         ApiError::new(StatusCode::UNAUTHORIZED, message)
     };
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return Err(unauthorized(
-            if headers.contains_key(header::AUTHORIZATION) {
-                "more than one Authorization header: send exactly one".into()
-            } else {
-                "missing bearer token (Authorization: Bearer <OIDC token>)".into()
-            },
-        ));
+    let value = match (values.next(), values.next()) {
+        (Some(value), None) => value,
+        (Some(_), Some(_)) => {
+            return Err(unauthorized(
+                "more than one Authorization header: send exactly one".into(),
+            ))
+        }
+        (None, _) => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing bearer token (Authorization: Bearer <OIDC token>)",
+            ))
+        }
     };
     let token = value
         .to_str()

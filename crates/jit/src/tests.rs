@@ -543,3 +543,31 @@ async fn grant_requests_are_limited_per_principal_and_page_approvers_sparingly()
         .count();
     assert_eq!(pages, announced as usize);
 }
+
+#[tokio::test]
+async fn a_re_run_window_of_exactly_the_max_is_allowed_and_fractions_are_not() {
+    let f = Fixture::new();
+    let (broker, _) = f.broker(HOUR).await;
+    let held = broker.hold(hold_request("UPDATE w")).await.unwrap();
+    let id = held.approval.id.clone();
+    let over = broker
+        .approve(&id, &alice(), Some(MAX_WINDOW + Duration::from_secs(1)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        over.to_string(),
+        "the re-run window 1day 1s is longer than the max of 1day"
+    );
+    let fraction = broker
+        .approve(&id, &alice(), Some(Duration::from_millis(1500)))
+        .await;
+    assert!(
+        matches!(fraction, Err(JitError::Invalid(_))),
+        "{fraction:?}"
+    );
+    let approved = broker
+        .approve(&id, &alice(), Some(MAX_WINDOW))
+        .await
+        .unwrap();
+    assert!(approved.covers_until.is_some());
+}

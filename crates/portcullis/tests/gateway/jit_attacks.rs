@@ -372,3 +372,48 @@ fn jit_attack_bad_tokens_meet_the_login_limit_every_listener_shares() {
     );
     env.wait_for_record(|r| r["kind"] == "admin_request" && r["detail"]["status"] == 429);
 }
+
+#[test]
+fn jit_attack_a_deny_and_request_again_loop_pages_approvers_only_three_times() {
+    let receiver = crate::jit_http::Receiver::start(0);
+    let env = Env::with(Options {
+        policies: JIT_POLICIES.to_string(),
+        admin_extra: format!("  webhooks:\n    - url: {}\n", receiver.url("/hook")),
+        ..Options::default()
+    });
+    let ci = env.token("ci", &["ci"]);
+    let alice = env.token("alice", &["sre"]);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let id = request(&env, &ci, "10m");
+        let denied = env.cli_json(&alice, &["grants", "deny", &id]);
+        assert_eq!(denied["status"], "denied");
+        ids.push(id);
+    }
+    // Another principal's request is announced as usual; once it is in,
+    // every earlier delivery has been made.
+    let dave = env.token("dave", &["ci"]);
+    let last = request(&env, &dave, "10m");
+    receiver.wait_for(1, |b| b["id"] == last.as_str());
+    let bodies = receiver.bodies.lock().unwrap().clone();
+    let paged: Vec<&str> = bodies
+        .iter()
+        .filter(|b| b["grant"]["principal"] == "ci")
+        .filter_map(|b| b["id"].as_str())
+        .collect();
+    assert_eq!(
+        paged,
+        ids[..3].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    // All five are still listed and recorded.
+    let listed = env.cli_json(&alice, &["grants", "list"]);
+    assert_eq!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["principal"] == "ci")
+            .count(),
+        5
+    );
+}

@@ -26,6 +26,25 @@ pub enum ApprovalStatus {
     Abandoned,
 }
 
+impl ApprovalStatus {
+    /// The name people and the API see (`timed_out`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+            Self::TimedOut => "timed_out",
+            Self::Abandoned => "abandoned",
+        }
+    }
+}
+
+impl std::fmt::Display for ApprovalStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A held statement as stored in its records and answered by the admin API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Approval {
@@ -33,8 +52,16 @@ pub struct Approval {
     pub session_id: String,
     pub principal: String,
     pub connection: String,
-    /// The full statement text, as the client sent it.
+    /// The full statement text, as the client sent it. Shown to people
+    /// only through `portcullis_records::untrusted`.
     pub statement: String,
+    /// The statement classes the gateway found in it (`read`, `write`...),
+    /// so an approver need not trust the text alone; empty on SSH.
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// The tables and views it touches, as written; empty on SSH.
+    #[serde(default)]
+    pub relations: Vec<String>,
     pub policy: Option<String>,
     pub rule: String,
     /// Why policy held it.
@@ -71,6 +98,9 @@ pub struct HoldRequest {
     pub principal: String,
     pub connection: String,
     pub statement: String,
+    /// What classification found: statement classes and relations.
+    pub classes: Vec<String>,
+    pub relations: Vec<String>,
     pub policy: Option<String>,
     pub rule: String,
     pub reason: String,
@@ -159,6 +189,8 @@ impl Broker {
             principal: request.principal,
             connection: request.connection,
             statement: request.statement,
+            classes: request.classes,
+            relations: request.relations,
             policy: request.policy,
             rule: request.rule,
             reason: request.reason,
@@ -221,11 +253,15 @@ impl Broker {
         approver: &Principal,
         window: Option<Duration>,
     ) -> Result<Approval, JitError> {
-        if window.is_some_and(|w| w.is_zero() || w > MAX_WINDOW) {
-            return Err(JitError::Invalid(format!(
-                "the re-run window must be between 1s and {}s",
-                MAX_WINDOW.as_secs()
-            )));
+        if let Some(w) = window {
+            crate::duration::check(w).map_err(|why| JitError::Invalid(why.into()))?;
+            if w > MAX_WINDOW {
+                return Err(JitError::Invalid(format!(
+                    "the re-run window {} is longer than the max of {}",
+                    crate::duration::describe(w),
+                    crate::duration::describe(MAX_WINDOW)
+                )));
+            }
         }
         self.decide(id, approver, None, ApprovalStatus::Approved, window)
             .await
@@ -250,6 +286,7 @@ impl Broker {
         window: Option<Duration>,
     ) -> Result<Approval, JitError> {
         self.require_approver(approver)?;
+        let note = crate::note(note)?;
         let mut state = self.state.lock().await;
         let mut approval = find(&state.approvals, id, "approval")?.clone();
         if approval.principal == approver.name {
@@ -259,7 +296,7 @@ impl Broker {
         }
         if approval.status != ApprovalStatus::Pending {
             return Err(JitError::Conflict(format!(
-                "approval {id} is {:?}, not pending",
+                "approval {id} is already {}; only a pending one can be decided",
                 approval.status
             )));
         }

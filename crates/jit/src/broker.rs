@@ -19,6 +19,7 @@ use tokio::sync::{oneshot, watch, Mutex};
 
 use crate::approvals::{Approval, ApprovalStatus, Outcome};
 use crate::grants::{Grant, GrantStatus};
+use crate::limits::PerKey;
 use crate::notify::Notifier;
 use crate::JitError;
 
@@ -37,6 +38,25 @@ pub struct Broker {
     pub(crate) settings: BrokerSettings,
     pub(crate) notifier: Notifier,
     pub(crate) state: Mutex<State>,
+    pub(crate) limits: std::sync::Mutex<RequestLimits>,
+}
+
+/// Per-principal limits on grant requests and on the webhooks they cause.
+#[derive(Debug)]
+pub(crate) struct RequestLimits {
+    pub(crate) requests: PerKey,
+    pub(crate) announced: PerKey,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        let (max, window) = crate::GRANT_REQUESTS;
+        let (announced, announced_window) = crate::ANNOUNCED_REQUESTS;
+        Self {
+            requests: PerKey::new(max, window),
+            announced: PerKey::new(announced, announced_window),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -69,6 +89,7 @@ impl Broker {
             settings,
             notifier,
             state: Mutex::new(State::default()),
+            limits: Default::default(),
         });
         let stale: Vec<Approval> = state
             .approvals
@@ -122,7 +143,39 @@ impl Broker {
             || principal.groups.iter().any(|g| a.groups.contains(g))
     }
 
-    pub(crate) fn require_approver(&self, principal: &Principal) -> Result<(), JitError> {
+    /// Counts a grant request of `principal`; refused past
+    /// [`crate::GRANT_REQUESTS`].
+    pub(crate) fn count_request(&self, principal: &Principal) -> Result<(), JitError> {
+        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        limits
+            .requests
+            .take(&principal.name, now)
+            .map_err(|retry_after| {
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                JitError::TooMany {
+                    message: format!(
+                        "too many grant requests from {} ({}); try again in {secs} s",
+                        principal.name,
+                        limits.requests.describe()
+                    ),
+                    retry_after,
+                }
+            })
+    }
+
+    /// Whether a new request of `principal` may page the approvers, within
+    /// [`crate::ANNOUNCED_REQUESTS`].
+    pub(crate) fn may_announce(&self, principal: &str) -> bool {
+        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        limits
+            .announced
+            .take(principal, std::time::Instant::now())
+            .is_ok()
+    }
+
+    /// Refused with [`JitError::Forbidden`] unless `principal` is an approver.
+    pub fn require_approver(&self, principal: &Principal) -> Result<(), JitError> {
         if self.is_approver(principal) {
             Ok(())
         } else {
@@ -221,6 +274,8 @@ mod tests {
             principal: "ci".into(),
             connection: "db".into(),
             statement: "UPDATE t".into(),
+            classes: vec!["write".into()],
+            relations: vec!["t".into()],
             policy: None,
             rule: "write".into(),
             reason: "r".into(),

@@ -17,6 +17,12 @@ pub enum JitError {
     /// The object is not in a state that allows this (already decided...).
     #[error("{0}")]
     Conflict(String),
+    /// The caller asked too often; it may try again after `retry_after`.
+    #[error("{message}")]
+    TooMany {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     /// The change could not be recorded, so it did not happen.
     #[error("not recorded, so not done: {0}")]
     Store(#[from] StoreError),

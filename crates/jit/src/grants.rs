@@ -28,10 +28,27 @@ pub enum GrantStatus {
 }
 
 impl GrantStatus {
+    /// The name people and the API see.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Active => "active",
+            Self::Denied => "denied",
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+        }
+    }
+
     /// Still open: a second request for the same principal and connection
     /// would amount to extending this one.
     pub fn is_open(self) -> bool {
         matches!(self, Self::Pending | Self::Active)
+    }
+}
+
+impl std::fmt::Display for GrantStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -88,7 +105,7 @@ impl Grant {
                     .map(|n| format!(": {n}"))
                     .unwrap_or_default()
             ),
-            status => format!("grant {} is {status:?}", self.id),
+            status => format!("grant {} is {status}", self.id),
         }
     }
 }
@@ -146,15 +163,9 @@ impl Broker {
         duration: Duration,
         reason: &str,
     ) -> Result<Grant, JitError> {
-        let reason = reason.trim();
-        if reason.is_empty() {
-            return Err(JitError::Invalid("a reason is required".into()));
-        }
-        if duration.is_zero() {
-            return Err(JitError::Invalid(
-                "duration must be longer than zero".into(),
-            ));
-        }
+        self.count_request(principal)?;
+        let reason = crate::reason(reason)?;
+        crate::duration::check(duration).map_err(|why| JitError::Invalid(why.into()))?;
         let terms = self
             .policies
             .applicable(principal, connection)
@@ -167,9 +178,9 @@ impl Broker {
             })?;
         if duration > terms.max.0 {
             return Err(JitError::Invalid(format!(
-                "duration {}s is longer than the policy's max of {}s",
-                duration.as_secs(),
-                terms.max.0.as_secs()
+                "duration {} is longer than the policy's max of {}",
+                crate::duration::describe(duration),
+                crate::duration::describe(terms.max.0)
             )));
         }
         let mut state = self.state.lock().await;
@@ -182,8 +193,10 @@ impl Broker {
             // A second grant while one is open would extend it, which the
             // grantee must not be able to do.
             return Err(JitError::Conflict(format!(
-                "{} already has grant {} ({:?}) on {connection:?}",
-                principal.name, open.id, open.status
+                "{} already has {} grant {} on connection {connection:?}; grants cannot be extended",
+                principal.name,
+                if open.status == GrantStatus::Active { "an active" } else { "a pending" },
+                open.id
             )));
         }
         let auto = terms.approval == JitApproval::Auto;
@@ -191,8 +204,8 @@ impl Broker {
             id: new_id("g"),
             principal: principal.name.clone(),
             connection: connection.to_string(),
-            reason: reason.to_string(),
-            duration_secs: duration.as_secs().max(1),
+            reason,
+            duration_secs: duration.as_secs(),
             approval: if auto { "auto" } else { "required" }.into(),
             status: GrantStatus::Pending,
             requested_at: SystemTime::now(),
@@ -214,8 +227,10 @@ impl Broker {
             }
             let (tx, _) = watch::channel(grant.clone());
             state.watchers.insert(grant.id.clone(), tx);
-        } else {
+        } else if self.may_announce(&grant.principal) {
             self.notifier.notify(Event::GrantRequested(grant.clone()));
+        } else {
+            tracing::info!(grant = %grant.id, principal = %grant.principal, "grant request not announced: its principal's requests already paged approvers often");
         }
         state.grants.insert(grant.id.clone(), grant.clone());
         tracing::info!(grant = %grant.id, principal = %grant.principal, connection = %grant.connection, status = ?grant.status, "grant requested");
@@ -233,7 +248,7 @@ impl Broker {
         }
         if grant.status != GrantStatus::Pending {
             return Err(JitError::Conflict(format!(
-                "grant {id} is {:?}, not pending",
+                "grant {id} is already {}; only a pending grant can be approved",
                 grant.status
             )));
         }
@@ -276,6 +291,7 @@ impl Broker {
         to: GrantStatus,
     ) -> Result<Grant, JitError> {
         self.require_approver(approver)?;
+        let note = crate::note(note)?;
         let mut state = self.state.lock().await;
         let mut grant = find(&state.grants, id, "grant")?.clone();
         let allowed = match to {
@@ -283,8 +299,13 @@ impl Broker {
             _ => grant.status.is_open(),
         };
         if !allowed {
+            let only = if to == GrantStatus::Denied {
+                "only a pending grant can be denied"
+            } else {
+                "only a pending or active grant can be revoked"
+            };
             return Err(JitError::Conflict(format!(
-                "grant {id} is {:?}; cannot make it {to:?}",
+                "grant {id} is already {}; {only}",
                 grant.status
             )));
         }

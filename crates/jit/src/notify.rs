@@ -10,6 +10,8 @@ use portcullis_records::{NewRecord, RecordKind, Store};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use portcullis_records::untrusted;
+
 use crate::{Approval, Grant};
 
 const QUEUE: usize = 1024;
@@ -46,7 +48,9 @@ impl Event {
         }
     }
 
-    /// The generic JSON payload.
+    /// The generic JSON payload: the object as the API answers it (raw
+    /// text, for programs), and `text`, the same summary people see in
+    /// Slack, escaped for display.
     pub fn json(&self, base_url: &str) -> Value {
         let (path, noun) = self.route();
         let id = self.id();
@@ -58,6 +62,7 @@ impl Event {
             "event": self.name(),
             "id": id,
             path.trim_end_matches('s'): object,
+            "text": self.summary(&|t| untrusted::shorten(t, SHOWN_CHARS)),
             "url": format!("{base_url}/v1/{path}/{id}"),
             "approve": { "method": "POST", "url": format!("{base_url}/v1/{path}/{id}/approve") },
             "deny": { "method": "POST", "url": format!("{base_url}/v1/{path}/{id}/deny") },
@@ -66,37 +71,75 @@ impl Event {
     }
 
     /// A Slack incoming-webhook message: `text` is all Slack requires, with
-    /// `<url|label>` links.
+    /// a `<url|label>` link. Workload text sits in code spans, escaped so it
+    /// can neither close them nor plant links or mentions.
     pub fn slack(&self, base_url: &str) -> Value {
         let (path, noun) = self.route();
         let id = self.id();
-        let what = match self {
-            Self::GrantRequested(g) => format!(
-                "*{}* requests {} of access to *{}*: {}",
-                g.principal,
-                humanize(g.duration_secs),
-                g.connection,
-                g.reason
-            ),
-            Self::ApprovalRequested(a) => format!(
-                "*{}* on *{}* is waiting for approval of:\n```{}```\n{}",
-                a.principal, a.connection, a.statement, a.reason
-            ),
-        };
+        let what = self.summary(&slack_code);
         json!({
             "text": format!(
                 "{what}\n<{base_url}/v1/{path}/{id}|{id}> · approve: `portcullis {noun} approve {id} --admin {base_url}`"
             ),
         })
     }
+
+    /// Who asks for what, every piece of workload-supplied text passed
+    /// through `shown`.
+    fn summary(&self, shown: &dyn Fn(&str) -> String) -> String {
+        match self {
+            Self::GrantRequested(g) => format!(
+                "{} requests {} of access to {}: {}",
+                shown(&g.principal),
+                crate::duration::describe(g.duration()),
+                shown(&g.connection),
+                shown(&g.reason)
+            ),
+            Self::ApprovalRequested(a) => {
+                let classes = if a.classes.is_empty() {
+                    "held".to_string()
+                } else {
+                    shown(&a.classes.join(", "))
+                };
+                let relations = if a.relations.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on {}", shown(&a.relations.join(", ")))
+                };
+                format!(
+                    "{} on {} is waiting for approval of a {classes} statement{relations}: {} (why held: {})",
+                    shown(&a.principal),
+                    shown(&a.connection),
+                    shown(&a.statement),
+                    shown(&a.reason)
+                )
+            }
+        }
+    }
 }
 
-fn humanize(secs: u64) -> String {
-    match secs {
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
+/// How much of one piece of workload text a notification shows.
+const SHOWN_CHARS: usize = 500;
+
+/// Workload text as a Slack code span: escaped for display and shortened,
+/// backticks escaped so the span cannot be closed early, and `&`, `<`, `>`
+/// as the entities Slack's mrkdwn requires, so no `<url|label>` link or
+/// `<!channel>` mention survives.
+fn slack_code(text: &str) -> String {
+    let shown = untrusted::shorten(text, SHOWN_CHARS);
+    let mut out = String::with_capacity(shown.len() + 2);
+    out.push('`');
+    for c in shown.chars() {
+        match c {
+            '`' => out.push_str("\\u{60}"),
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
     }
+    out.push('`');
+    out
 }
 
 /// Hands events to the delivery task; cheap to clone.
@@ -265,9 +308,11 @@ mod tests {
     }
 
     #[test]
-    fn humanized_durations() {
-        assert_eq!(humanize(3600), "1h");
-        assert_eq!(humanize(900), "15m");
-        assert_eq!(humanize(90), "90s");
+    fn slack_code_spans_cannot_be_closed_or_carry_links() {
+        let planted = "x` <https://evil.example|click> <!channel> & \u{1b}[2K\rok\n";
+        assert_eq!(
+            slack_code(planted),
+            "`x\\u{60} &lt;https://evil.example|click&gt; &lt;!channel&gt; &amp; \\u{1b}[2K\\rok\\n`"
+        );
     }
 }

@@ -282,6 +282,8 @@ fn hold_request(sql: &str) -> HoldRequest {
         principal: "ci".into(),
         connection: "db".into(),
         statement: sql.into(),
+        classes: vec!["write".into()],
+        relations: vec!["t".into()],
         policy: Some("ci-jit".into()),
         rule: "write".into(),
         reason: "statement \"UPDATE\" matches require_approval rule".into(),
@@ -446,4 +448,126 @@ async fn nothing_changes_when_the_change_cannot_be_recorded() {
     let held = broker.hold(hold_request("UPDATE a")).await;
     assert!(matches!(held, Err(JitError::Store(_))));
     assert!(broker.approvals(&alice()).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_duration_of_exactly_max_is_granted_and_fractions_are_refused() {
+    let f = Fixture::new();
+    let (broker, _) = f.broker(HOUR).await;
+    let over = broker
+        .request_grant(&ci(), "db", HOUR + Duration::from_secs(1), "x")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(over, "duration 1h 1s is longer than the policy's max of 1h");
+    for fraction in [Duration::from_nanos(1), HOUR + Duration::from_nanos(1)] {
+        let e = broker.request_grant(&ci(), "db", fraction, "x").await;
+        assert!(
+            matches!(&e, Err(JitError::Invalid(m)) if m.contains("whole seconds")),
+            "{e:?}"
+        );
+    }
+    let g = broker.request_grant(&ci(), "db", HOUR, "x").await.unwrap();
+    assert_eq!(g.duration_secs, 3600);
+}
+
+#[tokio::test]
+async fn reasons_are_bounded_and_messages_use_the_api_s_words() {
+    let f = Fixture::new();
+    let (broker, _) = f.broker(HOUR).await;
+    let long = "r".repeat(MAX_REASON_CHARS + 1);
+    let e = broker.request_grant(&ci(), "db", HOUR, &long).await;
+    assert!(
+        matches!(&e, Err(JitError::Invalid(m)) if m.contains("at most 1000")),
+        "{e:?}"
+    );
+    let g = broker
+        .request_grant(&ci(), "db", HOUR, &"r".repeat(MAX_REASON_CHARS))
+        .await
+        .unwrap();
+    let long_note = broker.deny_grant(&g.id, &alice(), Some(long)).await;
+    assert!(
+        matches!(long_note, Err(JitError::Invalid(_))),
+        "{long_note:?}"
+    );
+    let again = broker
+        .request_grant(&ci(), "db", HOUR, "x")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        again.to_string(),
+        format!(
+            "ci already has a pending grant {} on connection \"db\"; grants cannot be extended",
+            g.id
+        )
+    );
+    broker.deny_grant(&g.id, &alice(), None).await.unwrap();
+    let twice = broker
+        .revoke_grant(&g.id, &alice(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        twice.to_string(),
+        format!(
+            "grant {} is already denied; only a pending or active grant can be revoked",
+            g.id
+        )
+    );
+}
+
+#[tokio::test]
+async fn grant_requests_are_limited_per_principal_and_page_approvers_sparingly() {
+    let f = Fixture::new();
+    let (broker, _) = f.broker(HOUR).await;
+    let (max, _) = GRANT_REQUESTS;
+    for _ in 0..max {
+        // Refused requests count as much as granted ones.
+        let e = broker.request_grant(&ci(), "db", 2 * HOUR, "x").await;
+        assert!(matches!(e, Err(JitError::Invalid(_))), "{e:?}");
+    }
+    let e = broker
+        .request_grant(&ci(), "db", HOUR, "x")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, JitError::TooMany { message, .. } if message.starts_with("too many grant requests from ci (5 within 1m)")),
+        "{e:?}"
+    );
+    assert!(broker
+        .request_grant(&mallory(), "db", HOUR, "x")
+        .await
+        .is_ok());
+    let (announced, _) = ANNOUNCED_REQUESTS;
+    let pages = (0..announced + 2)
+        .filter(|_| broker.may_announce("bob"))
+        .count();
+    assert_eq!(pages, announced as usize);
+}
+
+#[tokio::test]
+async fn a_re_run_window_of_exactly_the_max_is_allowed_and_fractions_are_not() {
+    let f = Fixture::new();
+    let (broker, _) = f.broker(HOUR).await;
+    let held = broker.hold(hold_request("UPDATE w")).await.unwrap();
+    let id = held.approval.id.clone();
+    let over = broker
+        .approve(&id, &alice(), Some(MAX_WINDOW + Duration::from_secs(1)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        over.to_string(),
+        "the re-run window 1day 1s is longer than the max of 1day"
+    );
+    let fraction = broker
+        .approve(&id, &alice(), Some(Duration::from_millis(1500)))
+        .await;
+    assert!(
+        matches!(fraction, Err(JitError::Invalid(_))),
+        "{fraction:?}"
+    );
+    let approved = broker
+        .approve(&id, &alice(), Some(MAX_WINDOW))
+        .await
+        .unwrap();
+    assert!(approved.covers_until.is_some());
 }

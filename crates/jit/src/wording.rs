@@ -120,6 +120,8 @@ mod tests {
             principal: "ci".into(),
             connection: "db".into(),
             statement: "UPDATE t SET x = 1".into(),
+            classes: vec!["write".into()],
+            relations: vec!["t".into()],
             policy: None,
             rule: "write".into(),
             reason: "r".into(),

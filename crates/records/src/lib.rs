@@ -119,6 +119,7 @@ mod location;
 mod query;
 mod record;
 mod store;
+pub mod untrusted;
 mod verify;
 mod writer;
 

@@ -33,6 +33,11 @@ pub enum RecordKind {
     Approval,
     /// A webhook could not be delivered after its retries.
     Notification,
+    /// An admin API request the gateway refused (`decision: deny`): a missing, bad or expired
+    /// token (401), a caller not allowed to do it (403), an address over the failed-login limit
+    /// (429). `detail` names the method, path, status, client address and reason. Accepted
+    /// requests are recorded by the `grant` and `approval` records they cause.
+    AdminRequest,
     /// Something went wrong outside a statement. Also the default, only so that
     /// `NewRecord { kind: .., ..Default::default() }` works: always set `kind`.
     #[default]
@@ -41,7 +46,7 @@ pub enum RecordKind {
 
 impl RecordKind {
     /// Every kind, in declaration order.
-    pub const ALL: [RecordKind; 9] = [
+    pub const ALL: [RecordKind; 10] = [
         RecordKind::ConnectionAttempt,
         RecordKind::SessionStart,
         RecordKind::SessionEnd,
@@ -50,6 +55,7 @@ impl RecordKind {
         RecordKind::Grant,
         RecordKind::Approval,
         RecordKind::Notification,
+        RecordKind::AdminRequest,
         RecordKind::Error,
     ];
 
@@ -64,6 +70,7 @@ impl RecordKind {
             RecordKind::Grant => "grant",
             RecordKind::Approval => "approval",
             RecordKind::Notification => "notification",
+            RecordKind::AdminRequest => "admin_request",
             RecordKind::Error => "error",
         }
     }

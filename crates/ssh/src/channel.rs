@@ -627,6 +627,8 @@ async fn await_approval(
         principal: ctx.principal.name.clone(),
         connection: ctx.gw.name.clone(),
         statement: text.to_string(),
+        classes: Vec::new(),
+        relations: Vec::new(),
         policy: held.policy.clone(),
         rule: held.rule.clone(),
         reason: held.reason.clone(),

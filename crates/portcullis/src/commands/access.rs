@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use portcullis_records::untrusted;
 use serde_json::Value;
 
 use crate::cli::AdminArgs;
@@ -74,13 +75,18 @@ pub async fn run(admin: &AdminArgs, call: Call) -> anyhow::Result<ExitCode> {
             .map(str::to_string)
             .unwrap_or_else(|| value.to_string());
         if admin.json {
-            println!("{value}");
+            println!("{}", untrusted::json_for_terminal(&value.to_string()));
         }
-        eprintln!("error: {message} (HTTP {})", status.as_u16());
+        eprintln!(
+            "error: {} (HTTP {})",
+            untrusted::escape(&message),
+            status.as_u16()
+        );
         return Ok(ExitCode::FAILURE);
     }
     if admin.json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        let text = serde_json::to_string_pretty(&value)?;
+        println!("{}", untrusted::json_for_terminal(&text));
     } else {
         print_human(&value);
     }
@@ -95,22 +101,47 @@ fn print_human(value: &Value) {
     }
 }
 
+/// How much of a statement a list line shows; `--json` has all of it.
+const STATEMENT_CHARS: usize = 400;
+/// How much of any other text (names, reasons) a list line shows.
+const TEXT_CHARS: usize = 200;
+
 /// One line per grant or approval: id, status, who, where, and the gist.
+/// Everything in it but the gateway's own ids and times came from a
+/// workload, so it goes through `untrusted` and cannot move the cursor,
+/// start a new line or reorder what the approver reads.
 fn line(v: &Value) -> String {
-    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-");
+    let raw = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-");
+    let s = |k: &str| untrusted::shorten(raw(k), TEXT_CHARS);
     if v.get("statement").is_some() {
+        let list = |k: &str| {
+            let items: Vec<&str> = v
+                .get(k)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            untrusted::shorten(&items.join(", "), TEXT_CHARS)
+        };
+        let (classes, relations) = (list("classes"), list("relations"));
+        let what = if classes.is_empty() {
+            String::new()
+        } else if relations.is_empty() {
+            format!("[{classes}] ")
+        } else {
+            format!("[{classes} on {relations}] ")
+        };
         format!(
-            "{}  {:<9} {} on {}  {}  (deadline {})",
+            "{}  {:<9} {} on {}  {what}{}  (deadline {})",
             s("id"),
             s("status"),
             s("principal"),
             s("connection"),
-            s("statement"),
+            untrusted::shorten(raw("statement"), STATEMENT_CHARS),
             s("deadline")
         )
     } else {
         let until = match v.get("expires_at").and_then(Value::as_str) {
-            Some(e) => format!("until {e}"),
+            Some(e) => format!("until {}", untrusted::escape(e)),
             None => format!(
                 "for {}s",
                 v.get("duration_secs").and_then(Value::as_u64).unwrap_or(0)
@@ -141,11 +172,31 @@ mod tests {
         assert_eq!(line(&grant), "g-1  pending  ci on db for 900s  incident 7");
         let held = serde_json::json!({
             "id": "a-1", "status": "pending", "principal": "ci", "connection": "db",
-            "statement": "UPDATE t SET x = 1", "deadline": "2030-01-01T00:00:00Z"
+            "statement": "UPDATE t SET x = 1", "deadline": "2030-01-01T00:00:00Z",
+            "classes": ["write"], "relations": ["t"]
         });
         assert_eq!(
             line(&held),
-            "a-1  pending   ci on db  UPDATE t SET x = 1  (deadline 2030-01-01T00:00:00Z)"
+            "a-1  pending   ci on db  [write on t] UPDATE t SET x = 1  (deadline 2030-01-01T00:00:00Z)"
         );
+    }
+
+    #[test]
+    fn workload_text_cannot_redraw_the_line() {
+        let held = serde_json::json!({
+            "id": "a-1", "status": "pending", "principal": "bob\r", "connection": "db",
+            "statement": "delete from customers where email = '\u{1b}[2K\r\u{1b}[1A\u{1b}[2Ka-0 bob select 1 -- harmless\n'",
+            "deadline": "2030-01-01T00:00:00Z", "classes": ["write"], "relations": ["customers"]
+        });
+        let shown = line(&held);
+        assert_eq!(
+            shown,
+            "a-1  pending   bob\\r on db  [write on customers] delete from customers where email = '\\u{1b}[2K\\r\\u{1b}[1A\\u{1b}[2Ka-0 bob select 1 -- harmless\\n'  (deadline 2030-01-01T00:00:00Z)"
+        );
+        let grant = serde_json::json!({
+            "id": "g-1", "status": "pending", "principal": "ci", "connection": "db",
+            "duration_secs": 900, "reason": format!("{}\r\u{1b}[2K", "x".repeat(300))
+        });
+        assert!(line(&grant).ends_with("… (305 chars)"), "{}", line(&grant));
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use portcullis_config::Config;
+use portcullis_records::untrusted::escape;
 use portcullis_records::{Record, RecordKind, SessionFilter, Store};
 use serde_json::Value;
 
@@ -42,7 +43,11 @@ pub fn sessions(
     };
     let sessions = store.sessions(&filter)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&sessions)?);
+        let text = serde_json::to_string_pretty(&sessions)?;
+        println!(
+            "{}",
+            portcullis_records::untrusted::json_for_terminal(&text)
+        );
         return Ok(ExitCode::SUCCESS);
     }
     println!(
@@ -52,13 +57,13 @@ pub fn sessions(
     for s in sessions {
         println!(
             "{:<36}  {:<24}  {:<14}  {:<26}  {:>5}  {:>6}  {}",
-            s.session_id,
-            s.principal.as_deref().unwrap_or("-"),
-            s.connection.as_deref().unwrap_or("-"),
+            escape(&s.session_id),
+            escape(s.principal.as_deref().unwrap_or("-")),
+            escape(s.connection.as_deref().unwrap_or("-")),
             s.started,
             s.statements,
             s.denied,
-            s.client_addr.as_deref().unwrap_or("-"),
+            escape(s.client_addr.as_deref().unwrap_or("-")),
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -85,7 +90,11 @@ pub fn replay(args: &StoreArgs, session: &str, mode: ReplayMode) -> anyhow::Resu
         return export_asciicast(&records, &config, channel);
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&records)?);
+        let text = serde_json::to_string_pretty(&records)?;
+        println!(
+            "{}",
+            portcullis_records::untrusted::json_for_terminal(&text)
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let results = results_by_statement(&records);
@@ -224,8 +233,10 @@ fn results_by_statement(records: &[Record]) -> HashMap<i64, &Value> {
 
 fn replay_line(r: &Record, results: &HashMap<i64, &Value>) -> Option<String> {
     let d = &r.detail;
-    let text = |key: &str| d.get(key).and_then(Value::as_str).unwrap_or("").to_string();
-    let who = r.principal.as_deref().unwrap_or("-");
+    // Everything recorded from a client is shown escaped: a replay must not
+    // let a recorded statement redraw the lines around it.
+    let text = |key: &str| escape(d.get(key).and_then(Value::as_str).unwrap_or("")).into_owned();
+    let who = escape(r.principal.as_deref().unwrap_or("-"));
     let line = match r.kind {
         RecordKind::ConnectionAttempt => format!(
             "connect {} by {who} from {}{}",
@@ -233,12 +244,12 @@ fn replay_line(r: &Record, results: &HashMap<i64, &Value>) -> Option<String> {
             text("client_addr"),
             d.get("reason")
                 .and_then(Value::as_str)
-                .map(|x| format!(": {x}"))
+                .map(|x| format!(": {}", escape(x)))
                 .unwrap_or_default()
         ),
         RecordKind::SessionStart => format!(
             "session start on {} ({})",
-            r.connection.as_deref().unwrap_or("-"),
+            escape(r.connection.as_deref().unwrap_or("-")),
             text("protocol")
         ),
         RecordKind::SessionEnd => format!("session end: {}", text("reason")),
@@ -255,7 +266,15 @@ fn replay_line(r: &Record, results: &HashMap<i64, &Value>) -> Option<String> {
             text("statement")
         ),
         RecordKind::Notification => format!("notification failed: {}", text("error")),
-        RecordKind::Error => format!("error: {}", d),
+        RecordKind::AdminRequest => format!(
+            "admin request {} {} refused ({}) for {who} from {}: {}",
+            text("method"),
+            text("path"),
+            d.get("status").and_then(Value::as_u64).unwrap_or(0),
+            text("client_addr"),
+            text("reason")
+        ),
+        RecordKind::Error => format!("error: {}", escape(&d.to_string())),
         RecordKind::StatementResult => return None,
     };
     Some(format!("{}  {line}", r.time))
@@ -281,8 +300,8 @@ fn statement_line(r: &Record, result: Option<&Value>) -> String {
     };
     let mut line = format!(
         "{decision:<5} [{}] {} ({rule})",
-        classes.join(","),
-        d.get("text").and_then(Value::as_str).unwrap_or("")
+        escape(&classes.join(",")),
+        escape(d.get("text").and_then(Value::as_str).unwrap_or(""))
     );
     if let Some(rd) = result
         .filter(|rd| d.get("protocol").and_then(Value::as_str) == Some("ssh") && rd.is_object())
@@ -291,7 +310,7 @@ fn statement_line(r: &Record, result: Option<&Value>) -> String {
     } else if let Some(rd) = result {
         let ms = rd.get("duration_us").and_then(Value::as_u64).unwrap_or(0) as f64 / 1000.0;
         match rd.get("error").and_then(Value::as_str) {
-            Some(err) => line.push_str(&format!(" -> error: {err} ({ms:.2} ms)")),
+            Some(err) => line.push_str(&format!(" -> error: {} ({ms:.2} ms)", escape(err))),
             None => line.push_str(&format!(
                 " -> {} rows, {} bytes, {ms:.2} ms",
                 rd.get("rows").and_then(Value::as_u64).unwrap_or(0),
@@ -299,14 +318,14 @@ fn statement_line(r: &Record, result: Option<&Value>) -> String {
             )),
         }
         if let Some(masked) = rd.get("masked") {
-            line.push_str(&format!(" [masked: {masked}]"));
+            line.push_str(&format!(" [masked: {}]", escape(&masked.to_string())));
         }
         if let Some(output) = rd.get("output") {
             push_output(&mut line, output);
         }
     } else if r.decision.as_deref() != Some("allow") {
         if let Some(reason) = d.get("reason").and_then(Value::as_str) {
-            line.push_str(&format!(" -> refused: {reason}"));
+            line.push_str(&format!(" -> refused: {}", escape(reason)));
         }
     }
     line
@@ -320,7 +339,11 @@ fn push_output(line: &mut String, output: &Value) {
             .map(|cells| {
                 cells
                     .iter()
-                    .map(|c| c.as_str().map(str::to_string).unwrap_or_default())
+                    .map(|c| {
+                        c.as_str()
+                            .map(|c| escape(c).into_owned())
+                            .unwrap_or_default()
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -361,7 +384,7 @@ fn ssh_result(rd: &Value) -> String {
             .map(|f| {
                 format!(
                     "{} ({} B)",
-                    f.get("name").and_then(Value::as_str).unwrap_or("?"),
+                    escape(f.get("name").and_then(Value::as_str).unwrap_or("?")),
                     f.get("size").and_then(Value::as_u64).unwrap_or(0)
                 )
             })
@@ -411,4 +434,48 @@ pub fn export(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kind: RecordKind, decision: &str, detail: Value) -> Record {
+        Record {
+            id: 7,
+            time: "2030-01-01T00:00:00.000000Z".into(),
+            kind,
+            session_id: Some("s".into()),
+            principal: Some("bob\n2030-01-01 INFO fake".into()),
+            connection: Some("db".into()),
+            decision: Some(decision.into()),
+            policy: Some("p".into()),
+            rule: Some("write".into()),
+            detail,
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn replayed_text_cannot_redraw_the_terminal() {
+        let sql = "delete from t where x = '\u{1b}[2K\r\u{1b}[1Aselect 1\n'";
+        let statement = record(
+            RecordKind::Statement,
+            "deny",
+            serde_json::json!({ "text": sql, "classes": ["write"], "reason": "no\rpe" }),
+        );
+        let attempt = record(
+            RecordKind::ConnectionAttempt,
+            "deny",
+            serde_json::json!({ "client_addr": "1.2.3.4:5", "reason": "bad\u{202e}token" }),
+        );
+        for r in [statement, attempt] {
+            let line = replay_line(&r, &HashMap::new()).unwrap();
+            assert!(
+                !line.contains(['\n', '\r', '\u{1b}', '\u{202e}']),
+                "{line:?}"
+            );
+        }
+    }
 }

@@ -203,7 +203,7 @@ fn warn_if_nobody_can_approve(config: &Config) {
 async fn admin_api(
     services: &Services,
     admin: &AdminConfig,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listen = &admin.listen;
     let tls = admin.tls.then(|| services.tls.clone());
@@ -213,23 +213,11 @@ async fn admin_api(
     let app = crate::admin::router(crate::admin::AdminState {
         verifier: services.verifier.clone(),
         broker: services.jit.clone(),
+        store: services.store.clone(),
+        limits: services.login_limits.clone(),
     });
     tracing::info!(listen = %listen, tls = tls.is_some(), "admin API ready");
-    if let Some(tls) = tls {
-        return Ok(tokio::spawn(crate::admin::serve_tls(
-            listener, app, tls, stop,
-        )));
-    }
-    Ok(tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "admin API stopped");
-        }
-    }))
+    Ok(tokio::spawn(crate::admin::serve(listener, app, tls, stop)))
 }
 
 fn ssh_gateway(

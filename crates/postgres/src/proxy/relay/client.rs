@@ -481,6 +481,16 @@ impl ClientSide<'_> {
             principal: self.principal.name.clone(),
             connection: self.gw.name.clone(),
             statement: text.clone(),
+            classes: classification
+                .statements
+                .iter()
+                .map(|s| s.class.as_str().to_string())
+                .collect(),
+            relations: classification
+                .statements
+                .iter()
+                .flat_map(|s| s.relations.iter().cloned())
+                .collect(),
             policy: decision.policy.clone(),
             rule: decision.rule.clone(),
             reason: decision.reason.clone(),

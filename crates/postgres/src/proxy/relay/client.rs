@@ -436,17 +436,27 @@ impl ClientSide<'_> {
         }
     }
 
-    /// From the cache when it can; otherwise the parse runs on the blocking pool, so that a
-    /// long or deep statement does not stall the other sessions of this runtime thread.
+    /// From the cache when it can; otherwise the parse runs on a thread of its own, so that a
+    /// long or deep statement does not stall the other sessions of this runtime thread (and
+    /// the runtime's thread count stays what `workers` says).
     async fn classify(&self, sql: &str) -> Result<Arc<Classification>, ClassifyError> {
         if let Some(hit) = self.gw.classifier.cached(sql) {
             return Ok(hit);
         }
         let classifier = Arc::clone(&self.gw.classifier);
         let sql = sql.to_owned();
-        tokio::task::spawn_blocking(move || classifier.classify(&sql))
-            .await
-            .unwrap_or_else(|e| Err(ClassifyError::Internal(format!("analysis task: {e}"))))
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("sql-analysis".into())
+            .spawn(move || {
+                let _ = answer.send(classifier.classify(&sql));
+            })
+            .map_err(|e| ClassifyError::Internal(format!("cannot start the analysis: {e}")))?;
+        answered.await.unwrap_or_else(|_| {
+            Err(ClassifyError::Internal(
+                "the analysis ended without an answer".into(),
+            ))
+        })
     }
 
     fn statement_record(

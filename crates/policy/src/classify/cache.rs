@@ -56,6 +56,15 @@ impl Classifier {
         Ok(classification)
     }
 
+    /// The cached classification of a statement of `sql`'s shape, without parsing: callers
+    /// that must not block on a parse (an async runtime thread) try this first.
+    pub fn cached(&self, sql: &str) -> Option<Arc<Classification>> {
+        let key = lexer::lex(sql).key().filter(|_| self.per_shard > 0)?;
+        let shard = self.shard(&key);
+        let map = shard.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(&key).cloned()
+    }
+
     /// How many classifications are cached now.
     pub fn len(&self) -> usize {
         self.shards

@@ -15,6 +15,7 @@ mod cache;
 mod functions;
 mod kinds;
 pub(crate) mod lexer;
+mod parse;
 mod walk;
 
 #[cfg(test)]
@@ -23,6 +24,7 @@ mod tests;
 use std::fmt;
 
 pub use cache::Classifier;
+pub use parse::SyntaxError;
 
 /// What a statement may do, weakest first; the order is used to combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -106,11 +108,14 @@ impl Classification {
 /// Why a query could not be classified. The caller refuses the query.
 #[derive(Debug, thiserror::Error)]
 pub enum ClassifyError {
-    /// PostgreSQL's grammar rejects the query.
-    #[error("syntax error: {0}")]
-    Syntax(String),
-    /// The query cannot be handed to the parser or its tree cannot be read
-    /// (a NUL byte, nesting deeper than the tree decoder allows).
+    /// PostgreSQL's grammar rejects the query; the server would say the same.
+    #[error("{0}")]
+    Syntax(SyntaxError),
+    /// The query is nested deeper than the parser's limits (PostgreSQL's own
+    /// 2 MB `max_stack_depth`, a parse tree 10,000 levels deep): SQLSTATE 54001.
+    #[error("statement too complex: {0}")]
+    TooComplex(String),
+    /// The query cannot be handed to the parser (a NUL byte).
     #[error("cannot read query: {0}")]
     Unreadable(String),
     /// The parser or the classifier failed; a gateway bug, not the client's.
@@ -142,10 +147,16 @@ pub(crate) struct Analysis {
 }
 
 pub(crate) fn analyze(sql: &str) -> Result<Analysis, ClassifyError> {
-    let parsed = parse(sql)?;
-    let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
+    parse::with_tree(sql, |tree| analyze_tree(sql, tree))?
+}
+
+fn analyze_tree(
+    sql: &str,
+    tree: &pg_query::protobuf::ParseResult,
+) -> Result<Analysis, ClassifyError> {
+    let mut statements = Vec::with_capacity(tree.stmts.len());
     let mut cacheable = true;
-    for raw in &parsed.protobuf.stmts {
+    for raw in &tree.stmts {
         let node = raw
             .stmt
             .as_ref()
@@ -160,17 +171,6 @@ pub(crate) fn analyze(sql: &str) -> Result<Analysis, ClassifyError> {
         classification: Classification { statements },
         cacheable,
     })
-}
-
-/// Parses with `pg_query`, turning a panic in its tree conversion into an
-/// error: a query must never take the gateway down.
-fn parse(sql: &str) -> Result<pg_query::ParseResult, ClassifyError> {
-    match std::panic::catch_unwind(|| pg_query::parse(sql, pg_query::ParserOptions::DEFAULT)) {
-        Ok(Ok(parsed)) => Ok(parsed),
-        Ok(Err(pg_query::Error::Parse(message))) => Err(ClassifyError::Syntax(message)),
-        Ok(Err(other)) => Err(ClassifyError::Unreadable(other.to_string())),
-        Err(_) => Err(ClassifyError::Internal("the SQL parser panicked".into())),
-    }
 }
 
 /// The statement's own text; `stmt_len` 0 means "to the end".

@@ -336,7 +336,80 @@ fn syntax_errors_are_errors() {
         Err(ClassifyError::Unreadable(_))
     ));
     let message = classify("SELEC 1").unwrap_err().to_string();
-    assert!(message.starts_with("syntax error: "), "{message}");
+    assert_eq!(
+        message,
+        "syntax error at or near \"SELEC\" (at character 1)"
+    );
+}
+
+fn chain(terms: usize, operator: &str) -> String {
+    format!("SELECT 1{}", format!(" {operator} 1").repeat(terms))
+}
+
+fn nested_subqueries(depth: usize) -> String {
+    format!("SELECT {}1{}", "(SELECT ".repeat(depth), ")".repeat(depth))
+}
+
+#[test]
+fn long_operator_chains_are_classified() {
+    // 60 terms were refused as unreadable (prost's 100-level decode limit); 4,900 overflowed
+    // the calling thread's stack and aborted the process.
+    for terms in [60, 200, 1_000, 4_900] {
+        for operator in ["+", "||", "AND"] {
+            let sql = chain(terms, operator);
+            let c = classify(&sql).unwrap_or_else(|e| panic!("{terms} {operator}: {e}"));
+            assert_eq!(c.class(), Some(Read), "{terms} {operator}");
+        }
+    }
+}
+
+#[test]
+fn statements_deeper_than_the_parser_allows_are_too_complex() {
+    // PostgreSQL 15 with its default max_stack_depth refuses chains from about 4,980 terms.
+    for sql in [chain(5_000, "+"), chain(20_000, "+"), chain(100_000, "||")] {
+        match classify(&sql) {
+            Err(ClassifyError::TooComplex(_)) => {}
+            other => panic!("{}: {other:?}", &sql[..20]),
+        }
+    }
+}
+
+#[test]
+fn deep_parentheses_get_postgres_own_error() {
+    let sql = format!("SELECT {}1{}", "(".repeat(50_000), ")".repeat(50_000));
+    let Err(ClassifyError::Syntax(e)) = classify(&sql) else {
+        panic!("not refused as PostgreSQL refuses it");
+    };
+    assert_eq!(e.message, "memory exhausted at or near \"(\"");
+    assert!(e.position.is_some());
+}
+
+#[test]
+fn deeply_nested_subqueries_are_classified_or_refused() {
+    for depth in [100, 1_000] {
+        let c = classify(&nested_subqueries(depth)).unwrap_or_else(|e| panic!("{depth}: {e}"));
+        assert_eq!(c.class(), Some(Read));
+    }
+    assert!(matches!(
+        classify(&nested_subqueries(5_000)),
+        Err(ClassifyError::Syntax(_) | ClassifyError::TooComplex(_))
+    ));
+}
+
+#[test]
+fn many_megabyte_literals_are_classified() {
+    let sql = format!("SELECT '{}' FROM t", "x".repeat(8 << 20));
+    assert_eq!(classify(&sql).unwrap().class(), Some(Read));
+    let insert = format!("INSERT INTO t VALUES ('{}')", "y".repeat(8 << 20));
+    assert_eq!(classify(&insert).unwrap().class(), Some(Write));
+}
+
+#[test]
+fn the_cache_answers_without_parsing_only_what_it_holds() {
+    let classifier = Classifier::new(100);
+    assert!(classifier.cached("SELECT 1").is_none());
+    let parsed = classifier.classify("SELECT 1").unwrap();
+    assert_eq!(classifier.cached("SELECT 2"), Some(parsed));
 }
 
 #[test]

@@ -171,6 +171,11 @@ impl Env {
         self.gateway.as_mut().expect("gateway running")
     }
 
+    /// The running gateway's process id, to read its memory from /proc.
+    pub fn gateway_pid(&self) -> Option<u32> {
+        self.gateway.as_ref().map(|g| g.pid())
+    }
+
     pub fn gateway_log(&self) -> String {
         self.gateway.as_ref().map(|g| g.log()).unwrap_or_default()
     }

@@ -14,6 +14,7 @@ mod jit_spec;
 mod jit_support;
 mod postgres_access;
 mod postgres_clients;
+mod postgres_complex;
 mod postgres_login_limit;
 mod postgres_masking;
 mod postgres_robustness;

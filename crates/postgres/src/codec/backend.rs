@@ -18,6 +18,8 @@ pub mod sqlstate {
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const SYSTEM_ERROR: &str = "58000";
     pub const SYNTAX_ERROR: &str = "42601";
+    pub const STATEMENT_TOO_COMPLEX: &str = "54001";
+    pub const INTERNAL_ERROR: &str = "XX000";
     pub const CONFIGURATION_LIMIT: &str = "53400";
     pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
     pub const QUERY_CANCELED: &str = "57014";
@@ -48,6 +50,9 @@ pub struct ErrorFields {
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
+    /// 1-based character position in the query that the error is about; psql
+    /// prints the query's line with a caret under it.
+    pub position: Option<u32>,
 }
 
 impl ErrorFields {
@@ -58,6 +63,7 @@ impl ErrorFields {
             message: message.into(),
             detail: None,
             hint: None,
+            position: None,
         }
     }
 
@@ -78,6 +84,11 @@ impl ErrorFields {
         self
     }
 
+    pub fn with_position(mut self, position: Option<u32>) -> Self {
+        self.position = position;
+        self
+    }
+
     pub fn encode(&self, out: BytesMut) -> BytesMut {
         let tag = if self.severity == Severity::Notice {
             b'N'
@@ -94,6 +105,9 @@ impl ErrorFields {
         }
         if let Some(h) = &self.hint {
             w.u8(b'H').cstr(h);
+        }
+        if let Some(p) = self.position {
+            w.u8(b'P').cstr(&p.to_string());
         }
         w.u8(0);
         w.finish()
@@ -227,6 +241,17 @@ mod tests {
         let fields = parse_error_fields(&frame.body).unwrap();
         assert_eq!(error_field(&fields, b'C').as_deref(), Some("42501"));
         assert_eq!(error_field(&fields, b'D').as_deref(), Some("rule DROP *"));
+        assert_eq!(error_field(&fields, b'P'), None);
+    }
+
+    #[test]
+    fn error_response_carries_the_position() {
+        let e = ErrorFields::error(sqlstate::SYNTAX_ERROR, "syntax error at or near \"t\"")
+            .with_position(Some(16));
+        let mut buf = e.encode(BytesMut::new());
+        let frame = decode_frame(&mut buf, 1 << 20).unwrap().unwrap();
+        let fields = parse_error_fields(&frame.body).unwrap();
+        assert_eq!(error_field(&fields, b'P').as_deref(), Some("16"));
     }
 
     #[test]

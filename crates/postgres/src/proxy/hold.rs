@@ -17,6 +17,7 @@ pub(crate) fn notice(approval: &Approval, base_url: &str, reason: &str) -> Error
         message: wording::awaiting(approval, base_url),
         detail: Some(reason.to_string()),
         hint: Some(wording::deadline_hint(approval, "statement")),
+        position: None,
     }
 }
 

@@ -190,7 +190,7 @@ impl ClientSide<'_> {
             }
             FrontendMessage::Parse { name, query, .. } => {
                 let (name, query) = (name.to_string(), query.to_string());
-                self.parse(&frame, name, query);
+                self.parse(&frame, name, query).await;
             }
             FrontendMessage::Bind {
                 portal,
@@ -267,7 +267,7 @@ impl ClientSide<'_> {
     }
 
     async fn simple_query(&mut self, frame: &Frame, sql: &str) {
-        let (classification, decision) = self.decide(sql);
+        let (classification, decision, native) = self.decide(sql).await;
         if decision.verdict == Verdict::Hold {
             return self
                 .hold(frame, sql.to_string(), classification, decision, None)
@@ -277,7 +277,7 @@ impl ClientSide<'_> {
         self.statements += 1;
         if decision.verdict != Verdict::Allow {
             self.denied += 1;
-            self.refuse_recorded(record, &decision).await;
+            self.refuse_recorded(record, &decision, native).await;
             return;
         }
         self.record_then_forward_query(frame, record, is_ddl(&classification))
@@ -297,8 +297,8 @@ impl ClientSide<'_> {
         }
     }
 
-    fn parse(&mut self, frame: &Frame, name: String, query: String) {
-        let (classification, decision) = self.decide(&query);
+    async fn parse(&mut self, frame: &Frame, name: String, query: String) {
+        let (classification, decision, native) = self.decide(&query).await;
         let prepared = Arc::new(Prepared {
             text: query,
             classification,
@@ -321,7 +321,7 @@ impl ClientSide<'_> {
             // Recorded before the refusal is visible; a refused statement
             // never runs, so the record need not be awaited here.
             self.gw.store.append_detached(record);
-            self.poison(refusal_error(&prepared.decision));
+            self.poison(native.unwrap_or_else(|| refusal_error(&prepared.decision)));
             return;
         }
         self.prepared.insert(name, prepared);
@@ -413,8 +413,10 @@ impl ClientSide<'_> {
         self.record_then_forward(frame, record, portal, false).await;
     }
 
-    fn decide(&self, sql: &str) -> (Arc<Classification>, Decision) {
-        match self.gw.classifier.classify(sql) {
+    /// The classification and decision for `sql`; when it cannot be classified,
+    /// also the error PostgreSQL itself would give (a syntax error with its position).
+    async fn decide(&self, sql: &str) -> (Arc<Classification>, Decision, Option<ErrorFields>) {
+        match self.classify(sql).await {
             Ok(c) => {
                 let mut d = self.applicable.decide(&c);
                 if d.verdict == Verdict::Allow {
@@ -424,13 +426,37 @@ impl ClientSide<'_> {
                         self.gw.catalog.invalidate();
                     }
                 }
-                (c, d)
+                (c, d, None)
             }
             Err(e) => (
                 Arc::new(Classification { statements: vec![] }),
                 unparseable(&e),
+                Some(unparseable_error(e)),
             ),
         }
+    }
+
+    /// From the cache when it can; otherwise the parse runs on a thread of its own, so that a
+    /// long or deep statement does not stall the other sessions of this runtime thread (and
+    /// the runtime's thread count stays what `workers` says).
+    async fn classify(&self, sql: &str) -> Result<Arc<Classification>, ClassifyError> {
+        if let Some(hit) = self.gw.classifier.cached(sql) {
+            return Ok(hit);
+        }
+        let classifier = Arc::clone(&self.gw.classifier);
+        let sql = sql.to_owned();
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("sql-analysis".into())
+            .spawn(move || {
+                let _ = answer.send(classifier.classify(&sql));
+            })
+            .map_err(|e| ClassifyError::Internal(format!("cannot start the analysis: {e}")))?;
+        answered.await.unwrap_or_else(|_| {
+            Err(ClassifyError::Internal(
+                "the analysis ended without an answer".into(),
+            ))
+        })
     }
 
     fn statement_record(
@@ -610,9 +636,15 @@ impl ClientSide<'_> {
         self.skipping_to_sync = false;
     }
 
-    async fn refuse_recorded(&mut self, record: NewRecord, decision: &Decision) {
+    /// `native`: the error to give instead of the policy refusal (a syntax error).
+    async fn refuse_recorded(
+        &mut self,
+        record: NewRecord,
+        decision: &Decision,
+        native: Option<ErrorFields>,
+    ) {
         let error = match self.gw.store.append(record).await {
-            Ok(_) => refusal_error(decision),
+            Ok(_) => native.unwrap_or_else(|| refusal_error(decision)),
             Err(e) => store_error(&e),
         };
         self.refuse_simple(error);
@@ -722,10 +754,29 @@ fn unparseable(e: &ClassifyError) -> Decision {
     }
 }
 
-fn refusal_error(d: &Decision) -> ErrorFields {
-    if d.rule == "unparseable" {
-        return ErrorFields::error(sqlstate::SYNTAX_ERROR, d.reason.clone());
+/// What PostgreSQL would answer to a statement the gateway cannot parse; it is never forwarded.
+fn unparseable_error(e: ClassifyError) -> ErrorFields {
+    match e {
+        ClassifyError::Syntax(e) => {
+            ErrorFields::error(sqlstate::SYNTAX_ERROR, e.message).with_position(e.position)
+        }
+        ClassifyError::TooComplex(why) => ErrorFields::error(
+            sqlstate::STATEMENT_TOO_COMPLEX,
+            format!("statement too complex: {why}"),
+        )
+        .with_hint(
+            "The gateway parses statements up to PostgreSQL's default nesting limits \
+             (max_stack_depth 2MB); split the expression or nest less deeply.",
+        ),
+        ClassifyError::Unreadable(why) => ErrorFields::error(sqlstate::SYNTAX_ERROR, why),
+        ClassifyError::Internal(why) => ErrorFields::error(
+            sqlstate::INTERNAL_ERROR,
+            format!("the gateway could not classify the statement, so it did not run: {why}"),
+        ),
     }
+}
+
+fn refusal_error(d: &Decision) -> ErrorFields {
     let message = match (&d.policy, d.verdict) {
         (Some(p), Verdict::Hold) => format!(
             "statement needs approval under rule \"{}\" of policy \"{p}\"",

@@ -15,6 +15,7 @@ mod cache;
 mod functions;
 mod kinds;
 pub(crate) mod lexer;
+mod names;
 mod walk;
 
 #[cfg(test)]
@@ -23,6 +24,7 @@ mod tests;
 use std::fmt;
 
 pub use cache::Classifier;
+pub use names::{name_effects, NameEffect};
 
 /// What a statement may do, weakest first; the order is used to combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]

@@ -215,3 +215,24 @@ fn execute_of_a_prepared_select_is_a_read() {
         out.stderr
     );
 }
+
+/// Seen in issue 11: with `client_encoding=SJIS` in the startup packet the
+/// server read `E'\xc3\x95\\'` as ending early and ran a second statement
+/// the gateway saw inside a string. Such sessions are refused at startup.
+#[test]
+fn a_non_utf8_client_encoding_is_refused_at_startup() {
+    let env = held_deletes_env();
+    let ci = env.token("ci", &["ci"]);
+    let mut cmd = Command::new("psql");
+    cmd.arg(format!("{} client_encoding=SJIS", env.conninfo("require")))
+        .args(["-X", "-At", "-c", "select 1"])
+        .env("PGPASSWORD", &ci);
+    let out = run(&mut cmd, TIMEOUT);
+    assert!(!out.success(), "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("client_encoding \"SJIS\" is not supported"),
+        "{}",
+        out.stderr
+    );
+}

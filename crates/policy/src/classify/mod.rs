@@ -15,6 +15,7 @@ mod cache;
 mod functions;
 mod kinds;
 pub(crate) mod lexer;
+mod names;
 mod parse;
 mod walk;
 
@@ -24,6 +25,7 @@ mod tests;
 use std::fmt;
 
 pub use cache::Classifier;
+pub use names::{name_effects, NameEffect};
 pub use parse::SyntaxError;
 
 /// What a statement may do, weakest first; the order is used to combine.

@@ -194,6 +194,7 @@ async fn handshake(gw: &PgGateway, client: &mut Client) -> Result<Option<Admitte
             "replication connections are not allowed through the gateway",
         ));
     }
+    check_client_encoding(&params)?;
     let token = read_token(client).await?;
     let principal = gw.verifier.verify(&token).await.map_err(|e| {
         Refusal::new(sqlstate::INVALID_PASSWORD, format!("token rejected: {e}")).failed_login()
@@ -258,9 +259,46 @@ async fn admit(gw: &PgGateway, principal: &Principal) -> Result<Option<GrantLeas
     Ok(None)
 }
 
+/// The gateway reads statements as UTF-8; in another client encoding
+/// (SJIS, GBK, BIG5) the server can read a backslash or quote as part of a
+/// multibyte character, and run statements the gateway never saw.
+fn check_client_encoding(params: &[(String, String)]) -> Result<(), Refusal> {
+    let encoding = params
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("client_encoding"))
+        .map(|(_, v)| v.as_str());
+    match encoding {
+        Some(e) if !is_utf8(e) => Err(Refusal::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("client_encoding \"{e}\" is not supported through the gateway: connect with client_encoding=UTF8"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn is_utf8(encoding: &str) -> bool {
+    matches!(
+        encoding
+            .to_ascii_lowercase()
+            .replace(['-', '_'], "")
+            .as_str(),
+        "utf8" | "unicode"
+    )
+}
+
 /// Our statement classifier lexes strings the way PostgreSQL does only with
 /// standard_conforming_strings on; refuse an upstream configured otherwise.
 fn check_upstream_parameters(upstream: &Upstream) -> Result<(), Refusal> {
+    let encoding = upstream
+        .parameters
+        .iter()
+        .find(|(k, _)| k == "client_encoding");
+    if let Some((_, e)) = encoding.filter(|(_, e)| !is_utf8(e)) {
+        return Err(Refusal::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("the upstream session's client_encoding is \"{e}\" (a role or database default?); the gateway reads statements only as UTF-8"),
+        ));
+    }
     let scs = upstream
         .parameters
         .iter()

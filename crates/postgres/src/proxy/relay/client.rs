@@ -1,14 +1,16 @@
 //! The client half of the relay: decides each message once, records it,
 //! then forwards it; holds a statement that needs approval where it stands.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use portcullis_identity::Principal;
 use portcullis_jit::{ApprovalStatus, Held, HoldRequest};
 use portcullis_masking::{Expressions, MaskRules};
-use portcullis_policy::classify::{Classification, ClassifyError, StatementClass};
+use portcullis_policy::classify::{
+    name_effects, Classification, ClassifyError, NameEffect, StatementClass,
+};
 use portcullis_policy::decide::{Applicable, Decision, Verdict};
 use portcullis_records::{NewRecord, RecordKind};
 use serde_json::{json, Map, Value};
@@ -23,6 +25,7 @@ use crate::proxy::mask::SessionMask;
 use crate::proxy::stream::MaybeTls;
 use crate::proxy::PgGateway;
 
+use super::names::{Change, Names, Pending, Portal, Prepared, Seen};
 use super::{cancel_requested, End, Expect, Tracker};
 
 /// While a statement is held, client bytes are read (to notice a
@@ -39,12 +42,15 @@ enum Via<'a> {
     },
 }
 
-/// A prepared statement as decided at Parse time; Bind and Execute reuse it.
-#[derive(Debug)]
-struct Prepared {
-    text: String,
+/// A query decided: what it does, the verdict, what it changes in the
+/// server's names, and the prepared statements it runs (for its record).
+struct Decided {
     classification: Arc<Classification>,
     decision: Decision,
+    changes: Vec<Change>,
+    runs: Vec<Value>,
+    /// The error PostgreSQL itself would give instead of a policy refusal (a syntax error).
+    native: Option<ErrorFields>,
 }
 
 pub(super) struct ClientSide<'a> {
@@ -58,9 +64,16 @@ pub(super) struct ClientSide<'a> {
     principal: &'a Principal,
     session_id: &'a str,
     expectations: &'a Mutex<VecDeque<Expect>>,
-    prepared: HashMap<String, Arc<Prepared>>,
-    /// Portal → its statement and the number of parameters bound (values are never kept).
-    portals: HashMap<String, (Arc<Prepared>, usize)>,
+    /// Prepared statements and portals the upstream confirmed (see `relay::names`).
+    names: &'a Mutex<Names>,
+    /// The current Sync group's changes to them, not yet answered.
+    pending: Pending,
+    /// The number of the current Sync group; 1 for the first.
+    group: u64,
+    /// The last group that changed names.
+    last_changing_group: u64,
+    /// The last group the upstream has answered.
+    settled: tokio::sync::watch::Receiver<u64>,
     /// Decided messages not yet written upstream; flushed whenever the
     /// client's bytes so far are handled, so a pipeline goes out in one write.
     batch: BytesMut,
@@ -90,6 +103,8 @@ struct PendingHold {
     decision: Decision,
     /// `None` for a simple Query; the portal and bound parameter count for an Execute.
     extended: Option<(String, usize)>,
+    changes: Vec<Change>,
+    runs: Vec<Value>,
 }
 
 type UpstreamWriter = WriteHalf<MaybeTls>;
@@ -101,7 +116,11 @@ impl<'a> ClientSide<'a> {
         applicable: Applicable<'a>,
         mask: Option<&'a SessionMask>,
         (principal, session_id): (&'a Principal, &'a str),
-        expectations: &'a Mutex<VecDeque<Expect>>,
+        (expectations, names, settled): (
+            &'a Mutex<VecDeque<Expect>>,
+            &'a Mutex<Names>,
+            tokio::sync::watch::Receiver<u64>,
+        ),
         grant: Option<String>,
         notices: tokio::sync::mpsc::UnboundedSender<BytesMut>,
         cancelled: Option<Arc<tokio::sync::Notify>>,
@@ -114,8 +133,11 @@ impl<'a> ClientSide<'a> {
             principal,
             session_id,
             expectations,
-            prepared: HashMap::new(),
-            portals: HashMap::new(),
+            names,
+            pending: Pending::default(),
+            group: 1,
+            last_changing_group: 0,
+            settled,
             batch: BytesMut::with_capacity(8192),
             skipping_to_sync: false,
             statements: 0,
@@ -148,7 +170,7 @@ impl ClientSide<'_> {
                     Ok(None) => break,
                     Err(e) => return End::ClientProtocol(e.to_string()),
                 };
-                match self.handle(frame).await {
+                match self.handle(frame, upstream).await {
                     Ok(None) => {}
                     Ok(Some(end)) => return end,
                     Err(end) => return end,
@@ -177,7 +199,11 @@ impl ClientSide<'_> {
         }
     }
 
-    async fn handle(&mut self, frame: Frame) -> Result<Option<End>, End> {
+    async fn handle(
+        &mut self,
+        frame: Frame,
+        upstream: &mut UpstreamWriter,
+    ) -> Result<Option<End>, End> {
         let message =
             FrontendMessage::parse(&frame).map_err(|e| End::ClientProtocol(e.to_string()))?;
         if self.skipping_to_sync && !matches!(message, FrontendMessage::Sync) {
@@ -186,36 +212,33 @@ impl ClientSide<'_> {
         match message {
             FrontendMessage::Query(sql) => {
                 let sql = sql.to_string();
-                self.simple_query(&frame, &sql).await
+                self.simple_query(&frame, &sql, upstream).await?
             }
             FrontendMessage::Parse { name, query, .. } => {
                 let (name, query) = (name.to_string(), query.to_string());
-                self.parse(&frame, name, query).await;
+                self.parse(&frame, name, query, upstream).await?;
             }
             FrontendMessage::Bind {
                 portal,
                 statement,
                 params,
             } => {
-                if let Some(p) = self.prepared.get(statement).cloned() {
-                    self.portals.insert(portal.to_string(), (p, params));
-                }
-                if self.mask.is_some() {
-                    self.described.remove(portal);
-                }
-                frame.encode_into(&mut self.batch);
+                let (portal, statement) = (portal.to_string(), statement.to_string());
+                self.bind(&frame, portal, &statement, params, upstream)
+                    .await?;
             }
             FrontendMessage::Execute { portal, .. } => {
                 let portal = portal.to_string();
-                self.execute(&frame, &portal).await;
+                self.execute(&frame, &portal, upstream).await?;
             }
             FrontendMessage::Close { kind, name } => {
-                if kind == b'S' {
-                    self.prepared.remove(name);
+                let change = if kind == b'S' {
+                    Change::CloseStatement(name.to_string())
                 } else {
-                    self.portals.remove(name);
                     self.described.remove(name);
-                }
+                    Change::ClosePortal(name.to_string())
+                };
+                self.forward_change(change);
                 frame.encode_into(&mut self.batch);
             }
             FrontendMessage::Describe { kind, name } => {
@@ -234,7 +257,7 @@ impl ClientSide<'_> {
             FrontendMessage::Sync => {
                 self.skipping_to_sync = false;
                 frame.encode_into(&mut self.batch);
-                self.expect(Expect::SyncPoint);
+                self.sync_point(false);
             }
             FrontendMessage::Flush => frame.encode_into(&mut self.batch),
             FrontendMessage::CopyData | FrontendMessage::CopyDone | FrontendMessage::CopyFail => {
@@ -266,43 +289,216 @@ impl ClientSide<'_> {
             .map_err(|_| End::UpstreamGone)
     }
 
-    async fn simple_query(&mut self, frame: &Frame, sql: &str) {
-        let (classification, decision, native) = self.decide(sql).await;
-        if decision.verdict == Verdict::Hold {
-            return self
-                .hold(frame, sql.to_string(), classification, decision, None)
-                .await;
+    async fn simple_query(
+        &mut self,
+        frame: &Frame,
+        sql: &str,
+        upstream: &mut UpstreamWriter,
+    ) -> Result<(), End> {
+        let decided = self.decide_query(sql, upstream).await?;
+        if decided.decision.verdict == Verdict::Hold {
+            self.hold(frame, sql.to_string(), decided, None).await;
+            return Ok(());
         }
-        let record = self.statement_record(sql, &classification, &decision, Via::Simple);
+        let mut record =
+            self.statement_record(sql, &decided.classification, &decided.decision, Via::Simple);
+        note_runs(&mut record, &decided.runs);
         self.statements += 1;
-        if decision.verdict != Verdict::Allow {
+        if decided.decision.verdict != Verdict::Allow {
             self.denied += 1;
-            self.refuse_recorded(record, &decision, native).await;
-            return;
+            self.refuse_recorded(record, &decided.decision, decided.native).await;
+            return Ok(());
         }
-        self.record_then_forward_query(frame, record, is_ddl(&classification))
+        let ddl = is_ddl(&decided.classification);
+        self.record_then_forward_query(frame, record, ddl, decided.changes)
             .await;
+        Ok(())
     }
 
     /// A simple Query is forwarded only once its record is committed; if
     /// the record cannot be written, it is refused.
-    async fn record_then_forward_query(&mut self, frame: &Frame, record: NewRecord, ddl: bool) {
+    async fn record_then_forward_query(
+        &mut self,
+        frame: &Frame,
+        record: NewRecord,
+        ddl: bool,
+        changes: Vec<Change>,
+    ) {
         match self.gw.store.append(record).await {
             Ok(record_id) => {
-                self.expect(Expect::Statement(Tracker::new(record_id, true, None, ddl)));
-                self.expect(Expect::SyncPoint);
+                // The server drops the unnamed statement and portal first.
+                self.pending.push(Change::CloseStatement(String::new()));
+                self.pending.push(Change::ClosePortal(String::new()));
+                for change in &changes {
+                    self.pending.push(change.clone());
+                }
+                self.expect(Expect::Statement(Tracker::new(
+                    record_id, true, None, ddl, changes,
+                )));
+                self.sync_point(true);
                 frame.encode_into(&mut self.batch);
             }
             Err(e) => self.refuse_simple(store_error(&e)),
         }
     }
 
-    async fn parse(&mut self, frame: &Frame, name: String, query: String) {
-        let (classification, decision, native) = self.decide(&query).await;
-        let prepared = Arc::new(Prepared {
-            text: query,
+    /// Ends the current Sync group (a Sync or a Query was forwarded).
+    fn sync_point(&mut self, simple: bool) {
+        self.expect(Expect::SyncPoint {
+            group: self.group,
+            simple,
+        });
+        if !self.pending.is_empty() {
+            self.last_changing_group = self.group;
+            self.pending.clear();
+        }
+        self.group += 1;
+    }
+
+    /// Queues a Parse, Bind or Close's change for the server to confirm.
+    fn forward_change(&mut self, change: Change) {
+        self.pending.push(change.clone());
+        self.expect(Expect::Change(change));
+    }
+
+    /// Waits until the upstream has answered every earlier group that
+    /// changed names, so that the confirmed names are the server's.
+    async fn names_settled(&mut self, upstream: &mut UpstreamWriter) -> Result<(), End> {
+        let wanted = self.last_changing_group;
+        if *self.settled.borrow() >= wanted {
+            return Ok(());
+        }
+        self.flush(upstream).await?;
+        self.settled
+            .wait_for(|settled| *settled >= wanted)
+            .await
+            .map(|_| ())
+            .map_err(|_| End::UpstreamGone)
+    }
+
+    /// The statement the server will run under `name` when this message
+    /// reaches it; `None` when it has none.
+    async fn statement(
+        &mut self,
+        name: &str,
+        upstream: &mut UpstreamWriter,
+    ) -> Result<Option<Arc<Prepared>>, End> {
+        match self.pending.statement(name) {
+            Seen::Made(prepared) => Ok(Some(prepared)),
+            Seen::Removed => Ok(None),
+            Seen::Untouched => {
+                self.names_settled(upstream).await?;
+                Ok(self.names.lock().ok().and_then(|n| n.statement(name)))
+            }
+        }
+    }
+
+    async fn portal(
+        &mut self,
+        name: &str,
+        upstream: &mut UpstreamWriter,
+    ) -> Result<Option<Portal>, End> {
+        match self.pending.portal(name) {
+            Seen::Made(portal) => Ok(Some(portal)),
+            Seen::Removed => Ok(None),
+            Seen::Untouched => {
+                self.names_settled(upstream).await?;
+                Ok(self.names.lock().ok().and_then(|n| n.portal(name)))
+            }
+        }
+    }
+
+    /// Decides a query, with each SQL `EXECUTE` decided as the statement it
+    /// runs and each `PREPARE` body decided for its later Binds.
+    async fn decide_query(
+        &mut self,
+        sql: &str,
+        upstream: &mut UpstreamWriter,
+    ) -> Result<Decided, End> {
+        let (classification, decision, native) = self.decide(sql).await;
+        let plain = Decided {
             classification,
             decision,
+            changes: Vec::new(),
+            runs: Vec::new(),
+            native,
+        };
+        if plain.classification.statements.is_empty() {
+            return Ok(plain);
+        }
+        let effects = match name_effects(sql) {
+            Ok(effects) if effects.iter().all(Option::is_none) => return Ok(plain),
+            Ok(effects) => effects,
+            Err(e) => {
+                return Ok(Decided {
+                    decision: unparseable(&e),
+                    ..plain
+                })
+            }
+        };
+        let mut statements = plain.classification.statements.clone();
+        let mut changes = Vec::new();
+        let mut runs = Vec::new();
+        for (index, effect) in effects.into_iter().enumerate() {
+            let Some(effect) = effect else { continue };
+            match effect {
+                NameEffect::Prepare { name, body } => {
+                    let (classification, decision, _) = self.decide(&body).await;
+                    let prepared = Arc::new(Prepared {
+                        text: body,
+                        classification,
+                        decision,
+                        uses_names: false,
+                    });
+                    changes.push(Change::Prepare { name, prepared });
+                }
+                NameEffect::Deallocate { name } => changes.push(Change::CloseStatement(name)),
+                NameEffect::DeallocateAll => changes.push(Change::DeallocateAll),
+                NameEffect::Execute { name, wrapped } => {
+                    let body = match prepared_in(&changes, &name) {
+                        Seen::Made(p) => Some(p),
+                        Seen::Removed => None,
+                        Seen::Untouched => self.statement(&name, upstream).await?,
+                    };
+                    let Some(body) = body.filter(|b| !b.uses_names) else {
+                        return Ok(Decided {
+                            decision: unknown_statement(&name, index),
+                            changes,
+                            runs,
+                            ..plain
+                        });
+                    };
+                    runs.push(json!({ "name": name, "text": body.text }));
+                    run_in_place(&mut statements, index, &body.classification, wrapped);
+                }
+            }
+        }
+        let classification = Arc::new(Classification { statements });
+        let decision = self.decide_classified(&classification);
+        Ok(Decided {
+            classification,
+            decision,
+            changes,
+            runs,
+            native: None,
+        })
+    }
+
+    async fn parse(
+        &mut self,
+        frame: &Frame,
+        name: String,
+        query: String,
+        upstream: &mut UpstreamWriter,
+    ) -> Result<(), End> {
+        let decided = self.decide_query(&query, upstream).await?;
+        let native = decided.native;
+        let uses_names = !decided.changes.is_empty() || !decided.runs.is_empty();
+        let prepared = Arc::new(Prepared {
+            text: query,
+            classification: decided.classification,
+            decision: decided.decision,
+            uses_names,
         });
         // A held statement is parsed upstream (parsing runs nothing); it is
         // held at each Execute, which is when it would run.
@@ -322,13 +518,47 @@ impl ClientSide<'_> {
             // never runs, so the record need not be awaited here.
             self.gw.store.append_detached(record);
             self.poison(native.unwrap_or_else(|| refusal_error(&prepared.decision)));
-            return;
+            return Ok(());
         }
-        self.prepared.insert(name, prepared);
+        self.forward_change(Change::Prepare { name, prepared });
         frame.encode_into(&mut self.batch);
+        Ok(())
     }
 
-    async fn execute(&mut self, frame: &Frame, portal: &str) {
+    /// A Bind is forwarded only for a statement the server holds: a name
+    /// the gateway does not know could only be one it never decided.
+    async fn bind(
+        &mut self,
+        frame: &Frame,
+        portal: String,
+        statement: &str,
+        params: usize,
+        upstream: &mut UpstreamWriter,
+    ) -> Result<(), End> {
+        let Some(prepared) = self.statement(statement, upstream).await? else {
+            self.poison(ErrorFields::error(
+                sqlstate::INVALID_SQL_STATEMENT_NAME,
+                format!("prepared statement \"{statement}\" does not exist"),
+            ));
+            return Ok(());
+        };
+        if self.mask.is_some() {
+            self.described.remove(&portal);
+        }
+        self.forward_change(Change::Bind {
+            portal,
+            bound: Portal { prepared, params },
+        });
+        frame.encode_into(&mut self.batch);
+        Ok(())
+    }
+
+    async fn execute(
+        &mut self,
+        frame: &Frame,
+        portal: &str,
+        upstream: &mut UpstreamWriter,
+    ) -> Result<(), End> {
         if self.mask.is_some() && self.described.insert(portal.to_string()) {
             // Rows are masked by their portal's description; the client
             // need not have asked for one, so the gateway does.
@@ -338,33 +568,56 @@ impl ClientSide<'_> {
                 swallow: true,
             });
         }
-        let Some((prepared, params)) = self.portals.get(portal).cloned() else {
-            // Unknown to us means unknown upstream too (it will say so), or
-            // a cursor opened by DECLARE, which was decided when declared.
-            return self.execute_cursor(frame, portal).await;
+        let Some(Portal { prepared, params }) = self.portal(portal, upstream).await? else {
+            // Every Bind is tracked, so a portal unknown to us is unknown
+            // upstream too (it will say so), or a cursor opened by DECLARE,
+            // which was decided when declared.
+            self.execute_cursor(frame, portal).await;
+            return Ok(());
         };
-        if prepared.decision.verdict == Verdict::Hold {
+        let decided = if prepared.uses_names {
+            // What `EXECUTE name` runs is the name's statement now.
+            self.decide_query(&prepared.text, upstream).await?
+        } else {
+            Decided {
+                classification: prepared.classification.clone(),
+                decision: prepared.decision.clone(),
+                changes: Vec::new(),
+                runs: Vec::new(),
+                native: None,
+            }
+        };
+        if decided.decision.verdict == Verdict::Hold {
             let extended = Some((portal.to_string(), params));
-            let (text, c, d) = (
-                prepared.text.clone(),
-                prepared.classification.clone(),
-                prepared.decision.clone(),
-            );
-            return self.hold(frame, text, c, d, extended).await;
+            self.hold(frame, prepared.text.clone(), decided, extended)
+                .await;
+            return Ok(());
         }
         self.statements += 1;
         let via = Via::Extended {
             portal: Some(portal),
             params,
         };
-        let record = self.statement_record(
+        let mut record = self.statement_record(
             &prepared.text,
-            &prepared.classification,
-            &prepared.decision,
+            &decided.classification,
+            &decided.decision,
             via,
         );
-        let ddl = is_ddl(&prepared.classification);
-        self.record_then_forward(frame, record, portal, ddl).await;
+        note_runs(&mut record, &decided.runs);
+        if decided.decision.verdict != Verdict::Allow {
+            self.denied += 1;
+            let error = match self.gw.store.append(record).await {
+                Ok(_) => refusal_error(&decided.decision),
+                Err(e) => store_error(&e),
+            };
+            self.poison(error);
+            return Ok(());
+        }
+        let ddl = is_ddl(&decided.classification);
+        self.record_then_forward(frame, record, portal, ddl, decided.changes)
+            .await;
+        Ok(())
     }
 
     /// An Execute is forwarded only once its record is committed; if the
@@ -375,14 +628,19 @@ impl ClientSide<'_> {
         record: NewRecord,
         portal: &str,
         ddl: bool,
+        changes: Vec<Change>,
     ) {
         match self.gw.store.append(record).await {
             Ok(id) => {
+                for change in &changes {
+                    self.pending.push(change.clone());
+                }
                 self.expect(Expect::Statement(Tracker::new(
                     id,
                     false,
                     Some(portal),
                     ddl,
+                    changes,
                 )));
                 frame.encode_into(&mut self.batch);
             }
@@ -410,7 +668,8 @@ impl ClientSide<'_> {
             },
         );
         self.statements += 1;
-        self.record_then_forward(frame, record, portal, false).await;
+        self.record_then_forward(frame, record, portal, false, Vec::new())
+            .await;
     }
 
     /// The classification and decision for `sql`; when it cannot be classified,
@@ -418,14 +677,7 @@ impl ClientSide<'_> {
     async fn decide(&self, sql: &str) -> (Arc<Classification>, Decision, Option<ErrorFields>) {
         match self.classify(sql).await {
             Ok(c) => {
-                let mut d = self.applicable.decide(&c);
-                if d.verdict == Verdict::Allow {
-                    if let Some(refusal) = self.mask.and_then(|m| unmaskable_copy(&m.rules, &c)) {
-                        d = refusal;
-                    } else if is_ddl(&c) {
-                        self.gw.catalog.invalidate();
-                    }
-                }
+                let d = self.decide_classified(&c);
                 (c, d, None)
             }
             Err(e) => (
@@ -457,6 +709,18 @@ impl ClientSide<'_> {
                 "the analysis ended without an answer".into(),
             ))
         })
+    }
+
+    fn decide_classified(&self, c: &Classification) -> Decision {
+        let mut d = self.applicable.decide(c);
+        if d.verdict == Verdict::Allow {
+            if let Some(refusal) = self.mask.and_then(|m| unmaskable_copy(&m.rules, c)) {
+                d = refusal;
+            } else if is_ddl(c) {
+                self.gw.catalog.invalidate();
+            }
+        }
+        d
     }
 
     fn statement_record(
@@ -498,10 +762,16 @@ impl ClientSide<'_> {
         &mut self,
         frame: &Frame,
         text: String,
-        classification: Arc<Classification>,
-        decision: Decision,
+        decided: Decided,
         extended: Option<(String, usize)>,
     ) {
+        let Decided {
+            classification,
+            decision,
+            changes,
+            runs,
+            ..
+        } = decided;
         let request = HoldRequest {
             session_id: self.session_id.to_string(),
             principal: self.principal.name.clone(),
@@ -551,6 +821,8 @@ impl ClientSide<'_> {
             classification,
             decision,
             extended,
+            changes,
+            runs,
         });
     }
 
@@ -591,6 +863,7 @@ impl ClientSide<'_> {
         let mut record =
             self.statement_record(&pending.text, &pending.classification, &decision, via);
         record.detail["approval"] = json!(id);
+        note_runs(&mut record, &pending.runs);
         let extended = pending.extended.is_some();
         let ddl = is_ddl(&pending.classification);
         match (error, extended) {
@@ -604,11 +877,11 @@ impl ClientSide<'_> {
             }
             (None, _) => match &pending.extended {
                 Some((portal, _)) => {
-                    self.record_then_forward(&pending.frame, record, portal, ddl)
+                    self.record_then_forward(&pending.frame, record, portal, ddl, pending.changes)
                         .await
                 }
                 None => {
-                    self.record_then_forward_query(&pending.frame, record, ddl)
+                    self.record_then_forward_query(&pending.frame, record, ddl, pending.changes)
                         .await
                 }
             },
@@ -631,7 +904,7 @@ impl ClientSide<'_> {
     fn refuse_simple(&mut self, error: ErrorFields) {
         self.poison(error);
         self.batch = encode_sync(std::mem::take(&mut self.batch));
-        self.expect(Expect::SyncPoint);
+        self.sync_point(false);
         // A simple query is its own batch: nothing follows to skip.
         self.skipping_to_sync = false;
     }
@@ -658,6 +931,66 @@ impl ClientSide<'_> {
         self.batch = encode_flush(std::mem::take(&mut self.batch));
         self.expect(Expect::Poison { name, error });
         self.skipping_to_sync = true;
+    }
+}
+
+/// Names the prepared statements a query ran in its record.
+fn note_runs(record: &mut NewRecord, runs: &[Value]) {
+    if !runs.is_empty() {
+        record.detail["executes"] = Value::Array(runs.to_vec());
+    }
+}
+
+/// The statement a query's own earlier `PREPARE` / `DEALLOCATE` left under `name`.
+fn prepared_in(changes: &[Change], name: &str) -> Seen<Arc<Prepared>> {
+    for change in changes.iter().rev() {
+        match change {
+            Change::Prepare { name: n, prepared } if n == name => {
+                return Seen::Made(prepared.clone())
+            }
+            Change::CloseStatement(n) if n == name => return Seen::Removed,
+            Change::DeallocateAll => return Seen::Removed,
+            _ => {}
+        }
+    }
+    Seen::Untouched
+}
+
+/// Puts what a prepared statement does in place of the `EXECUTE` that runs
+/// it; inside `EXPLAIN` or `CREATE TABLE AS` it adds to what they do.
+fn run_in_place(
+    statements: &mut Vec<portcullis_policy::classify::Statement>,
+    index: usize,
+    body: &Classification,
+    wrapped: bool,
+) {
+    if !wrapped {
+        statements.splice(index..=index, body.statements.iter().cloned());
+        return;
+    }
+    let Some(outer) = statements.get_mut(index) else {
+        return;
+    };
+    for inner in &body.statements {
+        if inner.class > outer.class {
+            outer.class = inner.class;
+            outer.why = Some(format!("runs a prepared {}", inner.command));
+        }
+        outer.relations.extend(inner.relations.iter().cloned());
+        outer.functions.extend(inner.functions.iter().cloned());
+    }
+}
+
+/// An `EXECUTE` of a name the gateway has no decided statement for.
+fn unknown_statement(name: &str, index: usize) -> Decision {
+    Decision {
+        verdict: Verdict::Deny,
+        policy: None,
+        rule: "prepared".into(),
+        reason: format!(
+            "EXECUTE of prepared statement \"{name}\", which the gateway has not seen prepared in this session, so it cannot tell what would run"
+        ),
+        statement_index: Some(index),
     }
 }
 

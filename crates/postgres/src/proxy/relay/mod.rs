@@ -20,6 +20,7 @@
 //! admitted through a grant ends when the grant does.
 
 mod client;
+mod names;
 mod server;
 
 use std::collections::VecDeque;
@@ -45,6 +46,7 @@ use crate::proxy::upstream::Upstream;
 use crate::proxy::PgGateway;
 
 use client::ClientSide;
+use names::{Change, Names};
 use server::ServerSide;
 
 pub(crate) async fn run(
@@ -81,6 +83,10 @@ pub(crate) async fn run(
     }
 
     let expectations = Mutex::new(VecDeque::new());
+    let names = Mutex::new(Names::default());
+    // The last Sync group the upstream has answered; the client half waits
+    // on it before reading names an unanswered group may have changed.
+    let (settled_tx, settled_rx) = tokio::sync::watch::channel(0u64);
     // A jit policy's rules apply only inside a grant in force.
     let applicable = match &grant {
         Some(_) => gw.policies.applicable(&principal, &gw.name),
@@ -109,12 +115,18 @@ pub(crate) async fn run(
         applicable,
         mask.as_ref(),
         (&principal, &session_id),
-        &expectations,
+        (&expectations, &names, settled_rx),
         grant.as_ref().map(|g| g.id.clone()),
         notice_tx,
         registration.as_ref().map(|r| r.cancelled.clone()),
     );
-    let mut responder = ServerSide::new(&gw, &session_id, &expectations, mask.as_ref(), notice_rx);
+    let mut responder = ServerSide::new(
+        &gw,
+        &session_id,
+        (&expectations, &names, settled_tx),
+        mask.as_ref(),
+        notice_rx,
+    );
     let end = tokio::select! {
         end = decider.run(&mut client_read, client_buf, &mut upstream_write) => end,
         end = responder.run(&mut upstream_read, pending, &mut client_write) => end,
@@ -244,8 +256,13 @@ enum Expect {
     Statement(Tracker),
     /// A refusal stands here: the upstream's error for `name` is replaced.
     Poison { name: String, error: ErrorFields },
-    /// A Sync or Query was forwarded: the next ReadyForQuery closes the group.
-    SyncPoint,
+    /// A Sync or Query was forwarded: the next ReadyForQuery closes the
+    /// group, numbered in the order the client half sent them; `simple`
+    /// for a Query, which drops the unnamed statement and portal.
+    SyncPoint { group: u64, simple: bool },
+    /// A Parse, Bind or Close was forwarded: its change to the server's
+    /// names takes effect at ParseComplete, BindComplete or CloseComplete.
+    Change(Change),
     /// A Describe was forwarded (masking sessions only): its RowDescription
     /// or NoData gives a portal's shape; `swallow` when the gateway sent it
     /// itself and the client must not see the answer.
@@ -271,12 +288,21 @@ struct Tracker {
     ddl: bool,
     /// What masking changed in this statement's results.
     masked: Option<Box<Tally>>,
+    /// SQL `PREPARE` / `DEALLOCATE` / `DISCARD ALL` in the statement, in
+    /// order: each takes effect at its own CommandComplete.
+    changes: Vec<Change>,
     /// The first rows the client received.
     output: OutputSample,
 }
 
 impl Tracker {
-    fn new(record_id: i64, whole_query: bool, portal: Option<&str>, ddl: bool) -> Self {
+    fn new(
+        record_id: i64,
+        whole_query: bool,
+        portal: Option<&str>,
+        ddl: bool,
+        changes: Vec<Change>,
+    ) -> Self {
         Self {
             record_id,
             started: Instant::now(),
@@ -288,6 +314,7 @@ impl Tracker {
             portal: portal.map(str::to_string),
             ddl,
             masked: None,
+            changes,
             output: OutputSample::default(),
         }
     }

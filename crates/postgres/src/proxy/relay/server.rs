@@ -22,6 +22,7 @@ use crate::proxy::mask::SessionMask;
 use crate::proxy::stream::MaybeTls;
 use crate::proxy::PgGateway;
 
+use super::names::Names;
 use super::{End, Expect, Tracker};
 use masked::MaskState;
 
@@ -34,6 +35,10 @@ pub(super) struct ServerSide<'a> {
     expectations: &'a Mutex<VecDeque<Expect>>,
     /// Expectations taken off the shared queue, in response order.
     local: VecDeque<Expect>,
+    /// Prepared statements and portals, as this half sees them confirmed.
+    names: &'a Mutex<Names>,
+    /// The last Sync group answered (see `relay::names`).
+    settled: tokio::sync::watch::Sender<u64>,
     /// Results waiting to be written as one record (see `record_result`).
     results: Vec<serde_json::Value>,
     oldest_result: Option<Instant>,
@@ -54,7 +59,11 @@ impl<'a> ServerSide<'a> {
     pub(super) fn new(
         gw: &'a PgGateway,
         session_id: &'a str,
-        expectations: &'a Mutex<VecDeque<Expect>>,
+        (expectations, names, settled): (
+            &'a Mutex<VecDeque<Expect>>,
+            &'a Mutex<Names>,
+            tokio::sync::watch::Sender<u64>,
+        ),
         mask: Option<&'a SessionMask>,
         notices: tokio::sync::mpsc::UnboundedReceiver<BytesMut>,
     ) -> Self {
@@ -63,6 +72,8 @@ impl<'a> ServerSide<'a> {
             session_id,
             expectations,
             local: VecDeque::new(),
+            names,
+            settled,
             results: Vec::new(),
             oldest_result: None,
             notices,
@@ -130,7 +141,7 @@ impl ServerSide<'_> {
             if frame[0] == b'S' {
                 check_parameter(&frame[5..])?;
             }
-            if let Some(replacement) = self.observe(frame[0], &frame[5..]) {
+            if let Some(replacement) = self.observe(frame[0], &frame[5..])? {
                 write(client, &buf[run_start..pos]).await?;
                 write(client, &replacement).await?;
                 run_start = pos + len;
@@ -149,8 +160,10 @@ impl ServerSide<'_> {
     }
 
     /// Notes one upstream message; returns bytes to send instead of it.
-    fn observe(&mut self, tag: u8, body: &[u8]) -> Option<BytesMut> {
-        match tag {
+    /// Fails when the upstream confirms a change the gateway did not
+    /// forward: its model of the server's names would be wrong.
+    fn observe(&mut self, tag: u8, body: &[u8]) -> Result<Option<BytesMut>, End> {
+        Ok(match tag {
             b'D' => {
                 if let Some(t) = self.current_tracker() {
                     t.bytes += body.len() as u64;
@@ -171,6 +184,7 @@ impl ServerSide<'_> {
                 None
             }
             b'C' => {
+                self.confirm_sql_change(body);
                 self.complete(command_rows(body), None);
                 None
             }
@@ -178,12 +192,55 @@ impl ServerSide<'_> {
                 self.complete(None, None);
                 None
             }
+            b'1' | b'2' | b'3' => {
+                self.confirm_change(tag)?;
+                None
+            }
             b'E' => self.on_error(body),
             b'Z' => {
-                self.on_ready();
+                self.on_ready(body.first().copied());
                 None
             }
             _ => None,
+        })
+    }
+
+    /// ParseComplete, BindComplete or CloseComplete: the oldest change
+    /// forwarded and not yet answered now holds upstream.
+    fn confirm_change(&mut self, tag: u8) -> Result<(), End> {
+        let index = self
+            .local
+            .iter()
+            .position(|e| matches!(e, Expect::Change(_)));
+        let change = match index.and_then(|i| self.local.remove(i)) {
+            Some(Expect::Change(change)) if change.confirmed_by_message() == Some(tag) => change,
+            _ => {
+                return Err(End::UpstreamProtocol(format!(
+                    "the upstream confirmed a message ('{}') the gateway did not forward; the session ends rather than guess what it holds",
+                    tag as char
+                )))
+            }
+        };
+        if let Ok(mut names) = self.names.lock() {
+            names.apply(change);
+        }
+        self.retire_completed_front();
+        Ok(())
+    }
+
+    /// A CommandComplete of SQL `PREPARE`, `DEALLOCATE` or `DISCARD ALL`
+    /// applies that statement's change.
+    fn confirm_sql_change(&mut self, body: &[u8]) {
+        let tag = std::str::from_utf8(body.strip_suffix(&[0]).unwrap_or(body)).unwrap_or("");
+        let Some(t) = self.current_tracker() else {
+            return;
+        };
+        let Some(index) = t.changes.iter().position(|c| c.confirmed_by_tag(tag)) else {
+            return;
+        };
+        let change = t.changes.remove(index);
+        if let Ok(mut names) = self.names.lock() {
+            names.apply(change);
         }
     }
 
@@ -241,11 +298,23 @@ impl ServerSide<'_> {
     }
 
     /// ReadyForQuery ends the group up to the first SyncPoint: whatever did
-    /// not complete there was skipped by the upstream after an error.
-    fn on_ready(&mut self) {
+    /// not complete there was skipped by the upstream after an error, and
+    /// changes not confirmed by then never took effect.
+    fn on_ready(&mut self, status: Option<u8>) {
         while let Some(e) = self.local.pop_front() {
             match e {
-                Expect::SyncPoint => break,
+                Expect::SyncPoint { group, simple } => {
+                    if let Ok(mut names) = self.names.lock() {
+                        if simple {
+                            names.simple_query_ran();
+                        }
+                        if status == Some(b'I') {
+                            names.transaction_ended();
+                        }
+                    }
+                    self.settled.send_replace(group);
+                    break;
+                }
                 Expect::Statement(mut t) => {
                     if !t.completed && !t.whole_query && t.error.is_none() {
                         t.error =
@@ -253,7 +322,7 @@ impl ServerSide<'_> {
                     }
                     self.record_result(t);
                 }
-                Expect::Poison { .. } | Expect::Describe { .. } => {}
+                Expect::Poison { .. } | Expect::Describe { .. } | Expect::Change(_) => {}
             }
         }
     }

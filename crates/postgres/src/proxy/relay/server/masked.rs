@@ -84,9 +84,9 @@ impl ServerSide<'_> {
             let masked = self.mask_message(tag, body, &mut out).await?;
             // Records describe what the client got: the masked message.
             let observed = match &masked {
-                Masked::Replace(m) => self.observe(m[0], &m[5..]),
-                Masked::Appended => self.observe(out[start], &out[start + 5..]),
-                Masked::Keep | Masked::Drop => self.observe(tag, body),
+                Masked::Replace(m) => self.observe(m[0], &m[5..])?,
+                Masked::Appended => self.observe(out[start], &out[start + 5..])?,
+                Masked::Keep | Masked::Drop => self.observe(tag, body)?,
             };
             match (observed, masked) {
                 (Some(replacement), _) => {

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use bytes::BytesMut;
 use portcullis_identity::Principal;
 use portcullis_jit::{ApprovalStatus, Held, HoldRequest};
-use portcullis_masking::{Expressions, MaskRules};
 use portcullis_policy::classify::{Classification, ClassifyError, StatementClass};
 use portcullis_policy::decide::{Applicable, Decision, Verdict};
 use portcullis_records::{NewRecord, RecordKind};
@@ -19,7 +18,7 @@ use crate::codec::frontend::{encode_describe, encode_flush, encode_sync, Fronten
 use crate::codec::{decode_frame, Frame};
 
 use crate::proxy::hold;
-use crate::proxy::mask::SessionMask;
+use crate::proxy::mask::{self, SessionMask};
 use crate::proxy::stream::MaybeTls;
 use crate::proxy::PgGateway;
 
@@ -280,16 +279,23 @@ impl ClientSide<'_> {
             self.refuse_recorded(record, &decision).await;
             return;
         }
-        self.record_then_forward_query(frame, record, is_ddl(&classification))
+        self.record_then_forward_query(frame, record, Some(classification))
             .await;
     }
 
     /// A simple Query is forwarded only once its record is committed; if
     /// the record cannot be written, it is refused.
-    async fn record_then_forward_query(&mut self, frame: &Frame, record: NewRecord, ddl: bool) {
+    async fn record_then_forward_query(
+        &mut self,
+        frame: &Frame,
+        record: NewRecord,
+        statement: Option<Arc<Classification>>,
+    ) {
         match self.gw.store.append(record).await {
             Ok(record_id) => {
-                self.expect(Expect::Statement(Tracker::new(record_id, true, None, ddl)));
+                self.expect(Expect::Statement(Tracker::new(
+                    record_id, true, None, statement,
+                )));
                 self.expect(Expect::SyncPoint);
                 frame.encode_into(&mut self.batch);
             }
@@ -363,8 +369,9 @@ impl ClientSide<'_> {
             &prepared.decision,
             via,
         );
-        let ddl = is_ddl(&prepared.classification);
-        self.record_then_forward(frame, record, portal, ddl).await;
+        let statement = Some(prepared.classification.clone());
+        self.record_then_forward(frame, record, portal, statement)
+            .await;
     }
 
     /// An Execute is forwarded only once its record is committed; if the
@@ -374,7 +381,7 @@ impl ClientSide<'_> {
         frame: &Frame,
         record: NewRecord,
         portal: &str,
-        ddl: bool,
+        statement: Option<Arc<Classification>>,
     ) {
         match self.gw.store.append(record).await {
             Ok(id) => {
@@ -382,7 +389,7 @@ impl ClientSide<'_> {
                     id,
                     false,
                     Some(portal),
-                    ddl,
+                    statement,
                 )));
                 frame.encode_into(&mut self.batch);
             }
@@ -410,7 +417,7 @@ impl ClientSide<'_> {
             },
         );
         self.statements += 1;
-        self.record_then_forward(frame, record, portal, false).await;
+        self.record_then_forward(frame, record, portal, None).await;
     }
 
     fn decide(&self, sql: &str) -> (Arc<Classification>, Decision) {
@@ -418,7 +425,9 @@ impl ClientSide<'_> {
             Ok(c) => {
                 let mut d = self.applicable.decide(&c);
                 if d.verdict == Verdict::Allow {
-                    if let Some(refusal) = self.mask.and_then(|m| unmaskable_copy(&m.rules, &c)) {
+                    if let Some(refusal) =
+                        self.mask.and_then(|m| mask::lineage::refusal(&m.rules, &c))
+                    {
                         d = refusal;
                     } else if is_ddl(&c) {
                         self.gw.catalog.invalidate();
@@ -556,7 +565,7 @@ impl ClientSide<'_> {
             self.statement_record(&pending.text, &pending.classification, &decision, via);
         record.detail["approval"] = json!(id);
         let extended = pending.extended.is_some();
-        let ddl = is_ddl(&pending.classification);
+        let statement = Some(pending.classification.clone());
         match (error, extended) {
             (Some(error), _) => {
                 self.denied += 1;
@@ -568,11 +577,11 @@ impl ClientSide<'_> {
             }
             (None, _) => match &pending.extended {
                 Some((portal, _)) => {
-                    self.record_then_forward(&pending.frame, record, portal, ddl)
+                    self.record_then_forward(&pending.frame, record, portal, statement)
                         .await
                 }
                 None => {
-                    self.record_then_forward_query(&pending.frame, record, ddl)
+                    self.record_then_forward_query(&pending.frame, record, statement)
                         .await
                 }
             },
@@ -619,36 +628,8 @@ impl ClientSide<'_> {
     }
 }
 
-fn is_ddl(c: &Classification) -> bool {
+pub(super) fn is_ddl(c: &Classification) -> bool {
     c.statements.iter().any(|s| s.class == StatementClass::Ddl)
-}
-
-/// `COPY ... TO STDOUT` output carries no description of where its fields
-/// come from, so declared columns cannot be found in it: a principal with
-/// declared columns on a table the COPY reads (or `expressions: mask`) is
-/// refused and pointed at SELECT. Detector-only principals get their COPY
-/// lines scanned instead.
-fn unmaskable_copy(rules: &MaskRules, c: &Classification) -> Option<Decision> {
-    let (index, statement) = c
-        .statements
-        .iter()
-        .enumerate()
-        .find(|(_, s)| s.command == "COPY TO")?;
-    let why = if rules.expressions == Expressions::Mask {
-        "the policy masks every field it cannot trace to a column (expressions: mask)".to_string()
-    } else {
-        let rule = rules.covering(&statement.relations)?;
-        format!("it reads a table with masked column {:?}", rule.label)
-    };
-    Some(Decision {
-        verdict: Verdict::Deny,
-        policy: None,
-        rule: "mask".into(),
-        reason: format!(
-            "COPY TO STDOUT output cannot be masked per column and {why}; use SELECT, whose results the gateway masks"
-        ),
-        statement_index: Some(index),
-    })
 }
 
 /// A statement record's detail. Built field by field rather than with `json!`, which copies

@@ -30,6 +30,7 @@ use bytes::BytesMut;
 use portcullis_identity::Principal;
 use portcullis_jit::GrantLease;
 use portcullis_masking::MaskRules;
+use portcullis_policy::classify::Classification;
 use portcullis_records::{NewRecord, RecordKind};
 use serde_json::json;
 use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
@@ -88,10 +89,7 @@ pub(crate) async fn run(
     };
     let (notice_tx, notice_rx) = tokio::sync::mpsc::unbounded_channel();
     let mask = match MaskRules::compile(applicable.masks()) {
-        Ok(rules) => rules.map(|rules| SessionMask {
-            rules,
-            masker: gw.masker.clone(),
-        }),
+        Ok(rules) => rules.map(|rules| SessionMask::new(rules, gw.masker.clone())),
         Err(e) => {
             // The validator refuses such configs; if one slips through,
             // the session must not run unmasked.
@@ -271,12 +269,23 @@ struct Tracker {
     ddl: bool,
     /// What masking changed in this statement's results.
     masked: Option<Box<Tally>>,
+    /// What was run (`None`: a portal the gateway did not prepare), for
+    /// masking to tell whether it may read a declared column.
+    statement: Option<Arc<Classification>>,
+    /// That answer, once masking needed it.
+    reads_declared: Option<bool>,
     /// The first rows the client received.
     output: OutputSample,
 }
 
 impl Tracker {
-    fn new(record_id: i64, whole_query: bool, portal: Option<&str>, ddl: bool) -> Self {
+    fn new(
+        record_id: i64,
+        whole_query: bool,
+        portal: Option<&str>,
+        statement: Option<Arc<Classification>>,
+    ) -> Self {
+        let ddl = statement.as_deref().is_some_and(client::is_ddl);
         Self {
             record_id,
             started: Instant::now(),
@@ -288,6 +297,8 @@ impl Tracker {
             portal: portal.map(str::to_string),
             ddl,
             masked: None,
+            statement,
+            reads_declared: None,
             output: OutputSample::default(),
         }
     }

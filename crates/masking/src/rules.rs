@@ -184,6 +184,14 @@ impl MaskRules {
         self.columns.iter().find(|r| r.matches(source))
     }
 
+    /// Whether a column of this name may be declared (in any table): a
+    /// statement naming it may read a declared column.
+    pub fn declares_column_named(&self, name: &str) -> bool {
+        self.columns
+            .iter()
+            .any(|r| r.column.eq_ignore_ascii_case(name))
+    }
+
     /// The first declared-column rule that may cover one of `relations`.
     pub fn covering(&self, relations: &[String]) -> Option<&ColumnRule> {
         self.columns
@@ -253,6 +261,8 @@ mod tests {
         assert_eq!(hit("public", "customers", "name"), None);
         assert_eq!(hit("public", "suppliers", "email"), None);
         assert_eq!(rules.columns[0].method, Method::Partial);
+        assert!(rules.declares_column_named("EMAIL") && rules.declares_column_named("iban"));
+        assert!(!rules.declares_column_named("name"));
     }
 
     #[test]

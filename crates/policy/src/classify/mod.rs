@@ -91,6 +91,22 @@ pub struct Statement {
     /// Why the class is stronger than the command suggests
     /// (`calls pg_terminate_backend`).
     pub why: Option<String>,
+    /// Which columns the statement may read, for result masking.
+    pub reads: Reads,
+}
+
+/// The columns a statement may read, as far as its text shows: masking
+/// asks it whether a computed result field could carry a masked column's
+/// value. It errs towards "more": a name counts wherever it appears.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Reads {
+    /// Names of the columns referenced anywhere (the last part of each
+    /// reference: `email` for `c.email`), sorted, each once.
+    pub columns: Vec<String>,
+    /// Some relation's columns may be read under names the text does not
+    /// show: a `*`, a whole-row reference (`select c from customers c`,
+    /// `row_to_json(c)`) or a column alias list (`from customers x(a, b)`).
+    pub whole_rows: bool,
 }
 
 /// All statements of one query string, in order.
@@ -207,6 +223,7 @@ fn statement(node: &pg_query::NodeEnum, text: &str) -> Result<(Statement, bool),
         relations,
         functions: facts.functions,
         why,
+        reads: facts.reads,
     };
     Ok((statement, kind.literal_sensitive || facts.literal_sensitive))
 }

@@ -439,6 +439,39 @@ fn relations_are_listed_as_written_without_ctes() {
 }
 
 #[test]
+fn reads_name_every_referenced_column_and_whole_row_reference() {
+    let reads = |sql: &str| one(sql).reads;
+    let r = reads("SELECT lower(c.email), n FROM customers c WHERE c.id = 1 AND email <> ''");
+    assert_eq!(r.columns, vec!["email", "id", "n"]);
+    assert!(!r.whole_rows);
+    assert!(
+        reads("SELECT x.e FROM (SELECT email AS e FROM customers) x")
+            .columns
+            .contains(&"email".to_string())
+    );
+    for whole in [
+        "SELECT * FROM customers",
+        "SELECT c FROM customers c",
+        "SELECT customers FROM customers",
+        "SELECT public.customers FROM public.customers",
+        "SELECT row_to_json(c) FROM customers c",
+        "SELECT to_jsonb(c.*) FROM customers c",
+        "SELECT (c).email FROM customers c",
+        "SELECT lower(x.e) FROM customers x(i, n, e)",
+        "WITH w AS (SELECT 1) SELECT w FROM w",
+        "SELECT count(t) FROM (SELECT 1) t",
+    ] {
+        assert!(reads(whole).whole_rows, "{whole}");
+    }
+    for not_whole in [
+        "SELECT count(*) FROM customers",
+        "SELECT name FROM customers c",
+    ] {
+        assert!(!reads(not_whole).whole_rows, "{not_whole}");
+    }
+}
+
+#[test]
 fn functions_are_listed_in_text_order() {
     assert_eq!(
         one("SELECT lower(name), pg_catalog.now() FROM t WHERE upper(x) = 'A'").functions,

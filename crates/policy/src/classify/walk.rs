@@ -15,7 +15,7 @@
 use serde_json::{Map, Value};
 
 use super::functions::{is_privileged_setting, side_effect};
-use super::StatementClass;
+use super::{Reads, StatementClass};
 
 /// Everything the walk learned about one statement.
 #[derive(Debug, Default)]
@@ -29,6 +29,8 @@ pub(crate) struct Facts {
     /// The classification depends on a literal's value, so the literal-free
     /// cache key cannot stand for it.
     pub literal_sensitive: bool,
+    /// Which columns the statement may read.
+    pub reads: Reads,
 }
 
 impl Facts {
@@ -63,10 +65,17 @@ struct Found {
     ctes: Vec<String>,
     relations: Vec<(i64, String)>,
     functions: Vec<(i64, String)>,
+    /// Each column reference's names, `*` standing for a star.
+    column_refs: Vec<Vec<String>>,
+    /// Names a whole row can be referenced by: relations and aliases.
+    row_names: Vec<String>,
+    /// A relation or sub-query renames its columns (`x(a, b)`).
+    renamed: bool,
 }
 
 impl Found {
     fn finish(self) -> Facts {
+        let reads = reads(&self.column_refs, &self.row_names, &self.ctes, self.renamed);
         let ctes = self.ctes;
         // A reference to a CTE is not a relation; this is name-based and
         // ignores scoping, which at worst hides a same-named table.
@@ -77,8 +86,35 @@ impl Found {
         Facts {
             relations: in_text_order(relations),
             functions: in_text_order(self.functions.into_iter()),
+            reads,
             ..self.facts
         }
+    }
+}
+
+/// A reference whose last name is a relation's or alias's name may be a
+/// whole-row reference (`c`, `customers`, `public.customers`): PostgreSQL
+/// tries it as a column first, so this cannot be told from the text alone
+/// and counts as one.
+fn reads(refs: &[Vec<String>], row_names: &[String], ctes: &[String], renamed: bool) -> Reads {
+    let mut columns: Vec<String> = Vec::new();
+    let mut whole_rows = renamed;
+    for names in refs {
+        let Some(last) = names.last() else {
+            continue;
+        };
+        if last == "*" {
+            whole_rows = true;
+            continue;
+        }
+        whole_rows |= row_names.iter().chain(ctes).any(|n| n == last);
+        columns.push(last.clone());
+    }
+    columns.sort_unstable();
+    columns.dedup();
+    Reads {
+        columns,
+        whole_rows,
     }
 }
 
@@ -122,8 +158,34 @@ fn inspect(object: &Map<String, Value>, found: &mut Found) {
         found.ctes.push(name.to_owned());
     }
     if let Some(relation) = range_var(object) {
+        if let Some(name) = object.get("relname").and_then(Value::as_str) {
+            found.row_names.push(name.to_owned());
+        }
         found.relations.push((location(object), relation));
     }
+    if let Some(names) = object.get("ColumnRef").and_then(column_ref) {
+        found.column_refs.push(names);
+    }
+    if let Some(alias) = object.get("aliasname").and_then(Value::as_str) {
+        found.row_names.push(alias.to_owned());
+        found.renamed |= object.get("colnames").is_some_and(non_empty);
+    }
+}
+
+/// The names of a `ColumnRef` (`{"fields": [String | A_Star, ...]}`).
+fn column_ref(node: &Value) -> Option<Vec<String>> {
+    let fields = node.get("fields")?.as_array()?;
+    Some(
+        fields
+            .iter()
+            .map(
+                |f| match f.pointer("/node/String/sval").and_then(Value::as_str) {
+                    Some(name) => name.to_owned(),
+                    None => "*".to_owned(),
+                },
+            )
+            .collect(),
+    )
 }
 
 /// Data-modifying statements only appear nested through a `Node` tag.

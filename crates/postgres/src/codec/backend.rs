@@ -219,6 +219,23 @@ pub fn parse_parameter_status(body: &[u8]) -> Result<(&str, &str), CodecError> {
     Ok((name, value))
 }
 
+/// A NotificationResponse: the notifying backend's pid, the channel and
+/// the payload, as bytes (they are in the client's encoding).
+pub fn parse_notification(body: &[u8]) -> Result<(i32, &[u8], &[u8]), CodecError> {
+    let mut r = Reader::new(body, "NotificationResponse");
+    let pid = r.i32()?;
+    let mut strings = r.rest().splitn(3, |b| *b == 0);
+    let (Some(channel), Some(payload), Some(b"")) =
+        (strings.next(), strings.next(), strings.next())
+    else {
+        return Err(CodecError::malformed(
+            "NotificationResponse",
+            "channel and payload are not two NUL-terminated strings",
+        ));
+    };
+    Ok((pid, channel, payload))
+}
+
 /// Rows a CommandComplete tag reports ("SELECT 5", "INSERT 0 3", "COPY 2").
 pub fn command_rows(body: &[u8]) -> Option<u64> {
     let tag = body.strip_suffix(&[0]).unwrap_or(body);

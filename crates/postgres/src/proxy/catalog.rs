@@ -68,7 +68,34 @@ enum Entry {
 #[derive(Default)]
 struct Cache {
     entries: HashMap<FieldOrigin, Option<Entry>>,
+    /// What a relation or function name reaches (see [`Catalog::reach`]).
+    reaches: HashMap<Named, Reach>,
     filled: Option<Instant>,
+}
+
+/// A relation or function as a statement names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Named {
+    Relation(String),
+    Function(String),
+}
+
+/// What a statement's relations and functions may read beyond what its
+/// text names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reach {
+    /// Relations read through views (schema-qualified), the views included.
+    pub relations: Vec<String>,
+    /// A user-defined function is called, directly or inside a view; it
+    /// may read anything.
+    pub user_functions: bool,
+}
+
+impl Reach {
+    fn add(&mut self, other: &Reach) {
+        self.relations.extend(other.relations.iter().cloned());
+        self.user_functions |= other.user_functions;
+    }
 }
 
 /// The per-listener resolver.
@@ -116,14 +143,96 @@ impl Catalog {
         Ok(fields.iter().map(|f| self.follow(*f)).collect())
     }
 
-    /// Origins not in the cache (clearing it first if it is stale).
-    fn missing(&self, wanted: &[FieldOrigin]) -> Vec<FieldOrigin> {
-        let Ok(mut cache) = self.cache.lock() else {
-            return wanted.to_vec();
+    /// What `relations` (as a statement names them) read through views,
+    /// and whether any of `functions` (base names) or a function inside
+    /// those views is user-defined. A name matches in every schema, as
+    /// the session's search_path is not known here.
+    pub async fn reach(
+        &self,
+        target: &UpstreamTarget,
+        relations: &[String],
+        functions: &[String],
+    ) -> Result<Reach, CatalogError> {
+        let named: Vec<Named> = relations
+            .iter()
+            .map(|r| Named::Relation(r.clone()))
+            .chain(functions.iter().map(|f| Named::Function(f.clone())))
+            .collect();
+        let missing: Vec<Named> = {
+            let mut cache = self.fresh_cache();
+            named
+                .iter()
+                .filter(|n| cache.as_mut().is_none_or(|c| !c.reaches.contains_key(*n)))
+                .cloned()
+                .collect()
         };
+        let mut fetched = HashMap::new();
+        if !missing.is_empty() {
+            fetched = self.fetch_reach(target, &missing).await?;
+            if let Ok(mut cache) = self.cache.lock() {
+                cache.filled.get_or_insert_with(Instant::now);
+                cache.reaches.extend(fetched.clone());
+            }
+        }
+        let cache = self.cache.lock().ok();
+        let mut reach = Reach::default();
+        for n in &named {
+            match (
+                fetched.get(n),
+                cache.as_ref().and_then(|c| c.reaches.get(n)),
+            ) {
+                (Some(r), _) | (None, Some(r)) => reach.add(r),
+                // Dropped from the cache meanwhile: not known, so unsafe.
+                (None, None) => reach.user_functions = true,
+            }
+        }
+        Ok(reach)
+    }
+
+    /// The cache, cleared first if it is stale.
+    fn fresh_cache(&self) -> Option<std::sync::MutexGuard<'_, Cache>> {
+        let mut cache = self.cache.lock().ok()?;
         if cache.filled.is_some_and(|t| t.elapsed() > CACHE_TTL) {
             *cache = Cache::default();
         }
+        Some(cache)
+    }
+
+    async fn fetch_reach(
+        &self,
+        target: &UpstreamTarget,
+        named: &[Named],
+    ) -> Result<HashMap<Named, Reach>, CatalogError> {
+        let rows = self.run(target, &reach_sql(named)).await?;
+        let mut found: HashMap<Named, Reach> = named
+            .iter()
+            .map(|n| (n.clone(), Reach::default()))
+            .collect();
+        for row in rows {
+            let [Some(kind), Some(name), value] = row.as_slice() else {
+                continue;
+            };
+            let (key, relation) = match kind.as_str() {
+                "r" => (Named::Relation(name.clone()), value.clone()),
+                "v" => (Named::Relation(name.clone()), None),
+                _ => (Named::Function(name.clone()), None),
+            };
+            let Some(reach) = found.get_mut(&key) else {
+                continue;
+            };
+            match relation {
+                Some(r) => reach.relations.push(r),
+                None => reach.user_functions = true,
+            }
+        }
+        Ok(found)
+    }
+
+    /// Origins not in the cache (clearing it first if it is stale).
+    fn missing(&self, wanted: &[FieldOrigin]) -> Vec<FieldOrigin> {
+        let Some(cache) = self.fresh_cache() else {
+            return wanted.to_vec();
+        };
         let mut missing: Vec<FieldOrigin> = wanted
             .iter()
             .copied()
@@ -150,6 +259,25 @@ impl Catalog {
         target: &UpstreamTarget,
         origins: &[FieldOrigin],
     ) -> Result<HashMap<FieldOrigin, Option<Entry>>, CatalogError> {
+        let rows = self.run(target, &lookup_sql(origins)).await?;
+        let mut found: HashMap<FieldOrigin, Option<Entry>> =
+            origins.iter().map(|o| (*o, None)).collect();
+        for row in rows {
+            if let Some((origin, entry)) = parse_lookup_row(&row) {
+                found.insert(origin, Some(entry));
+            }
+        }
+        Ok(found)
+    }
+}
+
+impl Catalog {
+    /// Runs one catalog query on the gateway's own connection.
+    async fn run(
+        &self,
+        target: &UpstreamTarget,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, CatalogError> {
         let mut conn = self.conn.lock().await;
         let stream = match conn.as_mut() {
             Some(s) => s,
@@ -158,22 +286,54 @@ impl Catalog {
                 conn.insert(upstream::connect(target, &params).await?.stream)
             }
         };
-        let result = tokio::time::timeout(LOOKUP_TIMEOUT, query(stream, &lookup_sql(origins)))
+        let result = tokio::time::timeout(LOOKUP_TIMEOUT, query(stream, sql))
             .await
             .unwrap_or(Err(CatalogError::Timeout));
         if result.is_err() {
             // A broken (or mid-answer) connection is reopened on the next lookup.
             *conn = None;
         }
-        let mut found: HashMap<FieldOrigin, Option<Entry>> =
-            origins.iter().map(|o| (*o, None)).collect();
-        for row in result? {
-            if let Some((origin, entry)) = parse_lookup_row(&row) {
-                found.insert(origin, Some(entry));
-            }
-        }
-        Ok(found)
+        result
     }
+}
+
+/// A string literal that reads the same whatever standard_conforming_strings says.
+fn literal(text: &str) -> String {
+    format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// One query for every unknown name. Rows: (`r`, name, a relation a view
+/// of that name reads, the view itself included), (`v`, name) for a view
+/// that calls a user-defined function, (`f`, name) for a function name
+/// defined outside the system schemas. Views are followed through their
+/// rules' recorded dependencies (`pg_depend`), which PostgreSQL keeps for
+/// every relation and function a view's query uses.
+fn reach_sql(named: &[Named]) -> String {
+    const SYSTEM: &str =
+        "('pg_catalog'::pg_catalog.regnamespace, 'information_schema'::pg_catalog.regnamespace)";
+    let mut relations = vec!["(NULL::text, NULL::text, NULL::text)".to_string()];
+    let mut functions = vec!["(NULL::text)".to_string()];
+    for n in named {
+        match n {
+            Named::Relation(r) => {
+                let mut parts = r.rsplit('.');
+                let rel = parts.next().unwrap_or(r);
+                let schema = parts.next().unwrap_or("");
+                relations.push(format!(
+                    "({}, {}, {})",
+                    literal(r),
+                    literal(rel),
+                    literal(schema)
+                ));
+            }
+            Named::Function(f) => functions.push(format!("({})", literal(f))),
+        }
+    }
+    format!(
+        "WITH RECURSIVE reach(name, oid) AS (            SELECT w.name, c.oid FROM (VALUES {relations}) AS w(name, rel, nsp)            JOIN pg_catalog.pg_class c ON c.relname = w.rel AND c.relkind IN ('v', 'm')            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace AND (w.nsp = '' OR n.nspname = w.nsp)          UNION            SELECT reach.name, d.refobjid FROM reach            JOIN pg_catalog.pg_rewrite r ON r.ev_class = reach.oid            JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass              AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass)          SELECT 'r', reach.name, n.nspname || '.' || c.relname FROM reach            JOIN pg_catalog.pg_class c ON c.oid = reach.oid            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace          UNION ALL          SELECT 'v', reach.name, NULL FROM reach            JOIN pg_catalog.pg_rewrite r ON r.ev_class = reach.oid            JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass              AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass            JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid WHERE p.pronamespace NOT IN {SYSTEM}          UNION ALL          SELECT 'f', w.name, NULL FROM (VALUES {functions}) AS w(name)            WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_proc p WHERE p.proname = w.name              AND p.pronamespace NOT IN {SYSTEM})",
+        relations = relations.join(", "),
+        functions = functions.join(", "),
+    )
 }
 
 /// One query for every unknown origin. The values are integers we format

@@ -8,6 +8,12 @@
 //! A value is never passed raw when it should be masked: when the masked
 //! form would not be valid in the field's type and format (a declared
 //! `integer` column, a binary array), the value becomes NULL.
+//!
+//! A field that is not a plain table column (an expression, an aggregate,
+//! a whole-row value) is masked whole when its statement may read a
+//! declared column (see `lineage`): its value can be any function of one.
+
+pub(crate) mod lineage;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,16 +32,26 @@ use crate::codec::{CodecError, Writer};
 pub struct SessionMask {
     pub rules: MaskRules,
     pub masker: Arc<Masker>,
+    /// Record labels of masked computed fields, made once per session.
+    computed: Arc<str>,
+    expression: Arc<str>,
 }
+
+/// The text that stands for an error or notice of a statement that may
+/// read a declared column: PostgreSQL echoes values in them (`invalid
+/// input syntax for type integer: "a@b.co,c@d.io"`).
+const WITHHELD: &str = "the statement reads a masked column, so the server's message is withheld";
 
 /// What to do with one result field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Action {
     /// Scan with the detectors (no detectors: pass).
     Detect,
-    /// A declared column (or an untraced field under `expressions: mask`):
-    /// mask the whole value.
+    /// A declared column: mask the whole value.
     Whole { method: Method, label: Arc<str> },
+    /// Not a plain table column: masked whole when the statement may read
+    /// a declared column or under `expressions: mask`, else scanned.
+    Computed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +65,15 @@ struct FieldPlan {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Shape {
     fields: Vec<FieldPlan>,
+    /// Some field is [`Action::Computed`].
+    computed: bool,
+}
+
+impl Shape {
+    /// Whether the statement's lineage matters to these rows.
+    pub fn has_computed(&self) -> bool {
+        self.computed
+    }
 }
 
 /// What was masked, for the statement's result record. Counts only: the
@@ -120,6 +145,15 @@ mod oid {
 const JSONB_VERSION: u8 = 1;
 
 impl SessionMask {
+    pub fn new(rules: MaskRules, masker: Arc<Masker>) -> Self {
+        Self {
+            rules,
+            masker,
+            computed: Arc::from("(computed from a masked column)"),
+            expression: Arc::from("(expression)"),
+        }
+    }
+
     /// Plans a result set from its description and the fields' source
     /// columns (`None`: not a plain column, or not traceable).
     pub fn plan(&self, fields: &[FieldDescription<'_>], sources: &[Option<SourceColumn>]) -> Shape {
@@ -131,8 +165,9 @@ impl SessionMask {
                 type_oid: f.type_oid,
                 binary: f.format != 0,
             })
-            .collect();
-        Shape { fields }
+            .collect::<Vec<_>>();
+        let computed = fields.iter().any(|f| f.action == Action::Computed);
+        Shape { fields, computed }
     }
 
     /// A plan for when the catalog cannot be asked: every field is masked
@@ -152,6 +187,7 @@ impl SessionMask {
                     binary: f.format != 0,
                 })
                 .collect(),
+            computed: false,
         }
     }
 
@@ -164,30 +200,35 @@ impl SessionMask {
                 },
                 None => Action::Detect,
             },
-            None if self.rules.expressions == Expressions::Mask => Action::Whole {
-                method: Method::Redact,
-                label: Arc::from("(expression)"),
-            },
-            None => Action::Detect,
+            None => Action::Computed,
         }
+    }
+
+    /// Whether a computed field is masked whole, given whether its
+    /// statement may read a declared column.
+    fn masks_computed(&self, declared: bool) -> bool {
+        declared || self.rules.expressions == Expressions::Mask
     }
 
     /// Whether a shape can change anything; rows of a clean shape are
     /// forwarded untouched.
-    pub fn is_clean(&self, shape: &Shape) -> bool {
+    pub fn is_clean(&self, shape: &Shape, declared: bool) -> bool {
         self.rules.detectors.is_empty()
+            && !(shape.computed && self.masks_computed(declared))
             && shape
                 .fields
                 .iter()
-                .all(|f| matches!(f.action, Action::Detect))
+                .all(|f| matches!(f.action, Action::Detect | Action::Computed))
     }
 
     /// Appends the masked form of a DataRow body to `out`; `false`, with
     /// `out` as it was, when nothing in the row changed. `buf` holds one
     /// masked value at a time, reused across rows.
+    #[allow(clippy::too_many_arguments)]
     pub fn mask_row(
         &self,
         shape: &Shape,
+        declared: bool,
         body: &[u8],
         tally: &mut Tally,
         buf: &mut MaskBuf,
@@ -203,16 +244,18 @@ impl SessionMask {
             ));
         }
         let start = out.len();
-        let written = self.write_row(shape, &columns, tally, buf, out);
+        let written = self.write_row(shape, declared, &columns, tally, buf, out);
         if !matches!(written, Ok(true)) {
             out.truncate(start);
         }
         written
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn write_row(
         &self,
         shape: &Shape,
+        declared: bool,
         columns: &[Option<&[u8]>],
         tally: &mut Tally,
         buf: &mut MaskBuf,
@@ -223,7 +266,7 @@ impl SessionMask {
         for (value, plan) in columns.iter().zip(&shape.fields) {
             // NULL stays NULL.
             let cell = match value {
-                Some(value) => self.mask_cell(plan, value, tally, buf),
+                Some(value) => self.mask_cell(plan, declared, value, tally, buf),
                 None => Cell::Keep,
             };
             match cell {
@@ -249,18 +292,26 @@ impl SessionMask {
     fn mask_cell(
         &self,
         plan: &FieldPlan,
+        declared: bool,
         raw: &[u8],
         tally: &mut Tally,
         buf: &mut MaskBuf,
     ) -> Cell {
-        let scope = match &plan.action {
-            Action::Detect if self.rules.detectors.is_empty() => return Cell::Keep,
-            Action::Detect => Scope::Detect(&self.rules.detectors),
-            Action::Whole { .. } => Scope::Whole,
+        let whole = match &plan.action {
+            Action::Whole { method, label } => Some((*method, label)),
+            Action::Computed if declared => Some((Method::Redact, &self.computed)),
+            Action::Computed if self.masks_computed(false) => {
+                Some((Method::Redact, &self.expression))
+            }
+            Action::Detect | Action::Computed => None,
         };
-        let method = match &plan.action {
-            Action::Whole { method, .. } => *method,
-            Action::Detect => self.rules.detect_method,
+        let (scope, method) = match whole {
+            Some((method, _)) => (Scope::Whole, method),
+            None if self.rules.detectors.is_empty() => return Cell::Keep,
+            None => (
+                Scope::Detect(&self.rules.detectors),
+                self.rules.detect_method,
+            ),
         };
         buf.text.clear();
         let cell = match decode(plan, raw) {
@@ -315,7 +366,7 @@ impl SessionMask {
             Cell::Replace(_) => tally.values += 1,
             Cell::Null => tally.nulled += 1,
         }
-        if let (Action::Whole { label, .. }, false) = (&plan.action, matches!(cell, Cell::Keep)) {
+        if let (Some((_, label)), false) = (whole, matches!(cell, Cell::Keep)) {
             tally.count_column(label);
         }
         cell
@@ -325,19 +376,50 @@ impl SessionMask {
     /// output; `None` when nothing was found. Masks never contain tabs,
     /// newlines, backslashes or quotes that were not in the value, so the
     /// line keeps its fields.
+    ///
+    /// A line that is not UTF-8 (a non-UTF8 client_encoding) is read
+    /// lossily; if anything is found, the line goes out in that lossy
+    /// form, masked, rather than raw.
     pub fn mask_copy_line(&self, line: &[u8], tally: &mut Tally) -> Option<Vec<u8>> {
+        self.mask_free_text(line, tally)
+    }
+
+    /// Masks what the detectors find in free text; `None` when nothing.
+    fn mask_free_text(&self, raw: &[u8], tally: &mut Tally) -> Option<Vec<u8>> {
         if self.rules.detectors.is_empty() {
             return None;
         }
-        let text = std::str::from_utf8(line).ok()?;
+        let text = String::from_utf8_lossy(raw);
         let (masked, n) = self.masker.mask_text_counted(
             &self.rules.detectors,
             self.rules.detect_method,
-            text,
+            &text,
             &mut tally.detectors,
         );
         tally.values += n as u64;
         (n > 0).then(|| masked.into_owned().into_bytes())
+    }
+
+    /// Masks a NotificationResponse body (pid, channel, payload). Its
+    /// payload was written by whichever session notified, maybe a trigger
+    /// passing a row's values: with declared columns, a payload is masked
+    /// whole (listening still wakes the client); with detectors only, it
+    /// is scanned. The channel name is the listener's own. `None` when
+    /// nothing changed.
+    pub fn mask_notification(&self, body: &[u8], tally: &mut Tally) -> Option<BytesMut> {
+        let (pid, channel, payload) = crate::codec::backend::parse_notification(body).ok()?;
+        let masked: Vec<u8> = if !self.rules.columns.is_empty() {
+            if payload.is_empty() {
+                return None;
+            }
+            tally.values += 1;
+            REDACTED.as_bytes().to_vec()
+        } else {
+            self.mask_free_text(payload, tally)?
+        };
+        let mut w = Writer::new(BytesMut::new(), b'A');
+        w.i32(pid).bytes(channel).u8(0).bytes(&masked).u8(0);
+        Some(w.finish())
     }
 
     /// Masks an ErrorResponse or NoticeResponse body: detectors run on
@@ -345,12 +427,21 @@ impl SessionMask {
     /// PostgreSQL echoes in DETAIL (`Key (email)=(...)`, `Failing row
     /// contains (...)`) are replaced, since they cannot be told apart by
     /// column. `None` when nothing changed.
+    ///
+    /// When the statement may read a declared column (`declared`), no text
+    /// of the server's passes: the message names the SQLSTATE, and detail,
+    /// hint, context and internal query are dropped; code, severity and
+    /// positions stay.
     pub fn mask_error(
         &self,
         tag: u8,
         fields: &[(u8, &str)],
+        declared: bool,
         tally: &mut Tally,
     ) -> Option<BytesMut> {
+        if declared {
+            return Some(self.withhold_error(tag, fields, tally));
+        }
         let mut changed = false;
         let mut w = Writer::new(BytesMut::new(), tag);
         for (code, value) in fields {
@@ -380,6 +471,39 @@ impl SessionMask {
         }
         w.u8(0);
         changed.then(|| w.finish())
+    }
+}
+
+impl SessionMask {
+    fn withhold_error(&self, tag: u8, fields: &[(u8, &str)], tally: &mut Tally) -> BytesMut {
+        let code = fields
+            .iter()
+            .find(|(c, _)| *c == b'C')
+            .map_or("XX000", |(_, v)| *v);
+        let mut w = Writer::new(BytesMut::new(), tag);
+        for (field, value) in fields {
+            match field {
+                b'M' => {
+                    w.u8(b'M').cstr(&format!("{WITHHELD} (SQLSTATE {code})"));
+                }
+                // Severity, code and positions are not data; the names of
+                // schema objects (s, t, c, d, n) and the server's source
+                // location (F, L, R) are schema and code.
+                b'S' | b'V' | b'C' | b'P' | b'p' | b's' | b't' | b'c' | b'd' | b'n' | b'F'
+                | b'L' | b'R' => {
+                    w.u8(*field).cstr(value);
+                }
+                _ => {}
+            }
+        }
+        w.u8(0);
+        tally.values += 1;
+        self.count_withheld(tally);
+        w.finish()
+    }
+
+    fn count_withheld(&self, tally: &mut Tally) {
+        tally.count_column(&self.computed);
     }
 }
 

@@ -16,12 +16,12 @@ fn session(columns: &[&str], detect: &[&str], method: &str) -> SessionMask {
         method: Some(method.into()),
         expressions: None,
     };
-    SessionMask {
-        rules: MaskRules::compile([("p", &config)])
+    SessionMask::new(
+        MaskRules::compile([("p", &config)])
             .expect("valid rules")
             .expect("something to mask"),
-        masker: Arc::new(Masker::new(b"0123456789abcdef-unit-test").expect("key")),
-    }
+        Arc::new(Masker::new(b"0123456789abcdef-unit-test").expect("key")),
+    )
 }
 
 fn field(name: &str, table_oid: u32, type_oid: u32, format: i16) -> FieldDescription<'_> {
@@ -59,7 +59,14 @@ fn masked(
     // Rows are appended after whatever the relay has already queued.
     let mut out = BytesMut::from(&b"queued"[..]);
     let changed = m
-        .mask_row(shape, &body, &mut tally, &mut MaskBuf::default(), &mut out)
+        .mask_row(
+            shape,
+            false,
+            &body,
+            &mut tally,
+            &mut MaskBuf::default(),
+            &mut out,
+        )
         .expect("masks");
     let out = if changed {
         assert_eq!(&out[..6], b"queued");
@@ -125,6 +132,7 @@ fn null_stays_null_and_clean_rows_are_not_rewritten() {
     assert!(!m
         .mask_row(
             &shape,
+            false,
             &row(&[None]),
             &mut tally,
             &mut MaskBuf::default(),
@@ -135,6 +143,7 @@ fn null_stays_null_and_clean_rows_are_not_rewritten() {
     assert!(!m
         .mask_row(
             &shape,
+            false,
             &row(&[Some(b"Alice")]),
             &mut tally,
             &mut MaskBuf::default(),
@@ -202,6 +211,7 @@ fn a_row_wider_than_its_description_is_refused() {
     assert!(m
         .mask_row(
             &shape,
+            false,
             &row(&[Some(b"x"), Some(b"y")]),
             &mut tally,
             &mut MaskBuf::default(),
@@ -240,15 +250,124 @@ fn copy_lines_and_error_details_are_masked() {
         ),
         (b'D', "Key (email)=(x@y) already exists."),
     ];
-    let out = m.mask_error(b'E', &fields, &mut tally).expect("changed");
+    let out = m
+        .mask_error(b'E', &fields, false, &mut tally)
+        .expect("changed");
     let parsed = crate::codec::backend::parse_error_fields(&out[5..]).unwrap();
     assert_eq!(parsed[3], (b'D', "Key (email)=(****) already exists."));
     assert_eq!(parsed[2], fields[2]);
     let failing = [(b'D', "Failing row contains (3, bob@x.org, null).")];
-    let out = m.mask_error(b'N', &failing, &mut tally).expect("changed");
+    let out = m
+        .mask_error(b'N', &failing, false, &mut tally)
+        .expect("changed");
     assert_eq!(out[0], b'N');
     assert!(String::from_utf8_lossy(&out).contains("Failing row contains (****)."));
-    assert!(m.mask_error(b'E', &[(b'M', "plain")], &mut tally).is_none());
+    assert!(m
+        .mask_error(b'E', &[(b'M', "plain")], false, &mut tally)
+        .is_none());
+}
+
+#[test]
+fn computed_fields_of_statements_reading_declared_columns_are_masked_whole() {
+    let m = session(&["customers.email"], &["credit_card"], "partial");
+    let shape = m.plan(
+        &[field("lower", 0, TEXT, 0), field("name", 7, TEXT, 0)],
+        &[None, source("customers", "name")],
+    );
+    assert!(shape.has_computed());
+    let mut out = BytesMut::new();
+    let mut tally = Tally::default();
+    let body = row(&[Some(b"alice@example.com"), Some(b"Alice")]);
+    assert!(m
+        .mask_row(
+            &shape,
+            true,
+            &body,
+            &mut tally,
+            &mut MaskBuf::default(),
+            &mut out
+        )
+        .unwrap());
+    let cells = parse_data_row(&out[5..]).unwrap();
+    assert_eq!(cells, vec![Some(&b"****"[..]), Some(&b"Alice"[..])]);
+    assert_eq!(
+        tally.to_json()["columns"]["(computed from a masked column)"],
+        1
+    );
+    // The same rows of a statement that reads no declared column are scanned.
+    assert!(!m
+        .mask_row(
+            &shape,
+            false,
+            &body,
+            &mut Tally::default(),
+            &mut MaskBuf::default(),
+            &mut BytesMut::new()
+        )
+        .unwrap());
+}
+
+#[test]
+fn errors_of_statements_reading_declared_columns_are_withheld() {
+    let m = session(&["customers.email"], &[], "redact");
+    let fields = [
+        (b'S', "ERROR"),
+        (b'C', "22P02"),
+        (
+            b'M',
+            "invalid input syntax for type integer: \"a@b.co,c@d.io\"",
+        ),
+        (b'D', "detail a@b.co"),
+        (b'W', "context a@b.co"),
+        (b'P', "8"),
+    ];
+    let out = m
+        .mask_error(b'E', &fields, true, &mut Tally::default())
+        .unwrap();
+    let parsed = crate::codec::backend::parse_error_fields(&out[5..]).unwrap();
+    assert_eq!(parsed[0], (b'S', "ERROR"));
+    assert_eq!(parsed[1], (b'C', "22P02"));
+    assert_eq!(parsed[2].0, b'M');
+    assert!(parsed[2].1.contains("SQLSTATE 22P02") && !parsed[2].1.contains('@'));
+    assert_eq!(parsed[3], (b'P', "8"));
+    assert_eq!(parsed.len(), 4);
+}
+
+#[test]
+fn notifications_are_masked_whole_with_declared_columns_and_scanned_without() {
+    let body = |payload: &[u8]| {
+        let mut b = 42i32.to_be_bytes().to_vec();
+        b.extend_from_slice(b"ch\0");
+        b.extend_from_slice(payload);
+        b.push(0);
+        b
+    };
+    let declared = session(&["customers.email"], &[], "redact");
+    let out = declared
+        .mask_notification(&body(b"a@b.co"), &mut Tally::default())
+        .unwrap();
+    assert_eq!(&out[5..], &body(b"****")[..]);
+    assert!(declared
+        .mask_notification(&body(b""), &mut Tally::default())
+        .is_none());
+    let detects = session(&[], &["credit_card"], "redact");
+    let out = detects
+        .mask_notification(&body(b"card 4111 1111 1111 1111"), &mut Tally::default())
+        .unwrap();
+    assert_eq!(&out[5..], &body(b"card ****")[..]);
+    assert!(detects
+        .mask_notification(&body(b"id 7"), &mut Tally::default())
+        .is_none());
+}
+
+#[test]
+fn copy_lines_that_are_not_utf8_are_scanned_lossily() {
+    let m = session(&[], &["credit_card"], "redact");
+    let line = b"1\t\xff\t4111 1111 1111 1111\n";
+    let out = m
+        .mask_copy_line(line, &mut Tally::default())
+        .expect("found");
+    assert_eq!(String::from_utf8(out).unwrap(), "1\t\u{fffd}\t****\n");
 }
 
 proptest! {

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use bytes::BytesMut;
 use portcullis_identity::Principal;
 use portcullis_jit::{ApprovalStatus, Held, HoldRequest};
-use portcullis_masking::{Expressions, MaskRules};
 use portcullis_policy::classify::{
     name_effects, Classification, ClassifyError, NameEffect, StatementClass,
 };
@@ -21,7 +20,7 @@ use crate::codec::frontend::{encode_describe, encode_flush, encode_sync, Fronten
 use crate::codec::{decode_frame, Frame};
 
 use crate::proxy::hold;
-use crate::proxy::mask::SessionMask;
+use crate::proxy::mask::{self, SessionMask};
 use crate::proxy::stream::MaybeTls;
 use crate::proxy::PgGateway;
 
@@ -309,8 +308,8 @@ impl ClientSide<'_> {
             self.refuse_recorded(record, &decided.decision, decided.native).await;
             return Ok(());
         }
-        let ddl = is_ddl(&decided.classification);
-        self.record_then_forward_query(frame, record, ddl, decided.changes)
+        let statement = Some(decided.classification.clone());
+        self.record_then_forward_query(frame, record, statement, decided.changes)
             .await;
         Ok(())
     }
@@ -321,7 +320,7 @@ impl ClientSide<'_> {
         &mut self,
         frame: &Frame,
         record: NewRecord,
-        ddl: bool,
+        statement: Option<Arc<Classification>>,
         changes: Vec<Change>,
     ) {
         match self.gw.store.append(record).await {
@@ -333,7 +332,7 @@ impl ClientSide<'_> {
                     self.pending.push(change.clone());
                 }
                 self.expect(Expect::Statement(Tracker::new(
-                    record_id, true, None, ddl, changes,
+                    record_id, true, None, statement, changes,
                 )));
                 self.sync_point(true);
                 frame.encode_into(&mut self.batch);
@@ -614,8 +613,8 @@ impl ClientSide<'_> {
             self.poison(error);
             return Ok(());
         }
-        let ddl = is_ddl(&decided.classification);
-        self.record_then_forward(frame, record, portal, ddl, decided.changes)
+        let statement = Some(decided.classification.clone());
+        self.record_then_forward(frame, record, portal, statement, decided.changes)
             .await;
         Ok(())
     }
@@ -627,7 +626,7 @@ impl ClientSide<'_> {
         frame: &Frame,
         record: NewRecord,
         portal: &str,
-        ddl: bool,
+        statement: Option<Arc<Classification>>,
         changes: Vec<Change>,
     ) {
         match self.gw.store.append(record).await {
@@ -639,7 +638,7 @@ impl ClientSide<'_> {
                     id,
                     false,
                     Some(portal),
-                    ddl,
+                    statement,
                     changes,
                 )));
                 frame.encode_into(&mut self.batch);
@@ -668,7 +667,7 @@ impl ClientSide<'_> {
             },
         );
         self.statements += 1;
-        self.record_then_forward(frame, record, portal, false, Vec::new())
+        self.record_then_forward(frame, record, portal, None, Vec::new())
             .await;
     }
 
@@ -714,7 +713,7 @@ impl ClientSide<'_> {
     fn decide_classified(&self, c: &Classification) -> Decision {
         let mut d = self.applicable.decide(c);
         if d.verdict == Verdict::Allow {
-            if let Some(refusal) = self.mask.and_then(|m| unmaskable_copy(&m.rules, c)) {
+            if let Some(refusal) = self.mask.and_then(|m| mask::lineage::refusal(&m.rules, c)) {
                 d = refusal;
             } else if is_ddl(c) {
                 self.gw.catalog.invalidate();
@@ -865,7 +864,7 @@ impl ClientSide<'_> {
         record.detail["approval"] = json!(id);
         note_runs(&mut record, &pending.runs);
         let extended = pending.extended.is_some();
-        let ddl = is_ddl(&pending.classification);
+        let statement = Some(pending.classification.clone());
         match (error, extended) {
             (Some(error), _) => {
                 self.denied += 1;
@@ -877,11 +876,17 @@ impl ClientSide<'_> {
             }
             (None, _) => match &pending.extended {
                 Some((portal, _)) => {
-                    self.record_then_forward(&pending.frame, record, portal, ddl, pending.changes)
-                        .await
+                    self.record_then_forward(
+                        &pending.frame,
+                        record,
+                        portal,
+                        statement,
+                        pending.changes,
+                    )
+                    .await
                 }
                 None => {
-                    self.record_then_forward_query(&pending.frame, record, ddl, pending.changes)
+                    self.record_then_forward_query(&pending.frame, record, statement, pending.changes)
                         .await
                 }
             },
@@ -994,36 +999,8 @@ fn unknown_statement(name: &str, index: usize) -> Decision {
     }
 }
 
-fn is_ddl(c: &Classification) -> bool {
+pub(super) fn is_ddl(c: &Classification) -> bool {
     c.statements.iter().any(|s| s.class == StatementClass::Ddl)
-}
-
-/// `COPY ... TO STDOUT` output carries no description of where its fields
-/// come from, so declared columns cannot be found in it: a principal with
-/// declared columns on a table the COPY reads (or `expressions: mask`) is
-/// refused and pointed at SELECT. Detector-only principals get their COPY
-/// lines scanned instead.
-fn unmaskable_copy(rules: &MaskRules, c: &Classification) -> Option<Decision> {
-    let (index, statement) = c
-        .statements
-        .iter()
-        .enumerate()
-        .find(|(_, s)| s.command == "COPY TO")?;
-    let why = if rules.expressions == Expressions::Mask {
-        "the policy masks every field it cannot trace to a column (expressions: mask)".to_string()
-    } else {
-        let rule = rules.covering(&statement.relations)?;
-        format!("it reads a table with masked column {:?}", rule.label)
-    };
-    Some(Decision {
-        verdict: Verdict::Deny,
-        policy: None,
-        rule: "mask".into(),
-        reason: format!(
-            "COPY TO STDOUT output cannot be masked per column and {why}; use SELECT, whose results the gateway masks"
-        ),
-        statement_index: Some(index),
-    })
 }
 
 /// A statement record's detail. Built field by field rather than with `json!`, which copies

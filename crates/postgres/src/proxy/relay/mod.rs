@@ -31,6 +31,7 @@ use bytes::BytesMut;
 use portcullis_identity::Principal;
 use portcullis_jit::GrantLease;
 use portcullis_masking::MaskRules;
+use portcullis_policy::classify::Classification;
 use portcullis_records::{NewRecord, RecordKind};
 use serde_json::json;
 use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
@@ -94,10 +95,7 @@ pub(crate) async fn run(
     };
     let (notice_tx, notice_rx) = tokio::sync::mpsc::unbounded_channel();
     let mask = match MaskRules::compile(applicable.masks()) {
-        Ok(rules) => rules.map(|rules| SessionMask {
-            rules,
-            masker: gw.masker.clone(),
-        }),
+        Ok(rules) => rules.map(|rules| SessionMask::new(rules, gw.masker.clone())),
         Err(e) => {
             // The validator refuses such configs; if one slips through,
             // the session must not run unmasked.
@@ -291,6 +289,11 @@ struct Tracker {
     /// SQL `PREPARE` / `DEALLOCATE` / `DISCARD ALL` in the statement, in
     /// order: each takes effect at its own CommandComplete.
     changes: Vec<Change>,
+    /// What was run (`None`: a portal the gateway did not prepare), for
+    /// masking to tell whether it may read a declared column.
+    statement: Option<Arc<Classification>>,
+    /// That answer, once masking needed it.
+    reads_declared: Option<bool>,
     /// The first rows the client received.
     output: OutputSample,
 }
@@ -300,9 +303,10 @@ impl Tracker {
         record_id: i64,
         whole_query: bool,
         portal: Option<&str>,
-        ddl: bool,
+        statement: Option<Arc<Classification>>,
         changes: Vec<Change>,
     ) -> Self {
+        let ddl = statement.as_deref().is_some_and(client::is_ddl);
         Self {
             record_id,
             started: Instant::now(),
@@ -315,6 +319,8 @@ impl Tracker {
             ddl,
             masked: None,
             changes,
+            statement,
+            reads_declared: None,
             output: OutputSample::default(),
         }
     }

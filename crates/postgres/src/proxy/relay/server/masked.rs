@@ -11,6 +11,7 @@ use tokio::io::WriteHalf;
 use crate::codec::backend::{parse_error_fields, sqlstate, ErrorFields};
 use crate::codec::rows::parse_row_description;
 use crate::codec::{peek_frame_len, CodecError};
+use crate::proxy::mask::lineage::{lineage, settle, Lineage};
 
 use crate::proxy::mask::{SessionMask, Shape, Tally};
 use crate::proxy::stream::MaybeTls;
@@ -36,10 +37,15 @@ enum CopyOut {
     None,
     /// Text or CSV: each line is scanned by the detectors.
     Text,
-    /// Binary COPY cannot be scanned: its data is dropped and the command
-    /// ends in an error instead.
-    Refused,
+    /// Output that cannot be masked (binary, or of a statement that may
+    /// read a declared column): its data is dropped and the command ends
+    /// in this error instead.
+    Refused(&'static str),
 }
+
+const BINARY_COPY: &str =
+    "binary COPY output cannot be masked; use COPY ... TO STDOUT in text or CSV format, or SELECT";
+const DECLARED_COPY: &str = "COPY TO STDOUT output cannot be masked per column and this COPY may read a masked column (through a view or a function); use SELECT, whose results the gateway masks";
 
 /// What masking does with one upstream message.
 enum Masked {
@@ -124,14 +130,30 @@ impl ServerSide<'_> {
                 self.answer_describe(shape)
             }
             b'n' => self.answer_describe(Arc::new(Shape::default())),
-            b'D' => self.mask_data_row(body, out).map_err(protocol)?,
-            b'H' => self.start_copy(body),
+            b'D' => {
+                let declared =
+                    self.rows_need_lineage() && self.reads_declared().await != Some(false);
+                self.mask_data_row(body, declared, out).map_err(protocol)?
+            }
+            b'H' => {
+                let declared =
+                    self.declares_columns() && self.reads_declared().await != Some(false);
+                self.start_copy(body, declared)
+            }
             b'd' | b'c' => self.mask_copy(tag, body),
             b'C' => self.end_copy(),
             b'E' | b'N' => {
                 let fields = parse_error_fields(body).map_err(protocol)?;
-                self.mask_error(tag, &fields)
+                // The gateway's refusals stand in for these (see `observe`);
+                // they name a statement, not data.
+                let poison = fields
+                    .iter()
+                    .any(|(c, v)| *c == b'C' && *v == sqlstate::INVALID_SQL_STATEMENT_NAME);
+                let declared =
+                    !poison && self.declares_columns() && self.reads_declared().await == Some(true);
+                self.mask_error(tag, &fields, declared)
             }
+            b'A' => self.mask_notification(body),
             _ => Masked::Keep,
         })
     }
@@ -189,7 +211,71 @@ impl ServerSide<'_> {
         }
     }
 
-    fn mask_data_row(&mut self, body: &[u8], out: &mut BytesMut) -> Result<Masked, CodecError> {
+    fn declares_columns(&self) -> bool {
+        self.mask
+            .as_ref()
+            .is_some_and(|m| !m.session.rules.columns.is_empty())
+    }
+
+    /// Whether the rows now streaming have a computed field whose masking
+    /// depends on what the statement reads.
+    fn rows_need_lineage(&mut self) -> bool {
+        let Some(m) = self
+            .mask
+            .as_ref()
+            .filter(|m| !m.session.rules.columns.is_empty())
+        else {
+            return false;
+        };
+        let portal = open_tracker(&mut self.local).and_then(|t| t.portal.as_deref());
+        let shape = match portal {
+            Some(p) => m.portals.get(p),
+            None => m.current.as_ref(),
+        };
+        shape.is_some_and(|s| s.has_computed())
+    }
+
+    /// Whether the statement whose results are streaming may read a
+    /// declared column, asking the catalog once per statement when its
+    /// text cannot tell; `None` when no statement is streaming. A catalog
+    /// that cannot answer counts as "yes".
+    async fn reads_declared(&mut self) -> Option<bool> {
+        let session = self.mask.as_ref()?.session;
+        let t = open_tracker(&mut self.local)?;
+        if let Some(known) = t.reads_declared {
+            return Some(known);
+        }
+        let answer = match lineage(&session.rules, t.statement.as_deref()) {
+            Lineage::Declared => true,
+            Lineage::Clean => false,
+            Lineage::Unsure {
+                relations,
+                functions,
+            } => match self
+                .gw
+                .catalog
+                .reach(&self.gw.upstream, &relations, &functions)
+                .await
+            {
+                Ok(reach) => settle(&session.rules, &reach),
+                Err(e) => {
+                    tracing::warn!(session = %self.session_id, error = %e, "catalog lookup failed; treating the statement as reading masked columns");
+                    true
+                }
+            },
+        };
+        if let Some(t) = open_tracker(&mut self.local) {
+            t.reads_declared = Some(answer);
+        }
+        Some(answer)
+    }
+
+    fn mask_data_row(
+        &mut self,
+        body: &[u8],
+        declared: bool,
+        out: &mut BytesMut,
+    ) -> Result<Masked, CodecError> {
         let Some(m) = self.mask.as_mut() else {
             return Ok(Masked::Keep);
         };
@@ -206,8 +292,10 @@ impl ServerSide<'_> {
         let (session, buf) = (m.session, &mut m.buf);
         with_tally(tally, |tally| {
             Ok(match shape {
-                Some(shape) if session.is_clean(shape) => Masked::Keep,
-                Some(shape) if session.mask_row(shape, body, tally, buf, out)? => Masked::Appended,
+                Some(shape) if session.is_clean(shape, declared) => Masked::Keep,
+                Some(shape) if session.mask_row(shape, declared, body, tally, buf, out)? => {
+                    Masked::Appended
+                }
                 Some(_) => Masked::Keep,
                 // Rows the gateway cannot place: nothing of them goes out.
                 None => Masked::Replace(session.null_row(body, tally)?),
@@ -216,13 +304,22 @@ impl ServerSide<'_> {
     }
 
     /// CopyOutResponse: text and CSV are scanned line by line; binary
-    /// cannot be, so it is dropped here and ends in an error.
-    fn start_copy(&mut self, body: &[u8]) -> Masked {
+    /// cannot be, nor can the output of a statement that may read a
+    /// declared column (a view over one), so that is dropped here and ends
+    /// in an error.
+    fn start_copy(&mut self, body: &[u8], declared: bool) -> Masked {
         let Some(m) = self.mask.as_mut() else {
             return Masked::Keep;
         };
-        if body.first() == Some(&1) {
-            m.copy = CopyOut::Refused;
+        let refused = if declared {
+            Some(DECLARED_COPY)
+        } else if body.first() == Some(&1) {
+            Some(BINARY_COPY)
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            m.copy = CopyOut::Refused(why);
             Masked::Drop
         } else {
             m.copy = CopyOut::Text;
@@ -230,12 +327,22 @@ impl ServerSide<'_> {
         }
     }
 
-    fn mask_error(&mut self, tag: u8, fields: &[(u8, &str)]) -> Masked {
+    fn mask_error(&mut self, tag: u8, fields: &[(u8, &str)], declared: bool) -> Masked {
         let Some(m) = self.mask.as_ref() else {
             return Masked::Keep;
         };
         let mut tally = Tally::default();
-        let masked = m.session.mask_error(tag, fields, &mut tally);
+        let masked = m.session.mask_error(tag, fields, declared, &mut tally);
+        self.tally(tally);
+        masked.map_or(Masked::Keep, Masked::Replace)
+    }
+
+    fn mask_notification(&mut self, body: &[u8]) -> Masked {
+        let Some(m) = self.mask.as_ref() else {
+            return Masked::Keep;
+        };
+        let mut tally = Tally::default();
+        let masked = m.session.mask_notification(body, &mut tally);
         self.tally(tally);
         masked.map_or(Masked::Keep, Masked::Replace)
     }
@@ -245,7 +352,7 @@ impl ServerSide<'_> {
             return Masked::Keep;
         };
         match (m.copy, tag) {
-            (CopyOut::Refused, _) => Masked::Drop,
+            (CopyOut::Refused(_), _) => Masked::Drop,
             (CopyOut::Text, b'd') => {
                 let mut tally = Tally::default();
                 let line = m.session.mask_copy_line(body, &mut tally);
@@ -268,14 +375,11 @@ impl ServerSide<'_> {
         let Some(m) = self.mask.as_mut() else {
             return Masked::Keep;
         };
-        if std::mem::replace(&mut m.copy, CopyOut::None) != CopyOut::Refused {
+        let CopyOut::Refused(why) = std::mem::replace(&mut m.copy, CopyOut::None) else {
             return Masked::Keep;
-        }
-        let error = ErrorFields::error(
-            sqlstate::INSUFFICIENT_PRIVILEGE,
-            "binary COPY output cannot be masked; use COPY ... TO STDOUT in text or CSV format, or SELECT",
-        )
-        .with_hint("Portcullis masks results for this principal; the session is still usable.");
+        };
+        let error = ErrorFields::error(sqlstate::INSUFFICIENT_PRIVILEGE, why)
+            .with_hint("Portcullis masks results for this principal; the session is still usable.");
         Masked::Replace(error.encode(BytesMut::new()))
     }
 

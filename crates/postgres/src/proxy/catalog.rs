@@ -13,6 +13,10 @@
 //! Lookups go over one gateway-owned upstream connection per listener and
 //! are cached. The cache is dropped whenever a DDL statement passes through
 //! the gateway and after [`CACHE_TTL`], so a renamed column is seen.
+//!
+//! The same connection answers what `pg_proc` says about the functions a
+//! statement calls, so a `SELECT` of a volatile user function is not a read
+//! (see `functions`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -29,6 +33,8 @@ use crate::codec::{decode_frame, CodecError, MAX_MESSAGE_LEN};
 
 use super::stream::MaybeTls;
 use super::upstream::{self, UpstreamError, UpstreamTarget};
+
+mod functions;
 
 /// Catalog changes made outside the gateway are seen within this time.
 const CACHE_TTL: Duration = Duration::from_secs(300);
@@ -75,6 +81,8 @@ struct Cache {
 #[derive(Default)]
 pub struct Catalog {
     cache: Mutex<Cache>,
+    /// What `pg_proc` says about called functions (see `functions`).
+    functions: Mutex<functions::FunctionCache>,
     conn: tokio::sync::Mutex<Option<MaybeTls>>,
 }
 
@@ -83,6 +91,9 @@ impl Catalog {
     pub fn invalidate(&self) {
         if let Ok(mut cache) = self.cache.lock() {
             *cache = Cache::default();
+        }
+        if let Ok(mut functions) = self.functions.lock() {
+            *functions = functions::FunctionCache::default();
         }
     }
 
@@ -150,6 +161,22 @@ impl Catalog {
         target: &UpstreamTarget,
         origins: &[FieldOrigin],
     ) -> Result<HashMap<FieldOrigin, Option<Entry>>, CatalogError> {
+        let rows = self.run(target, &lookup_sql(origins)).await?;
+        let mut found: HashMap<FieldOrigin, Option<Entry>> =
+            origins.iter().map(|o| (*o, None)).collect();
+        for row in rows {
+            if let Some((origin, entry)) = parse_lookup_row(&row) {
+                found.insert(origin, Some(entry));
+            }
+        }
+        Ok(found)
+    }
+}
+
+impl Catalog {
+    /// Runs one catalog query over the gateway's own connection, opening it
+    /// when there is none.
+    async fn run(&self, target: &UpstreamTarget, sql: &str) -> Result<Vec<Row>, CatalogError> {
         let mut conn = self.conn.lock().await;
         let stream = match conn.as_mut() {
             Some(s) => s,
@@ -158,23 +185,19 @@ impl Catalog {
                 conn.insert(upstream::connect(target, &params).await?.stream)
             }
         };
-        let result = tokio::time::timeout(LOOKUP_TIMEOUT, query(stream, &lookup_sql(origins)))
+        let result = tokio::time::timeout(LOOKUP_TIMEOUT, query(stream, sql))
             .await
             .unwrap_or(Err(CatalogError::Timeout));
         if result.is_err() {
             // A broken (or mid-answer) connection is reopened on the next lookup.
             *conn = None;
         }
-        let mut found: HashMap<FieldOrigin, Option<Entry>> =
-            origins.iter().map(|o| (*o, None)).collect();
-        for row in result? {
-            if let Some((origin, entry)) = parse_lookup_row(&row) {
-                found.insert(origin, Some(entry));
-            }
-        }
-        Ok(found)
+        result
     }
 }
+
+/// One result row, every value as text.
+type Row = Vec<Option<String>>;
 
 /// One query for every unknown origin. The values are integers we format
 /// ourselves, so there is nothing to quote.
@@ -219,7 +242,7 @@ fn parse_lookup_row(row: &[Option<String>]) -> Option<(FieldOrigin, Entry)> {
 }
 
 /// Runs one simple query and returns its rows as text.
-async fn query(stream: &mut MaybeTls, sql: &str) -> Result<Vec<Vec<Option<String>>>, CatalogError> {
+async fn query(stream: &mut MaybeTls, sql: &str) -> Result<Vec<Row>, CatalogError> {
     stream
         .write_all(&encode_query(BytesMut::new(), sql))
         .await?;

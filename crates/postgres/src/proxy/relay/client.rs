@@ -190,7 +190,7 @@ impl ClientSide<'_> {
             }
             FrontendMessage::Parse { name, query, .. } => {
                 let (name, query) = (name.to_string(), query.to_string());
-                self.parse(&frame, name, query);
+                self.parse(&frame, name, query).await;
             }
             FrontendMessage::Bind {
                 portal,
@@ -267,7 +267,7 @@ impl ClientSide<'_> {
     }
 
     async fn simple_query(&mut self, frame: &Frame, sql: &str) {
-        let (classification, decision) = self.decide(sql);
+        let (classification, decision) = self.decide(sql).await;
         if decision.verdict == Verdict::Hold {
             return self
                 .hold(frame, sql.to_string(), classification, decision, None)
@@ -297,8 +297,8 @@ impl ClientSide<'_> {
         }
     }
 
-    fn parse(&mut self, frame: &Frame, name: String, query: String) {
-        let (classification, decision) = self.decide(&query);
+    async fn parse(&mut self, frame: &Frame, name: String, query: String) {
+        let (classification, decision) = self.decide(&query).await;
         let prepared = Arc::new(Prepared {
             text: query,
             classification,
@@ -413,9 +413,16 @@ impl ClientSide<'_> {
         self.record_then_forward(frame, record, portal, false).await;
     }
 
-    fn decide(&self, sql: &str) -> (Arc<Classification>, Decision) {
+    /// Classifies, judges the functions called by what the catalog says
+    /// they are, and decides.
+    async fn decide(&self, sql: &str) -> (Arc<Classification>, Decision) {
         match self.gw.classifier.classify(sql) {
             Ok(c) => {
+                let c = self
+                    .gw
+                    .catalog
+                    .judge_functions(&self.gw.upstream, &self.gw.functions, c)
+                    .await;
                 let mut d = self.applicable.decide(&c);
                 if d.verdict == Verdict::Allow {
                     if let Some(refusal) = self.mask.and_then(|m| unmaskable_copy(&m.rules, &c)) {

@@ -12,6 +12,7 @@ mod jit_http;
 mod jit_support;
 mod postgres_access;
 mod postgres_clients;
+mod postgres_differential;
 mod postgres_login_limit;
 mod postgres_masking;
 mod postgres_robustness;

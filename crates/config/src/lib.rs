@@ -249,6 +249,48 @@ pub struct PostgresConnection {
     pub insecure_plaintext: bool,
     /// The real database and the credential the gateway holds for it.
     pub upstream: PostgresUpstream,
+    /// Statement classes declared for functions outside `pg_catalog`, for
+    /// when the catalog's judgement (volatile or `SECURITY DEFINER`: not a
+    /// read) is wrong for this database.
+    #[serde(default)]
+    pub functions: FunctionClasses,
+}
+
+/// `functions: { read: [app.price_of], write: [queue.enqueue] }`: what a
+/// call to each listed function is, whatever the catalog says. Names are
+/// `schema.name`, or a bare `name` for that name in every schema; they are
+/// matched as PostgreSQL folds them (unquoted names are lower case).
+/// Built-ins (`pg_catalog`) cannot be listed: the gateway classifies them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionClasses {
+    /// Functions that only read although the catalog says they are
+    /// volatile or `SECURITY DEFINER`.
+    #[serde(default)]
+    pub read: Vec<String>,
+    /// Functions that change data.
+    #[serde(default)]
+    pub write: Vec<String>,
+    /// Functions that change the schema.
+    #[serde(default)]
+    pub ddl: Vec<String>,
+    /// Functions that act on roles, privileges, the server or other sessions.
+    #[serde(default)]
+    pub admin: Vec<String>,
+}
+
+impl FunctionClasses {
+    /// Every listed name with the class word of its list.
+    pub fn entries(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("read", &self.read),
+            ("write", &self.write),
+            ("ddl", &self.ddl),
+            ("admin", &self.admin),
+        ]
+        .into_iter()
+        .flat_map(|(class, names)| names.iter().map(move |n| (class, n.as_str())))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -384,3 +384,64 @@ fn workers_default_to_one_per_cpu_and_zero_is_refused_with_its_line() {
     assert!(err.starts_with("p.yaml:1:"), "{err}");
     assert!(err.contains("workers"), "{err}");
 }
+
+fn with_functions(lines: &str) -> String {
+    GOOD.replace(
+        "      tls: prefer\n",
+        &format!("      tls: prefer\n    functions:\n{lines}"),
+    )
+}
+
+#[test]
+fn function_classes_parse_per_connection() {
+    let text = with_functions("      read: [app.price_of, total]\n      write: [queue.enqueue]\n");
+    let c = Config::parse("p.yaml", &text).unwrap();
+    let ConnectionConfig::Postgres(pg) = &c.connections[0] else {
+        panic!("postgres expected")
+    };
+    let entries: Vec<_> = pg.functions.entries().collect();
+    assert_eq!(
+        entries,
+        vec![
+            ("read", "app.price_of"),
+            ("read", "total"),
+            ("write", "queue.enqueue")
+        ]
+    );
+    let ConnectionConfig::Postgres(plain) = &Config::parse("p.yaml", GOOD).unwrap().connections[0]
+    else {
+        panic!("postgres expected")
+    };
+    assert_eq!(plain.functions.entries().count(), 0);
+}
+
+#[test]
+fn bad_function_classes_are_located() {
+    // (lines, what the error says, text on the line it points at); serde
+    // reports unknown fields of a connection at the connection's start.
+    let cases = [
+        ("      reads: [f]\n", "reads", "name: orders-db"),
+        ("      read: [\"f(int)\"]\n", "functions.read", "f(int)"),
+        ("      write: [a.b.c]\n", "functions.write", "a.b.c"),
+        (
+            "      admin: [pg_catalog.lower]\n",
+            "built-in",
+            "pg_catalog.lower",
+        ),
+        (
+            "      read: [g]\n      write: [g]\n",
+            "listed twice",
+            "write: [g]",
+        ),
+    ];
+    for (lines, says, located) in cases {
+        let text = with_functions(lines);
+        let err = Config::parse("p.yaml", &text).unwrap_err().to_string();
+        assert!(err.contains(says), "{lines}: {err}");
+        let line: usize = err.split(':').nth(1).unwrap().parse().unwrap();
+        assert!(
+            text.lines().nth(line - 1).unwrap().contains(located),
+            "{lines}: {err}"
+        );
+    }
+}

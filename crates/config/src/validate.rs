@@ -220,6 +220,46 @@ fn validate_connections(config: &Config) -> Result<(), Violation> {
                 )
                 .after(format!("name: {}", pg.name)));
             }
+            validate_functions(pg, &field)?;
+        }
+    }
+    Ok(())
+}
+
+/// `functions:` names: `name` or `schema.name` as PostgreSQL folds them,
+/// nothing in `pg_catalog`, each in one list only.
+fn validate_functions(
+    pg: &crate::PostgresConnection,
+    field: &dyn Fn(&str) -> String,
+) -> Result<(), Violation> {
+    let mut seen = HashSet::new();
+    for (class, name) in pg.functions.entries() {
+        // A name can be any short word, so the line is found by its list.
+        let violation = |message: String| {
+            Violation::new(
+                field(&format!("functions.{class}")),
+                message,
+                &format!("{class}:"),
+            )
+            .after(format!("name: {}", pg.name))
+        };
+        let parts: Vec<&str> = name.split('.').collect();
+        let well_formed = parts.len() <= 2
+            && parts.iter().all(|p| {
+                !p.is_empty() && !p.contains(|c: char| c.is_whitespace() || c == '"' || c == '(')
+            });
+        if !well_formed {
+            return Err(violation(format!(
+                "{name:?} is not a function name: write `name` or `schema.name`, without quotes or arguments"
+            )));
+        }
+        if parts.len() == 2 && parts[0] == "pg_catalog" {
+            return Err(violation(format!(
+                "{name:?} is a built-in: the gateway classifies pg_catalog functions itself"
+            )));
+        }
+        if !seen.insert(name) {
+            return Err(violation(format!("{name:?} is listed twice")));
         }
     }
     Ok(())

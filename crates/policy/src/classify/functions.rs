@@ -6,8 +6,14 @@
 //! (`pg_catalog.nextval` is `nextval`), conservatively: a user function that
 //! shadows one of these names is treated like the built-in.
 //!
-//! User-defined functions can do anything and are not inspected: the
-//! classification is of the statement, not of code stored in the database.
+//! The lists were checked against every volatile function in `pg_catalog`
+//! (and the stable ones that assign a transaction id, `txid_current` and
+//! `pg_current_xact_id`); the volatile built-ins not listed only read or
+//! touch the calling session (`random`, `clock_timestamp`, `pg_sleep`,
+//! `lo_get`, `currval`, `pg_stat_clear_snapshot`).
+//!
+//! Functions outside `pg_catalog` are judged by what the database's catalog
+//! says about them (see [`super::facts`]), not by this list.
 
 use super::StatementClass;
 
@@ -17,7 +23,6 @@ const ADMIN: &[&str] = &[
     "pg_terminate_backend",
     "pg_cancel_backend",
     "pg_reload_conf",
-    "pg_rotate_logfile",
     "pg_promote",
     "pg_switch_wal",
     "pg_switch_xlog",
@@ -30,14 +35,14 @@ const ADMIN: &[&str] = &[
     "pg_wal_replay_resume",
     "pg_log_backend_memory_contexts",
     "pg_import_system_collations",
-    "pg_read_file",
-    "pg_read_binary_file",
     "pg_stat_file",
-    "pg_file_write",
-    "pg_file_rename",
-    "pg_file_unlink",
-    "pg_file_sync",
     "pg_logdir_ls",
+    "pg_hba_file_rules",
+    "pg_ident_file_mappings",
+    "pg_show_all_file_settings",
+    "pg_extension_config_dump",
+    "pg_nextoid",
+    "pg_stop_making_pinned_objects",
     "lo_import",
     "lo_export",
     "query_to_xml",
@@ -50,6 +55,9 @@ const ADMIN: &[&str] = &[
 /// Prefixes of admin function families.
 const ADMIN_PREFIXES: &[&str] = &[
     "dblink",
+    "pg_read_",
+    "pg_file_",
+    "pg_rotate_logfile",
     "pg_ls_",
     "pg_stat_reset",
     "pg_replication_origin_",
@@ -59,6 +67,9 @@ const ADMIN_PREFIXES: &[&str] = &[
 
 /// Functions that change data or session-visible state.
 const WRITE: &[&str] = &[
+    // Both assign the calling transaction an id, as a write would.
+    "txid_current",
+    "pg_current_xact_id",
     "nextval",
     "setval",
     "lo_create",

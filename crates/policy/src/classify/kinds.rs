@@ -7,8 +7,8 @@
 //! fails closed until someone classifies it.
 
 use pg_query::protobuf::{
-    self, AlterTableStmt, AlterTableType, CopyStmt, ObjectType, SelectStmt, TransactionStmt,
-    TransactionStmtKind, VariableSetKind, VariableSetStmt,
+    self, AlterTableStmt, AlterTableType, CopyStmt, CreateSchemaStmt, ObjectType, SelectStmt,
+    TransactionStmt, TransactionStmtKind, VariableSetKind, VariableSetStmt,
 };
 use pg_query::NodeEnum as N;
 
@@ -319,7 +319,7 @@ fn ddl(node: &N) -> Option<Kind> {
         N::CreateFunctionStmt(_) => "CREATE FUNCTION",
         N::CreateStmt(_) => "CREATE TABLE",
         N::CreateForeignTableStmt(_) => "CREATE FOREIGN TABLE",
-        N::CreateSchemaStmt(_) => "CREATE SCHEMA",
+        N::CreateSchemaStmt(c) => return Some(create_schema(c)),
         N::ViewStmt(_) => "CREATE VIEW",
         N::IndexStmt(_) => "CREATE INDEX",
         N::TruncateStmt(_) => "TRUNCATE",
@@ -350,6 +350,25 @@ fn ddl(node: &N) -> Option<Kind> {
         _ => return None,
     };
     Some(kind(Ddl, command))
+}
+
+/// `CREATE SCHEMA s GRANT ... CREATE TABLE ...` runs each element as the
+/// statement it is, so the strongest element decides.
+fn create_schema(c: &CreateSchemaStmt) -> Kind {
+    let strongest = c
+        .schema_elts
+        .iter()
+        .filter_map(|e| e.node.as_ref())
+        .map(kind_of)
+        .max_by_key(|k| k.class)
+        .filter(|k| k.class > Ddl);
+    match strongest {
+        Some(element) => Kind {
+            why: Some(format!("runs {} as a schema element", element.command)),
+            ..kind(element.class, "CREATE SCHEMA")
+        },
+        None => kind(Ddl, "CREATE SCHEMA"),
+    }
 }
 
 /// Object kinds whose creation or removal is administration, not schema

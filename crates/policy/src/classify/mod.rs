@@ -12,6 +12,7 @@
 //! under the literal-stripped text from [`normalize`].
 
 mod cache;
+pub mod facts;
 mod functions;
 mod kinds;
 pub(crate) mod lexer;

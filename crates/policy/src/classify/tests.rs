@@ -75,6 +75,15 @@ const TABLE: &[(&str, StatementClass, &str)] = &[
     ("SELECT nextval('seq')", Write, "SELECT"),
     ("SELECT setval('seq', 1)", Write, "SELECT"),
     ("SELECT pg_advisory_lock(1)", Write, "SELECT"),
+    ("SELECT pg_advisory_unlock_all()", Write, "SELECT"),
+    ("SELECT txid_current()", Write, "SELECT"),
+    ("SELECT pg_catalog.pg_current_xact_id()", Write, "SELECT"),
+    ("SELECT pg_current_xact_id_if_assigned()", Read, "SELECT"),
+    ("SELECT pg_read_file_old('f', 0, 1)", Admin, "SELECT"),
+    ("SELECT pg_file_write('f', 'x', false)", Admin, "SELECT"),
+    ("SELECT pg_rotate_logfile_old()", Admin, "SELECT"),
+    ("SELECT pg_hba_file_rules()", Admin, "SELECT"),
+    ("SELECT pg_drop_replication_slot('s')", Admin, "SELECT"),
     ("SELECT pg_notify('c', 'x')", Write, "SELECT"),
     ("SELECT lo_unlink(1)", Write, "SELECT"),
     (
@@ -112,6 +121,16 @@ const TABLE: &[(&str, StatementClass, &str)] = &[
     ("CREATE SEQUENCE s", Ddl, "CREATE SEQUENCE"),
     ("CREATE TYPE mood AS ENUM ('a', 'b')", Ddl, "CREATE TYPE"),
     ("CREATE SCHEMA s", Ddl, "CREATE SCHEMA"),
+    (
+        "CREATE SCHEMA s CREATE TABLE t (a int) CREATE VIEW v AS SELECT 1",
+        Ddl,
+        "CREATE SCHEMA",
+    ),
+    (
+        "CREATE SCHEMA s CREATE TABLE t (a int) GRANT SELECT ON t TO bob",
+        Admin,
+        "CREATE SCHEMA",
+    ),
     ("SELECT a INTO new_t FROM t", Ddl, "SELECT INTO"),
     ("SELECT 1 AS a INTO t UNION SELECT 2", Ddl, "SELECT"),
     // Administration.

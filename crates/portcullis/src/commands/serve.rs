@@ -14,6 +14,7 @@ use portcullis_config::{
 use portcullis_identity::ratelimit::AuthRateLimit;
 use portcullis_identity::Verifier;
 use portcullis_jit::{Broker, BrokerSettings, Notifier};
+use portcullis_policy::classify::facts::DeclaredFunctions;
 use portcullis_policy::classify::Classifier;
 use portcullis_policy::decide::PolicySet;
 use portcullis_postgres::{CancelRegistry, PgGateway, UpstreamAddr, UpstreamTarget};
@@ -177,6 +178,7 @@ fn postgres_gateway(
         cancels: Arc::new(CancelRegistry::default()),
         masker: services.masker.clone(),
         catalog: Default::default(),
+        functions: DeclaredFunctions::from_config(&pg.functions),
         jit: services.jit.clone(),
         limits: services.login_limits.clone(),
     }))

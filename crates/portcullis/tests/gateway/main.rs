@@ -15,6 +15,7 @@ mod jit_support;
 mod postgres_access;
 mod postgres_clients;
 mod postgres_complex;
+mod postgres_differential;
 mod postgres_login_limit;
 mod postgres_masking;
 mod postgres_robustness;

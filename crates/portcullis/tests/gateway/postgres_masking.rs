@@ -89,7 +89,7 @@ fn masking_env_with(change: impl FnOnce(&mut Options)) -> Env {
              create view customer_contacts as
                select c.id, c.email as contact, upper(c.name) as shout from customers c;
              create view contacts_of_contacts as select contact as reach from customer_contacts;
-             create function shout(t text) returns int language plpgsql
+             create function shout(t text) returns int language plpgsql stable
                as $$ begin raise notice 'saw %', t; return 1; end $$;
              alter table customers owner to app_scram;
              alter table orders owner to app_scram;

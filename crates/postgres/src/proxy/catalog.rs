@@ -13,6 +13,10 @@
 //! Lookups go over one gateway-owned upstream connection per listener and
 //! are cached. The cache is dropped whenever a DDL statement passes through
 //! the gateway and after [`CACHE_TTL`], so a renamed column is seen.
+//!
+//! The same connection answers what `pg_proc` says about the functions a
+//! statement calls, so a `SELECT` of a volatile user function is not a read
+//! (see `functions`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -29,6 +33,8 @@ use crate::codec::{decode_frame, CodecError, MAX_MESSAGE_LEN};
 
 use super::stream::MaybeTls;
 use super::upstream::{self, UpstreamError, UpstreamTarget};
+
+mod functions;
 
 /// Catalog changes made outside the gateway are seen within this time.
 const CACHE_TTL: Duration = Duration::from_secs(300);
@@ -102,6 +108,8 @@ impl Reach {
 #[derive(Default)]
 pub struct Catalog {
     cache: Mutex<Cache>,
+    /// What `pg_proc` says about called functions (see `functions`).
+    functions: Mutex<functions::FunctionCache>,
     conn: tokio::sync::Mutex<Option<MaybeTls>>,
 }
 
@@ -110,6 +118,9 @@ impl Catalog {
     pub fn invalidate(&self) {
         if let Ok(mut cache) = self.cache.lock() {
             *cache = Cache::default();
+        }
+        if let Ok(mut functions) = self.functions.lock() {
+            *functions = functions::FunctionCache::default();
         }
     }
 
@@ -272,12 +283,9 @@ impl Catalog {
 }
 
 impl Catalog {
-    /// Runs one catalog query on the gateway's own connection.
-    async fn run(
-        &self,
-        target: &UpstreamTarget,
-        sql: &str,
-    ) -> Result<Vec<Vec<Option<String>>>, CatalogError> {
+    /// Runs one catalog query over the gateway's own connection, opening it
+    /// when there is none.
+    async fn run(&self, target: &UpstreamTarget, sql: &str) -> Result<Vec<Row>, CatalogError> {
         let mut conn = self.conn.lock().await;
         let stream = match conn.as_mut() {
             Some(s) => s,
@@ -296,6 +304,9 @@ impl Catalog {
         result
     }
 }
+
+/// One result row, every value as text.
+type Row = Vec<Option<String>>;
 
 /// A string literal that reads the same whatever standard_conforming_strings says.
 fn literal(text: &str) -> String {
@@ -379,7 +390,7 @@ fn parse_lookup_row(row: &[Option<String>]) -> Option<(FieldOrigin, Entry)> {
 }
 
 /// Runs one simple query and returns its rows as text.
-async fn query(stream: &mut MaybeTls, sql: &str) -> Result<Vec<Vec<Option<String>>>, CatalogError> {
+async fn query(stream: &mut MaybeTls, sql: &str) -> Result<Vec<Row>, CatalogError> {
     stream
         .write_all(&encode_query(BytesMut::new(), sql))
         .await?;

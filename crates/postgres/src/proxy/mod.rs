@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use portcullis_identity::ratelimit::AuthRateLimit;
 use portcullis_identity::Verifier;
+use portcullis_policy::classify::facts::DeclaredFunctions;
 use portcullis_policy::classify::Classifier;
 use portcullis_policy::decide::PolicySet;
 use portcullis_records::Store;
@@ -49,8 +50,11 @@ pub struct PgGateway {
     /// Keyed masker for `mask:` rules (the key lives in the data dir, so
     /// `hash` stays stable across restarts).
     pub masker: Arc<portcullis_masking::Masker>,
-    /// Where result fields come from, for declared masked columns.
+    /// Where result fields come from, for declared masked columns, and
+    /// what the functions a statement calls are.
     pub catalog: catalog::Catalog,
+    /// The connection's `functions:` declarations.
+    pub functions: DeclaredFunctions,
     /// Grants (admission to `jit` connections) and held statements.
     pub jit: Arc<portcullis_jit::Broker>,
     /// Failed logins per source address; shared with the gateway's other listeners.

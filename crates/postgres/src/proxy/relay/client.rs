@@ -671,11 +671,17 @@ impl ClientSide<'_> {
             .await;
     }
 
-    /// The classification and decision for `sql`; when it cannot be classified,
-    /// also the error PostgreSQL itself would give (a syntax error with its position).
+    /// Classifies, judges the functions called by what the catalog says
+    /// they are, and decides; when it cannot be classified, also the error
+    /// PostgreSQL itself would give (a syntax error with its position).
     async fn decide(&self, sql: &str) -> (Arc<Classification>, Decision, Option<ErrorFields>) {
         match self.classify(sql).await {
             Ok(c) => {
+                let c = self
+                    .gw
+                    .catalog
+                    .judge_functions(&self.gw.upstream, &self.gw.functions, c)
+                    .await;
                 let d = self.decide_classified(&c);
                 (c, d, None)
             }

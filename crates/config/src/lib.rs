@@ -281,6 +281,26 @@ pub struct PostgresUpstream {
     /// CA bundle for `verify-full`; the system roots when omitted.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// SCRAM channel binding (libpq's `channel_binding`): `prefer` binds the
+    /// login to the server's TLS certificate whenever the server offers
+    /// SCRAM-SHA-256-PLUS; `require` accepts no other login (it needs TLS).
+    #[serde(default)]
+    pub channel_binding: ChannelBindingMode,
+    /// Answer a server that asks for the password in clear text or as md5
+    /// although nothing authenticates that server (plain TCP, or TLS under
+    /// `prefer`/`require`, which check no certificate). Off by default: such a
+    /// server, or whoever sits in between, would learn the password or could
+    /// replay the md5 answer. `verify-full` TLS and Unix sockets never need it.
+    #[serde(default)]
+    pub insecure_password_auth: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelBindingMode {
+    #[default]
+    Prefer,
+    Require,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -384,3 +384,43 @@ fn workers_default_to_one_per_cpu_and_zero_is_refused_with_its_line() {
     assert!(err.starts_with("p.yaml:1:"), "{err}");
     assert!(err.contains("workers"), "{err}");
 }
+
+#[test]
+fn upstream_auth_defaults_withhold_passwords_and_binding_require_needs_tls() {
+    let c = Config::parse("p.yaml", GOOD).unwrap();
+    let up = pg_upstream(&c, 0);
+    assert_eq!(up.channel_binding, ChannelBindingMode::Prefer);
+    assert!(!up.insecure_password_auth);
+    let text = GOOD.replace(
+        "      tls: prefer",
+        "      tls: require\n      channel_binding: require\n      insecure_password_auth: true",
+    );
+    let c = Config::parse("p.yaml", &text).unwrap();
+    assert_eq!(
+        pg_upstream(&c, 0).channel_binding,
+        ChannelBindingMode::Require
+    );
+    assert!(pg_upstream(&c, 0).insecure_password_auth);
+    for plain in [
+        GOOD.replace(
+            "      tls: prefer",
+            "      tls: disable\n      channel_binding: require",
+        ),
+        GOOD.replace("host: 127.0.0.1", "host: /run/postgresql")
+            .replace(
+                "      tls: prefer",
+                "      tls: prefer\n      channel_binding: require",
+            ),
+    ] {
+        let err = Config::parse("p.yaml", &plain).unwrap_err().to_string();
+        assert!(
+            err.contains("connections[0].upstream.channel_binding: require needs TLS"),
+            "{err}"
+        );
+        let line: usize = err.split(':').nth(1).unwrap().parse().unwrap();
+        assert_eq!(
+            plain.lines().nth(line - 1).map(str::trim),
+            Some("channel_binding: require")
+        );
+    }
+}

@@ -3,7 +3,8 @@
 use std::collections::HashSet;
 
 use crate::{
-    is_loopback_listen, Access, Config, ConnectionConfig, MaskConfig, UpstreamTls, SSH_WORDS,
+    is_loopback_listen, Access, ChannelBindingMode, Config, ConnectionConfig, MaskConfig,
+    UpstreamTls, SSH_WORDS,
 };
 
 const STATEMENT_CLASSES: [&str; 4] = ["read", "write", "ddl", "admin"];
@@ -217,6 +218,15 @@ fn validate_connections(config: &Config) -> Result<(), Violation> {
                         socket.display()
                     ),
                     "tls:",
+                )
+                .after(format!("name: {}", pg.name)));
+            }
+            let plain = up.tls == UpstreamTls::Disable || up.unix_socket().is_some();
+            if up.channel_binding == ChannelBindingMode::Require && plain {
+                return Err(Violation::new(
+                    field("upstream.channel_binding"),
+                    "require needs TLS to bind to, and this upstream is reached without it (tls: disable or a Unix socket)".into(),
+                    "channel_binding",
                 )
                 .after(format!("name: {}", pg.name)));
             }

@@ -164,6 +164,8 @@ fn postgres_gateway(
         password,
         tls: pg.upstream.tls,
         tls_config: upstream_tls(pg)?,
+        channel_binding: pg.upstream.channel_binding,
+        insecure_password_auth: pg.upstream.insecure_password_auth,
     };
     Ok(Arc::new(PgGateway {
         name: pg.name.clone(),

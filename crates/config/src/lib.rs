@@ -53,9 +53,14 @@ pub struct Config {
     /// Where records, grants and approvals live: `sqlite://PATH` (embedded default).
     #[serde(default = "default_store")]
     pub store: String,
-    /// Directory for generated state: dev TLS certificate, SSH host key.
+    /// Directory for generated state: dev TLS certificate, SSH host key, audit signing key.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Ed25519 key that signs the audit chain's checkpoints (`audit-checkpoints.jsonl` goes
+    /// beside it); `data_dir/audit-signing.key` when omitted, created on first start. Keep it
+    /// where whoever can write the store cannot.
+    #[serde(default)]
+    pub audit_signing_key: Option<PathBuf>,
     /// Threads that relay sessions; omitted means one per CPU. Fewer leave CPUs to what else
     /// runs on the host (a co-located database); one thread serves many sessions.
     #[serde(default)]
@@ -518,6 +523,13 @@ impl Config {
 
     pub fn connection(&self, name: &str) -> Option<&ConnectionConfig> {
         self.connections.iter().find(|c| c.name() == name)
+    }
+
+    /// Where the audit signing key is (and beside it, the signed checkpoints).
+    pub fn audit_signing_key(&self) -> PathBuf {
+        self.audit_signing_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit-signing.key"))
     }
 
     /// Path of the SQLite file when the store is `sqlite://PATH`.

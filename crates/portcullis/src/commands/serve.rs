@@ -17,7 +17,7 @@ use portcullis_jit::{Broker, BrokerSettings, Notifier};
 use portcullis_policy::classify::Classifier;
 use portcullis_policy::decide::PolicySet;
 use portcullis_postgres::{CancelRegistry, PgGateway, UpstreamAddr, UpstreamTarget};
-use portcullis_records::Store;
+use portcullis_records::{Seal, Store};
 use portcullis_ssh::SshGateway;
 use tokio::sync::watch;
 
@@ -59,6 +59,8 @@ async fn run(config_path: &Path, config: Config) -> anyhow::Result<ExitCode> {
     let policies = Arc::new(PolicySet::compile_config(&config).context("policies")?);
     let store = Store::open(&config.store)
         .with_context(|| format!("cannot open store {}", config.store))?;
+    // Grants and approvals are rebuilt from the records below: only from a chain that verifies.
+    let seal = open_seal(&store, &config)?;
     let base_url = config.admin.base_url();
     let notifier = Notifier::start(
         config.admin.webhooks.clone(),
@@ -75,6 +77,7 @@ async fn run(config_path: &Path, config: Config) -> anyhow::Result<ExitCode> {
         .await
         .context("cannot load grants from the store")?;
     let _expiry = jit.spawn_expiry(EXPIRY_SWEEP);
+    let _checkpoints = spawn_checkpoints(seal.clone(), store.clone());
     let services = Services {
         verifier: Verifier::new(&config.identity.oidc),
         policies,
@@ -146,7 +149,53 @@ async fn run(config_path: &Path, config: Config) -> anyhow::Result<ExitCode> {
         .flush()
         .await
         .context("flushing audit records")?;
+    seal.checkpoint(&services.store)
+        .context("signing the last audit checkpoint")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Verifies the chain against its signed checkpoints (fail closed: the gateway does not start
+/// on a rewritten chain) and signs its head.
+fn open_seal(store: &Store, config: &Config) -> anyhow::Result<Arc<Seal>> {
+    let key = config.audit_signing_key();
+    let opened = Seal::open(store, &key).with_context(|| {
+        format!(
+            "refusing to start: grants and approvals would be rebuilt from audit records that do not verify; \
+             `portcullis audit verify` names the record. To start afresh, move the store ({}) and {} aside",
+            config.store,
+            portcullis_records::checkpoints_path(&key).display()
+        )
+    })?;
+    if opened.new_key {
+        tracing::warn!(key = %key.display(), fingerprint = %opened.seal.fingerprint(), records = opened.report.checked,
+            "created a new audit signing key: the records before this start were checked by their hash chain only; keep this fingerprint somewhere the gateway host cannot rewrite");
+    } else {
+        tracing::info!(key = %key.display(), fingerprint = %opened.seal.fingerprint(), records = opened.report.checked,
+            checkpoints = opened.report.checkpoints, "audit chain verified against its signed checkpoints");
+    }
+    Ok(Arc::new(opened.seal))
+}
+
+/// How often the chain's head is signed while records are written.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn spawn_checkpoints(seal: Arc<Seal>, store: Store) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let (seal, store) = (seal.clone(), store.clone());
+            let signed = tokio::task::spawn_blocking(move || seal.checkpoint(&store)).await;
+            match signed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot write an audit checkpoint; will retry")
+                }
+                Err(e) => tracing::error!(error = %e, "audit checkpoint task failed"),
+            }
+        }
+    })
 }
 
 fn postgres_gateway(

@@ -196,12 +196,64 @@ pub struct OidcIssuerConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApproversConfig {
-    /// Principal names that may approve.
+    /// Principals that may approve: a name, or `{ issuer: URL, name: N }` (the issuer is
+    /// required when several are configured, since each names its principals independently).
     #[serde(default)]
-    pub principals: Vec<String>,
-    /// Groups whose members may approve.
+    pub principals: Vec<IssuedName>,
+    /// Groups whose members may approve, written like `principals`.
     #[serde(default)]
-    pub groups: Vec<String>,
+    pub groups: Vec<IssuedName>,
+}
+
+/// A principal or group name as one issuer's tokens state it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "IssuedNameRepr")]
+pub struct IssuedName {
+    /// The issuer whose tokens carry the name; `None` only with a single issuer.
+    pub issuer: Option<String>,
+    pub name: String,
+}
+
+impl IssuedName {
+    /// Whether a token of `issuer` naming `name` is this one.
+    pub fn is(&self, issuer: &str, name: &str) -> bool {
+        self.name == name && self.issuer.as_deref().is_none_or(|i| i == issuer)
+    }
+}
+
+impl From<&str> for IssuedName {
+    fn from(name: &str) -> Self {
+        IssuedName {
+            issuer: None,
+            name: name.to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IssuedNameRepr {
+    Name(String),
+    Qualified(QualifiedName),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QualifiedName {
+    issuer: String,
+    name: String,
+}
+
+impl From<IssuedNameRepr> for IssuedName {
+    fn from(repr: IssuedNameRepr) -> Self {
+        match repr {
+            IssuedNameRepr::Name(name) => IssuedName { issuer: None, name },
+            IssuedNameRepr::Qualified(q) => IssuedName {
+                issuer: Some(q.issuer),
+                name: q.name,
+            },
+        }
+    }
 }
 
 /// One listener and the upstream it fronts, by protocol.
@@ -386,6 +438,10 @@ pub struct PolicyConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
+    /// Only tokens of this issuer (its `identity.oidc[].issuer` URL). Required when several
+    /// issuers are configured: the same `sub` from two issuers is two principals.
+    #[serde(default)]
+    pub issuer: Option<String>,
     /// Claim name → expected value (`*` globs allowed); all must match.
     #[serde(default)]
     pub claims: BTreeMap<String, String>,

@@ -424,3 +424,47 @@ fn upstream_auth_defaults_withhold_passwords_and_binding_require_needs_tls() {
         );
     }
 }
+
+#[test]
+fn with_several_issuers_policies_and_approvers_name_theirs() {
+    let two = GOOD.replace(
+        "  approvers:\n",
+        "    - issuer: https://ci.example.com\n      audience: portcullis\n  approvers:\n",
+    );
+    let err = Config::parse("p.yaml", &two).unwrap_err().to_string();
+    assert!(
+        err.contains("identity.approvers.groups[0]: several issuers are configured"),
+        "{err}"
+    );
+    let qualified = two.replace(
+        "groups: [sre-oncall]",
+        "groups: [{ issuer: \"http://127.0.0.1:9000\", name: sre-oncall }]",
+    );
+    let err = Config::parse("p.yaml", &qualified).unwrap_err().to_string();
+    assert!(
+        err.contains("policies[0].match.issuer: several issuers"),
+        "{err}"
+    );
+    let ok = qualified
+        .replace(
+            "match: { claims:",
+            "match: { issuer: \"https://ci.example.com\", claims:",
+        )
+        .replace(
+            "match: { groups: [sre] }",
+            "match: { issuer: \"http://127.0.0.1:9000\", groups: [sre] }",
+        );
+    let c = Config::parse("p.yaml", &ok).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.identity.approvers.groups[0].is("http://127.0.0.1:9000", "sre-oncall"));
+    assert!(!c.identity.approvers.groups[0].is("https://ci.example.com", "sre-oncall"));
+    let unknown = ok.replacen(
+        "https://ci.example.com\", claims",
+        "https://elsewhere.test\", claims",
+        1,
+    );
+    let err = Config::parse("p.yaml", &unknown).unwrap_err().to_string();
+    assert!(
+        err.contains("\"https://elsewhere.test\" is not a configured issuer"),
+        "{err}"
+    );
+}

@@ -71,6 +71,10 @@ async fn run(config_path: &Path, config: Config) -> anyhow::Result<ExitCode> {
         approvers: config.identity.approvers.clone(),
         approval_timeout: config.admin.approval_timeout.0,
         base_url,
+        sole_issuer: match config.identity.oidc.as_slice() {
+            [only] => Some(only.issuer.clone()),
+            _ => None,
+        },
     };
     warn_if_nobody_can_approve(&config);
     let jit = Broker::open(store.clone(), policies.clone(), settings, notifier)

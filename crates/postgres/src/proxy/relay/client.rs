@@ -479,6 +479,7 @@ impl ClientSide<'_> {
         let request = HoldRequest {
             session_id: self.session_id.to_string(),
             principal: self.principal.name.clone(),
+            issuer: self.principal.issuer.clone(),
             connection: self.gw.name.clone(),
             statement: text.clone(),
             policy: decision.policy.clone(),

@@ -81,7 +81,7 @@ async fn run(config_path: &Path, config: Config) -> anyhow::Result<ExitCode> {
         .await
         .context("cannot load grants from the store")?;
     let _expiry = jit.spawn_expiry(EXPIRY_SWEEP);
-    let _checkpoints = spawn_checkpoints(seal.clone(), store.clone());
+    let checkpoints = spawn_checkpoints(seal.clone(), store.clone())?;
     let services = Services {
         verifier: Verifier::new(&config.identity.oidc),
         policies,
@@ -153,6 +153,9 @@ async fn run(config_path: &Path, config: Config) -> anyhow::Result<ExitCode> {
         .flush()
         .await
         .context("flushing audit records")?;
+    let (stop_signing, signer) = checkpoints;
+    drop(stop_signing);
+    let _ = signer.join();
     seal.checkpoint(&services.store)
         .context("signing the last audit checkpoint")?;
     Ok(ExitCode::SUCCESS)
@@ -183,23 +186,26 @@ fn open_seal(store: &Store, config: &Config) -> anyhow::Result<Arc<Seal>> {
 /// How often the chain's head is signed while records are written.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-fn spawn_checkpoints(seal: Arc<Seal>, store: Store) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let (seal, store) = (seal.clone(), store.clone());
-            let signed = tokio::task::spawn_blocking(move || seal.checkpoint(&store)).await;
-            match signed {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "cannot write an audit checkpoint; will retry")
+/// Signs on a thread of its own: a checkpoint ends in an `fdatasync`, which must not stall a
+/// relay worker. Stops when the returned sender is dropped.
+fn spawn_checkpoints(
+    seal: Arc<Seal>,
+    store: Store,
+) -> anyhow::Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("portcullis-audit-seal".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(CHECKPOINT_EVERY)
+            {
+                if let Err(e) = seal.checkpoint(&store) {
+                    tracing::error!(error = %e, "cannot write an audit checkpoint; will retry");
                 }
-                Err(e) => tracing::error!(error = %e, "audit checkpoint task failed"),
             }
-        }
-    })
+        })
+        .context("cannot start the audit checkpoint thread")?;
+    Ok((stop, thread))
 }
 
 fn postgres_gateway(

@@ -53,9 +53,14 @@ pub struct Config {
     /// Where records, grants and approvals live: `sqlite://PATH` (embedded default).
     #[serde(default = "default_store")]
     pub store: String,
-    /// Directory for generated state: dev TLS certificate, SSH host key.
+    /// Directory for generated state: dev TLS certificate, SSH host key, audit signing key.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Ed25519 key that signs the audit chain's checkpoints (`audit-checkpoints.jsonl` goes
+    /// beside it); `data_dir/audit-signing.key` when omitted, created on first start. Keep it
+    /// where whoever can write the store cannot.
+    #[serde(default)]
+    pub audit_signing_key: Option<PathBuf>,
     /// Threads that relay sessions; omitted means one per CPU. Fewer leave CPUs to what else
     /// runs on the host (a co-located database); one thread serves many sessions.
     #[serde(default)]
@@ -191,12 +196,64 @@ pub struct OidcIssuerConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApproversConfig {
-    /// Principal names that may approve.
+    /// Principals that may approve: a name, or `{ issuer: URL, name: N }` (the issuer is
+    /// required when several are configured, since each names its principals independently).
     #[serde(default)]
-    pub principals: Vec<String>,
-    /// Groups whose members may approve.
+    pub principals: Vec<IssuedName>,
+    /// Groups whose members may approve, written like `principals`.
     #[serde(default)]
-    pub groups: Vec<String>,
+    pub groups: Vec<IssuedName>,
+}
+
+/// A principal or group name as one issuer's tokens state it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "IssuedNameRepr")]
+pub struct IssuedName {
+    /// The issuer whose tokens carry the name; `None` only with a single issuer.
+    pub issuer: Option<String>,
+    pub name: String,
+}
+
+impl IssuedName {
+    /// Whether a token of `issuer` naming `name` is this one.
+    pub fn is(&self, issuer: &str, name: &str) -> bool {
+        self.name == name && self.issuer.as_deref().is_none_or(|i| i == issuer)
+    }
+}
+
+impl From<&str> for IssuedName {
+    fn from(name: &str) -> Self {
+        IssuedName {
+            issuer: None,
+            name: name.to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IssuedNameRepr {
+    Name(String),
+    Qualified(QualifiedName),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QualifiedName {
+    issuer: String,
+    name: String,
+}
+
+impl From<IssuedNameRepr> for IssuedName {
+    fn from(repr: IssuedNameRepr) -> Self {
+        match repr {
+            IssuedNameRepr::Name(name) => IssuedName { issuer: None, name },
+            IssuedNameRepr::Qualified(q) => IssuedName {
+                issuer: Some(q.issuer),
+                name: q.name,
+            },
+        }
+    }
 }
 
 /// One listener and the upstream it fronts, by protocol.
@@ -323,6 +380,26 @@ pub struct PostgresUpstream {
     /// CA bundle for `verify-full`; the system roots when omitted.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// SCRAM channel binding (libpq's `channel_binding`): `prefer` binds the
+    /// login to the server's TLS certificate whenever the server offers
+    /// SCRAM-SHA-256-PLUS; `require` accepts no other login (it needs TLS).
+    #[serde(default)]
+    pub channel_binding: ChannelBindingMode,
+    /// Answer a server that asks for the password in clear text or as md5
+    /// although nothing authenticates that server (plain TCP, or TLS under
+    /// `prefer`/`require`, which check no certificate). Off by default: such a
+    /// server, or whoever sits in between, would learn the password or could
+    /// replay the md5 answer. `verify-full` TLS and Unix sockets never need it.
+    #[serde(default)]
+    pub insecure_password_auth: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelBindingMode {
+    #[default]
+    Prefer,
+    Require,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -403,6 +480,10 @@ pub struct PolicyConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
+    /// Only tokens of this issuer (its `identity.oidc[].issuer` URL). Required when several
+    /// issuers are configured: the same `sub` from two issuers is two principals.
+    #[serde(default)]
+    pub issuer: Option<String>,
     /// Claim name → expected value (`*` globs allowed); all must match.
     #[serde(default)]
     pub claims: BTreeMap<String, String>,
@@ -540,6 +621,13 @@ impl Config {
 
     pub fn connection(&self, name: &str) -> Option<&ConnectionConfig> {
         self.connections.iter().find(|c| c.name() == name)
+    }
+
+    /// Where the audit signing key is (and beside it, the signed checkpoints).
+    pub fn audit_signing_key(&self) -> PathBuf {
+        self.audit_signing_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit-signing.key"))
     }
 
     /// Path of the SQLite file when the store is `sqlite://PATH`.

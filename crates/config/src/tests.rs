@@ -445,3 +445,87 @@ fn bad_function_classes_are_located() {
         );
     }
 }
+
+#[test]
+fn upstream_auth_defaults_withhold_passwords_and_binding_require_needs_tls() {
+    let c = Config::parse("p.yaml", GOOD).unwrap();
+    let up = pg_upstream(&c, 0);
+    assert_eq!(up.channel_binding, ChannelBindingMode::Prefer);
+    assert!(!up.insecure_password_auth);
+    let text = GOOD.replace(
+        "      tls: prefer",
+        "      tls: require\n      channel_binding: require\n      insecure_password_auth: true",
+    );
+    let c = Config::parse("p.yaml", &text).unwrap();
+    assert_eq!(
+        pg_upstream(&c, 0).channel_binding,
+        ChannelBindingMode::Require
+    );
+    assert!(pg_upstream(&c, 0).insecure_password_auth);
+    for plain in [
+        GOOD.replace(
+            "      tls: prefer",
+            "      tls: disable\n      channel_binding: require",
+        ),
+        GOOD.replace("host: 127.0.0.1", "host: /run/postgresql")
+            .replace(
+                "      tls: prefer",
+                "      tls: prefer\n      channel_binding: require",
+            ),
+    ] {
+        let err = Config::parse("p.yaml", &plain).unwrap_err().to_string();
+        assert!(
+            err.contains("connections[0].upstream.channel_binding: require needs TLS"),
+            "{err}"
+        );
+        let line: usize = err.split(':').nth(1).unwrap().parse().unwrap();
+        assert_eq!(
+            plain.lines().nth(line - 1).map(str::trim),
+            Some("channel_binding: require")
+        );
+    }
+}
+
+#[test]
+fn with_several_issuers_policies_and_approvers_name_theirs() {
+    let two = GOOD.replace(
+        "  approvers:\n",
+        "    - issuer: https://ci.example.com\n      audience: portcullis\n  approvers:\n",
+    );
+    let err = Config::parse("p.yaml", &two).unwrap_err().to_string();
+    assert!(
+        err.contains("identity.approvers.groups[0]: several issuers are configured"),
+        "{err}"
+    );
+    let qualified = two.replace(
+        "groups: [sre-oncall]",
+        "groups: [{ issuer: \"http://127.0.0.1:9000\", name: sre-oncall }]",
+    );
+    let err = Config::parse("p.yaml", &qualified).unwrap_err().to_string();
+    assert!(
+        err.contains("policies[0].match.issuer: several issuers"),
+        "{err}"
+    );
+    let ok = qualified
+        .replace(
+            "match: { claims:",
+            "match: { issuer: \"https://ci.example.com\", claims:",
+        )
+        .replace(
+            "match: { groups: [sre] }",
+            "match: { issuer: \"http://127.0.0.1:9000\", groups: [sre] }",
+        );
+    let c = Config::parse("p.yaml", &ok).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.identity.approvers.groups[0].is("http://127.0.0.1:9000", "sre-oncall"));
+    assert!(!c.identity.approvers.groups[0].is("https://ci.example.com", "sre-oncall"));
+    let unknown = ok.replacen(
+        "https://ci.example.com\", claims",
+        "https://elsewhere.test\", claims",
+        1,
+    );
+    let err = Config::parse("p.yaml", &unknown).unwrap_err().to_string();
+    assert!(
+        err.contains("\"https://elsewhere.test\" is not a configured issuer"),
+        "{err}"
+    );
+}

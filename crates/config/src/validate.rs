@@ -3,7 +3,8 @@
 use std::collections::HashSet;
 
 use crate::{
-    is_loopback_listen, Access, Config, ConnectionConfig, MaskConfig, UpstreamTls, SSH_WORDS,
+    is_loopback_listen, Access, ChannelBindingMode, Config, ConnectionConfig, MaskConfig,
+    UpstreamTls, SSH_WORDS,
 };
 
 const STATEMENT_CLASSES: [&str; 4] = ["read", "write", "ddl", "admin"];
@@ -142,7 +143,49 @@ fn validate_identity(config: &Config) -> Result<(), Violation> {
             ));
         }
     }
+    let approvers = &config.identity.approvers;
+    for (list, names) in [
+        ("principals", &approvers.principals),
+        ("groups", &approvers.groups),
+    ] {
+        for (i, entry) in names.iter().enumerate() {
+            check_issuer(
+                config,
+                format!("identity.approvers.{list}[{i}]"),
+                entry.issuer.as_deref(),
+                &entry.name,
+                &format!("write it {{ issuer: URL, name: {} }}", entry.name),
+            )?;
+        }
+    }
     Ok(())
+}
+
+/// A name tied to an issuer must name a configured one, and with several configured, every name
+/// must be tied to one: otherwise `alice` of one issuer would stand for `alice` of any.
+fn check_issuer(
+    config: &Config,
+    field: String,
+    issuer: Option<&str>,
+    anchor: &str,
+    fix: &str,
+) -> Result<(), Violation> {
+    let issuers = &config.identity.oidc;
+    match issuer {
+        Some(url) if !issuers.iter().any(|o| o.issuer == url) => Err(Violation::new(
+            field,
+            format!("{url:?} is not a configured issuer (identity.oidc[].issuer)"),
+            url,
+        )),
+        None if issuers.len() > 1 => Err(Violation::new(
+            field,
+            format!(
+                "several issuers are configured, and each names its principals independently: say which issuer's ({fix})"
+            ),
+            anchor,
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn validate_connections(config: &Config) -> Result<(), Violation> {
@@ -220,6 +263,15 @@ fn validate_connections(config: &Config) -> Result<(), Violation> {
                 )
                 .after(format!("name: {}", pg.name)));
             }
+            let plain = up.tls == UpstreamTls::Disable || up.unix_socket().is_some();
+            if up.channel_binding == ChannelBindingMode::Require && plain {
+                return Err(Violation::new(
+                    field("upstream.channel_binding"),
+                    "require needs TLS to bind to, and this upstream is reached without it (tls: disable or a Unix socket)".into(),
+                    "channel_binding",
+                )
+                .after(format!("name: {}", pg.name)));
+            }
             validate_functions(pg, &field)?;
         }
     }
@@ -293,6 +345,13 @@ fn validate_policies(config: &Config) -> Result<(), Violation> {
             }
         }
         let m = &policy.matcher;
+        check_issuer(
+            config,
+            field("match.issuer"),
+            m.issuer.as_deref(),
+            &policy.name,
+            "match: { issuer: URL, ... }",
+        )?;
         if m.claims.is_empty() && m.groups.is_empty() && m.principals.is_empty() {
             return Err(Violation::new(
                 field("match"),

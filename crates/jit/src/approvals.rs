@@ -51,6 +51,9 @@ pub struct Approval {
     pub id: String,
     pub session_id: String,
     pub principal: String,
+    /// The issuer of the principal's token (empty in records written before it was recorded).
+    #[serde(default)]
+    pub issuer: String,
     pub connection: String,
     /// The full statement text, as the client sent it. Shown to people
     /// only through `portcullis_records::untrusted`.
@@ -96,6 +99,8 @@ pub struct Approval {
 pub struct HoldRequest {
     pub session_id: String,
     pub principal: String,
+    /// The issuer that vouched for the principal.
+    pub issuer: String,
     pub connection: String,
     pub statement: String,
     /// What classification found: statement classes and relations.
@@ -187,6 +192,7 @@ impl Broker {
             id: new_id("a"),
             session_id: request.session_id,
             principal: request.principal,
+            issuer: request.issuer,
             connection: request.connection,
             statement: request.statement,
             classes: request.classes,
@@ -289,7 +295,7 @@ impl Broker {
         let note = crate::note(note)?;
         let mut state = self.state.lock().await;
         let mut approval = find(&state.approvals, id, "approval")?.clone();
-        if approval.principal == approver.name {
+        if approval.principal == approver.name && approval.issuer == approver.issuer {
             return Err(JitError::Forbidden(
                 "an approver cannot decide on their own statement".into(),
             ));
@@ -437,6 +443,7 @@ fn covering<'a>(state: &'a State, held: &Approval, now: SystemTime) -> Option<&'
         a.status == ApprovalStatus::Approved
             && a.covers_until.is_some_and(|until| until > now)
             && a.principal == held.principal
+            && a.issuer == held.issuer
             && a.connection == held.connection
             && a.statement == held.statement
     })

@@ -30,6 +30,9 @@ pub struct BrokerSettings {
     pub approval_timeout: Duration,
     /// Base of the admin API's URL, for links in notices and webhooks.
     pub base_url: String,
+    /// The one configured issuer, if there is exactly one: grants and approvals recorded before
+    /// records named the issuer are taken to be of it (with several, they match no one).
+    pub sole_issuer: Option<String>,
 }
 
 pub struct Broker {
@@ -82,6 +85,9 @@ impl Broker {
         let mut state = State::default();
         for record in &records {
             replay(&mut state, record);
+        }
+        if let Some(issuer) = &settings.sole_issuer {
+            adopt_unnamed_issuer(&mut state, issuer);
         }
         let broker = Arc::new(Broker {
             store,
@@ -136,11 +142,16 @@ impl Broker {
         &self.settings
     }
 
-    /// Whether `principal` may approve, deny and revoke.
+    /// Whether `principal` may approve, deny and revoke: named (with its issuer, when the
+    /// config ties the name to one) or in a named group of its issuer.
     pub fn is_approver(&self, principal: &Principal) -> bool {
         let a = &self.settings.approvers;
-        a.principals.contains(&principal.name)
-            || principal.groups.iter().any(|g| a.groups.contains(g))
+        let issuer = principal.issuer.as_str();
+        a.principals.iter().any(|p| p.is(issuer, &principal.name))
+            || principal
+                .groups
+                .iter()
+                .any(|g| a.groups.iter().any(|entry| entry.is(issuer, g)))
     }
 
     /// Counts a grant request of `principal`; refused past
@@ -184,6 +195,14 @@ impl Broker {
                 principal.name
             )))
         }
+    }
+}
+
+fn adopt_unnamed_issuer(state: &mut State, issuer: &str) {
+    let grants = state.grants.values_mut().map(|g| &mut g.issuer);
+    let approvals = state.approvals.values_mut().map(|a| &mut a.issuer);
+    for unnamed in grants.chain(approvals).filter(|i| i.is_empty()) {
+        *unnamed = issuer.to_string();
     }
 }
 
@@ -254,6 +273,7 @@ mod tests {
         Grant {
             id: id.into(),
             principal: "ci".into(),
+            issuer: "https://issuer.test".into(),
             connection: "db".into(),
             reason: "r".into(),
             duration_secs: 60,
@@ -272,6 +292,7 @@ mod tests {
             id: id.into(),
             session_id: "s".into(),
             principal: "ci".into(),
+            issuer: "https://issuer.test".into(),
             connection: "db".into(),
             statement: "UPDATE t".into(),
             classes: vec!["write".into()],

@@ -57,6 +57,10 @@ impl std::fmt::Display for GrantStatus {
 pub struct Grant {
     pub id: String,
     pub principal: String,
+    /// The issuer of the principal's tokens: the same name from another issuer is someone else.
+    /// Empty in records written before issuers were recorded (see `Broker::open`).
+    #[serde(default)]
+    pub issuer: String,
     pub connection: String,
     pub reason: String,
     /// How long access lasts once approved.
@@ -79,6 +83,11 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// Whether `principal` is the grantee.
+    pub fn is_for(&self, principal: &Principal) -> bool {
+        self.principal == principal.name && self.issuer == principal.issuer
+    }
+
     pub fn duration(&self) -> Duration {
         Duration::from_secs(self.duration_secs)
     }
@@ -185,7 +194,7 @@ impl Broker {
         }
         let mut state = self.state.lock().await;
         if let Some(open) = state.grants.values().find(|g| {
-            g.principal == principal.name
+            g.is_for(principal)
                 && g.connection == connection
                 && g.status.is_open()
                 && g.expires_at.is_none_or(|e| e > SystemTime::now())
@@ -203,6 +212,7 @@ impl Broker {
         let mut grant = Grant {
             id: new_id("g"),
             principal: principal.name.clone(),
+            issuer: principal.issuer.clone(),
             connection: connection.to_string(),
             reason,
             duration_secs: duration.as_secs(),
@@ -241,7 +251,7 @@ impl Broker {
         self.require_approver(approver)?;
         let mut state = self.state.lock().await;
         let mut grant = find(&state.grants, id, "grant")?.clone();
-        if grant.principal == approver.name {
+        if grant.is_for(approver) {
             return Err(JitError::Forbidden(
                 "an approver cannot approve their own request".into(),
             ));
@@ -309,7 +319,7 @@ impl Broker {
                 grant.status
             )));
         }
-        if to == GrantStatus::Denied && grant.principal == approver.name {
+        if to == GrantStatus::Denied && grant.is_for(approver) {
             return Err(JitError::Forbidden(
                 "an approver cannot decide their own request".into(),
             ));
@@ -352,13 +362,13 @@ impl Broker {
 
     /// The grant in force for `principal` on `connection`, as a lease a
     /// session can watch.
-    pub async fn lease(&self, principal: &str, connection: &str) -> Option<GrantLease> {
+    pub async fn lease(&self, principal: &Principal, connection: &str) -> Option<GrantLease> {
         let now = SystemTime::now();
         let state = self.state.lock().await;
         let grant = state
             .grants
             .values()
-            .find(|g| g.principal == principal && g.connection == connection && g.in_force(now))?;
+            .find(|g| g.is_for(principal) && g.connection == connection && g.in_force(now))?;
         let changes = state.watchers.get(&grant.id)?.subscribe();
         Some(GrantLease {
             id: grant.id.clone(),
@@ -374,7 +384,7 @@ impl Broker {
         let mut out: Vec<Grant> = state
             .grants
             .values()
-            .filter(|g| approver || g.principal == caller.name)
+            .filter(|g| approver || g.is_for(caller))
             .cloned()
             .collect();
         out.sort_by_key(|g| g.requested_at);
@@ -384,7 +394,7 @@ impl Broker {
     pub async fn grant(&self, id: &str, caller: &Principal) -> Result<Grant, JitError> {
         let state = self.state.lock().await;
         let grant = find(&state.grants, id, "grant")?;
-        if grant.principal != caller.name && !self.is_approver(caller) {
+        if !grant.is_for(caller) && !self.is_approver(caller) {
             return Err(JitError::Forbidden(format!(
                 "grant {id} belongs to someone else"
             )));

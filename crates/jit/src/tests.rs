@@ -72,18 +72,28 @@ impl Fixture {
     }
 
     async fn broker(&self, timeout: Duration) -> (Arc<Broker>, Store) {
+        let approvers = ApproversConfig {
+            principals: vec![],
+            groups: vec!["sre".into()],
+        };
+        self.broker_with(timeout, approvers).await
+    }
+
+    async fn broker_with(
+        &self,
+        timeout: Duration,
+        approvers: ApproversConfig,
+    ) -> (Arc<Broker>, Store) {
         let config = Config::parse("t.yaml", CONFIG).unwrap();
         let store = Store::open(&self.url).unwrap();
         let broker = Broker::open(
             store.clone(),
             Arc::new(PolicySet::compile(&config.policies).unwrap()),
             BrokerSettings {
-                approvers: ApproversConfig {
-                    principals: vec![],
-                    groups: vec!["sre".into()],
-                },
+                approvers,
                 approval_timeout: timeout,
                 base_url: "http://127.0.0.1:8080".into(),
+                sole_issuer: None,
             },
             Notifier::disabled(),
         )
@@ -131,7 +141,7 @@ async fn a_grant_needs_a_jit_policy_a_reason_and_at_most_max() {
         matches!(no_reason, Err(JitError::Invalid(_))),
         "{no_reason:?}"
     );
-    assert!(broker.lease("ci", "db").await.is_none());
+    assert!(broker.lease(&ci(), "db").await.is_none());
 }
 
 #[tokio::test]
@@ -143,7 +153,7 @@ async fn approval_by_another_approver_gives_a_lease_and_is_recorded() {
         .await
         .unwrap();
     assert_eq!(g.status, GrantStatus::Pending);
-    assert!(broker.lease("ci", "db").await.is_none());
+    assert!(broker.lease(&ci(), "db").await.is_none());
     let not_approver = broker.approve_grant(&g.id, &mallory()).await;
     assert!(matches!(not_approver, Err(JitError::Forbidden(_))));
     let unknown = broker.approve_grant("g-nope", &alice()).await;
@@ -154,9 +164,9 @@ async fn approval_by_another_approver_gives_a_lease_and_is_recorded() {
     let expires = approved.expires_at.unwrap();
     let left = expires.duration_since(SystemTime::now()).unwrap();
     assert!(left <= Duration::from_secs(900));
-    let lease = broker.lease("ci", "db").await.unwrap();
+    let lease = broker.lease(&ci(), "db").await.unwrap();
     assert_eq!(lease.id, g.id);
-    assert!(broker.lease("ci", "auto-db").await.is_none());
+    assert!(broker.lease(&ci(), "auto-db").await.is_none());
     let again = broker.approve_grant(&g.id, &alice()).await;
     assert!(matches!(again, Err(JitError::Conflict(_))));
     // No extension by asking again while the grant is open.
@@ -192,7 +202,7 @@ async fn auto_grants_are_active_at_once_and_still_recorded() {
         .unwrap();
     assert_eq!(g.status, GrantStatus::Active);
     assert_eq!(g.decided_by.as_deref(), Some("auto"));
-    assert!(broker.lease("ci", "auto-db").await.is_some());
+    assert!(broker.lease(&ci(), "auto-db").await.is_some());
     assert_eq!(
         events(&store, RecordKind::Grant),
         [format!("{} requested", g.id), format!("{} approved", g.id)]
@@ -205,7 +215,7 @@ async fn revocation_ends_the_lease_at_once_with_the_reason() {
     let (broker, _) = f.broker(HOUR).await;
     let g = broker.request_grant(&ci(), "db", HOUR, "x").await.unwrap();
     broker.approve_grant(&g.id, &alice()).await.unwrap();
-    let mut lease = broker.lease("ci", "db").await.unwrap();
+    let mut lease = broker.lease(&ci(), "db").await.unwrap();
     let waiter = tokio::spawn(async move { lease.ended().await });
     broker
         .revoke_grant(&g.id, &alice(), Some("done".into()))
@@ -213,7 +223,7 @@ async fn revocation_ends_the_lease_at_once_with_the_reason() {
         .unwrap();
     let reason = waiter.await.unwrap();
     assert_eq!(reason, format!("grant {} was revoked by alice: done", g.id));
-    assert!(broker.lease("ci", "db").await.is_none());
+    assert!(broker.lease(&ci(), "db").await.is_none());
     // A new request is possible once the old grant is closed.
     assert!(broker.request_grant(&ci(), "db", HOUR, "y").await.is_ok());
 }
@@ -226,13 +236,13 @@ async fn expiry_ends_the_lease_and_is_recorded_by_the_sweep() {
         .request_grant(&ci(), "auto-db", Duration::from_secs(1), "short")
         .await
         .unwrap();
-    let mut lease = broker.lease("ci", "auto-db").await.unwrap();
+    let mut lease = broker.lease(&ci(), "auto-db").await.unwrap();
     let reason = lease.ended().await;
     assert!(
         reason.starts_with(&format!("grant {} expired at", g.id)),
         "{reason}"
     );
-    assert!(broker.lease("ci", "auto-db").await.is_none());
+    assert!(broker.lease(&ci(), "auto-db").await.is_none());
     broker.expire_due().await.unwrap();
     assert_eq!(
         events(&store, RecordKind::Grant).last().unwrap(),
@@ -262,7 +272,7 @@ async fn grants_survive_a_restart_and_stale_holds_are_abandoned() {
         (g, id)
     };
     let (broker, store) = f.broker(HOUR).await;
-    let lease = broker.lease("ci", "db").await.expect("grant survived");
+    let lease = broker.lease(&ci(), "db").await.expect("grant survived");
     assert_eq!(lease.id, g.id);
     let a = broker.approval(&held_id, &alice()).await.unwrap();
     assert_eq!(a.status, ApprovalStatus::Abandoned);
@@ -280,6 +290,7 @@ fn hold_request(sql: &str) -> HoldRequest {
     HoldRequest {
         session_id: "s1".into(),
         principal: "ci".into(),
+        issuer: ci().issuer,
         connection: "db".into(),
         statement: sql.into(),
         classes: vec!["write".into()],
@@ -436,6 +447,7 @@ async fn nothing_changes_when_the_change_cannot_be_recorded() {
             },
             approval_timeout: HOUR,
             base_url: "http://127.0.0.1:8080".into(),
+            sole_issuer: None,
         },
         Notifier::disabled(),
     )
@@ -444,7 +456,7 @@ async fn nothing_changes_when_the_change_cannot_be_recorded() {
     let auto = broker.request_grant(&ci(), "auto-db", HOUR / 6, "x").await;
     assert!(matches!(auto, Err(JitError::Store(_))), "{auto:?}");
     assert!(broker.grants(&alice()).await.is_empty());
-    assert!(broker.lease("ci", "auto-db").await.is_none());
+    assert!(broker.lease(&ci(), "auto-db").await.is_none());
     let held = broker.hold(hold_request("UPDATE a")).await;
     assert!(matches!(held, Err(JitError::Store(_))));
     assert!(broker.approvals(&alice()).await.unwrap().is_empty());
@@ -570,4 +582,40 @@ async fn a_re_run_window_of_exactly_the_max_is_allowed_and_fractions_are_not() {
         .await
         .unwrap();
     assert!(approved.covers_until.is_some());
+}
+
+#[tokio::test]
+async fn the_same_name_from_another_issuer_neither_approves_nor_uses_the_grant() {
+    let f = Fixture::new();
+    // As the config check demands with several issuers: the group is tied to its issuer.
+    let approvers = ApproversConfig {
+        principals: vec![],
+        groups: vec![portcullis_config::IssuedName {
+            issuer: Some(alice().issuer),
+            name: "sre".into(),
+        }],
+    };
+    let (broker, _) = f.broker_with(HOUR, approvers).await;
+    let other = |mut p: Principal| {
+        p.issuer = "https://other-issuer.test".into();
+        p
+    };
+    // An approver's name and group, vouched for by another issuer, approve nothing.
+    assert!(broker.is_approver(&alice()));
+    assert!(!broker.is_approver(&other(alice())));
+    let grant = broker
+        .request_grant(&ci(), "db", HOUR, "incident")
+        .await
+        .unwrap();
+    assert_eq!(grant.issuer, ci().issuer);
+    let refused = broker.approve_grant(&grant.id, &other(alice())).await;
+    assert!(
+        matches!(refused, Err(JitError::Forbidden(_))),
+        "{refused:?}"
+    );
+    broker.approve_grant(&grant.id, &alice()).await.unwrap();
+    // Only the grantee of the right issuer gets the lease, and sees the grant.
+    assert!(broker.lease(&ci(), "db").await.is_some());
+    assert!(broker.lease(&other(ci()), "db").await.is_none());
+    assert!(broker.grants(&other(ci())).await.is_empty());
 }

@@ -118,6 +118,7 @@ mod tests {
             id: "a-1".into(),
             session_id: "s".into(),
             principal: "ci".into(),
+            issuer: "https://issuer.test".into(),
             connection: "db".into(),
             statement: "UPDATE t SET x = 1".into(),
             classes: vec!["write".into()],

@@ -49,6 +49,12 @@ pub enum StoreError {
     #[error("{count} detached audit record(s) could not be written; last error: {reason}")]
     RecordsLost { count: u64, reason: String },
     /// A query failed.
+    #[error("audit signing key {path}: {reason}")]
+    SigningKey { path: String, reason: String },
+    #[error("audit checkpoints {path}: {reason}")]
+    Checkpoints { path: String, reason: String },
+    #[error("the audit chain does not verify at record {id}: {reason}")]
+    Tampered { id: i64, reason: String },
     #[error("cannot read audit store: {reason}")]
     Read { reason: String },
     /// A stored record cannot be turned back into a [`crate::Record`].

@@ -286,10 +286,32 @@ impl Store {
         query::records_of_kinds(&self.reader()?, kinds)
     }
 
+    /// The id and hash of the last committed record (id 0 and the genesis hash when there is
+    /// none); `None` for a read-only store.
+    pub fn head(&self) -> Option<(i64, String)> {
+        let writer = self.inner.writer.as_ref()?;
+        let head = writer.shared.head();
+        Some((head.id, head.hash))
+    }
+
     /// Walks the whole chain; see [`VerifyReport`]. `Err` means the store could not be read, not
     /// that the chain is broken.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
-        verify::verify(&self.reader()?)
+        self.verify_against(&std::collections::BTreeMap::new())
+    }
+
+    /// [`Store::verify`], also checking that the chain holds each signed record.
+    pub(crate) fn verify_against(
+        &self,
+        signed: &std::collections::BTreeMap<i64, crate::seal::Checkpoint>,
+    ) -> Result<VerifyReport, StoreError> {
+        // A gateway in another process may have signed records (read before this) that were
+        // committed after this handle opened: wait for those to be indexed too, or they would
+        // read as cut off.
+        if self.inner.writer.is_none() && self.inner.progress.is_none() {
+            catch_up_with_journal(&self.inner.path);
+        }
+        verify::verify(&self.reader()?, signed)
     }
 
     /// A fresh connection per query: queries are rare next to appends, and this keeps the handle

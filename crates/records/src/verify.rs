@@ -4,11 +4,14 @@
 //! the detail), so a record that was edited into something unparsable is reported as altered
 //! rather than making verification itself fail.
 
+use std::collections::BTreeMap;
+
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, Row};
 use serde::Serialize;
 
 use crate::chain::{Link, GENESIS_HASH};
+use crate::seal::Checkpoint;
 use crate::StoreError;
 
 /// Outcome of [`crate::Store::verify`].
@@ -21,6 +24,13 @@ pub struct VerifyReport {
     pub head: Option<String>,
     /// The first record where the chain breaks; verification stops there.
     pub first_broken: Option<Broken>,
+    /// Fingerprint of the key whose checkpoints were checked; `None` for the chain alone.
+    pub signing_key: Option<String>,
+    /// Signed checkpoints the chain was found to hold.
+    pub checkpoints: u64,
+    /// The last record a matching checkpoint signed; the records after it rest on the chain
+    /// alone until the next checkpoint.
+    pub signed_through: Option<i64>,
 }
 
 /// Where and why the chain breaks.
@@ -36,7 +46,12 @@ struct Stored<'a> {
     hash: &'a str,
 }
 
-pub(crate) fn verify(conn: &Connection) -> Result<VerifyReport, StoreError> {
+/// Walks the chain; `signed` maps record ids to checkpoints whose signatures were checked, and
+/// each of those records must still have the signed hash.
+pub(crate) fn verify(
+    conn: &Connection,
+    signed: &BTreeMap<i64, Checkpoint>,
+) -> Result<VerifyReport, StoreError> {
     let mut stmt = conn
         .prepare(
             "SELECT id, time, kind, session_id, principal, connection, decision, policy, rule, \
@@ -48,23 +63,70 @@ pub(crate) fn verify(conn: &Connection) -> Result<VerifyReport, StoreError> {
         checked: 0,
         head: None,
         first_broken: None,
+        signing_key: None,
+        checkpoints: u64::from(signed.contains_key(&0)),
+        signed_through: signed.contains_key(&0).then_some(0),
     };
     let mut prev: Option<i64> = None;
     while let Some(row) = rows.next().map_err(|e| StoreError::read(&e))? {
         let id: i64 = row.get(0).map_err(|e| StoreError::read(&e))?;
-        match check(row, id, prev, report.head.as_deref()) {
+        let checked = check(row, id, prev, report.head.as_deref())
+            .and_then(|hash| check_signed(id, hash, signed, report.signed_through));
+        match checked {
             Ok(hash) => {
+                if signed.contains_key(&id) {
+                    report.checkpoints += 1;
+                    report.signed_through = Some(id);
+                }
                 report.checked += 1;
                 report.head = Some(hash);
                 prev = Some(id);
             }
             Err(reason) => {
                 report.first_broken = Some(Broken { id, reason });
-                break;
+                return Ok(report);
             }
         }
     }
+    let last = prev.unwrap_or(0);
+    if let Some((&cut, checkpoint)) = signed.last_key_value().filter(|(&id, _)| id > last) {
+        let missing = match cut - last {
+            1 => format!("record {cut} is missing"),
+            _ => format!("records {} to {cut} are missing", last + 1),
+        };
+        report.first_broken = Some(Broken {
+            id: last + 1,
+            reason: format!(
+                "{missing}: the checkpoint signed at {} covers record {cut}, but the chain ends at record {last}: records were deleted (the tail cut, or one deleted and the rest renumbered and rehashed)",
+                checkpoint.time
+            ),
+        });
+    }
     Ok(report)
+}
+
+/// A record some checkpoint signed must still have the signed hash; if not, the chain before it
+/// was rewritten and rehashed (after `matched`, the last signed record that still agrees).
+fn check_signed(
+    id: i64,
+    hash: String,
+    signed: &BTreeMap<i64, Checkpoint>,
+    matched: Option<i64>,
+) -> Result<String, String> {
+    let Some(checkpoint) = signed.get(&id) else {
+        return Ok(hash);
+    };
+    if checkpoint.hash == hash {
+        return Ok(hash);
+    }
+    let since = match matched {
+        Some(m) => format!("records {} to {id}", m + 1),
+        None => format!("records 1 to {id}"),
+    };
+    Err(format!(
+        "record {id} is not the record signed at {}: {since} were rewritten and rehashed (a record deleted, inserted or edited)",
+        checkpoint.time
+    ))
 }
 
 /// Checks one record against its predecessor: no gap, contents match the hash, and it links to

@@ -355,6 +355,13 @@ impl Shared {
         writer.index = None;
     }
 
+    /// The last committed record: what a signed checkpoint vouches for. Taken from the writer
+    /// rather than read back from SQLite, so a row rewritten there is never signed.
+    pub(crate) fn head(&self) -> crate::db::Head {
+        let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        writer.head.clone()
+    }
+
     fn queue(&self) -> MutexGuard<'_, Queue> {
         // Nothing panics while holding it; a poisoned queue is still consistent.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)

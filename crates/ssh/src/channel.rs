@@ -625,6 +625,7 @@ async fn await_approval(
     let request = HoldRequest {
         session_id: ctx.peer.session_id.clone(),
         principal: ctx.principal.name.clone(),
+        issuer: ctx.principal.issuer.clone(),
         connection: ctx.gw.name.clone(),
         statement: text.to_string(),
         classes: Vec::new(),

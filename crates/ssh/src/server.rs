@@ -294,7 +294,7 @@ impl ClientHandler {
         // rules then apply too, and the session ends with it), else through
         // a standing policy, else not at all.
         let lease = match applicable.jit_terms() {
-            Some(_) => self.gw.jit.lease(&principal.name, &self.gw.name).await,
+            Some(_) => self.gw.jit.lease(&principal, &self.gw.name).await,
             None => None,
         };
         if lease.is_none() && applicable.standing_only().is_empty() {

@@ -395,16 +395,19 @@ fn ssh_result(rd: &Value) -> String {
 }
 
 pub fn verify(args: &StoreArgs) -> anyhow::Result<ExitCode> {
-    let store = open(args)?;
-    let report = store.verify()?;
+    let (store, config) = open_with_config(args)?;
+    let report = portcullis_records::verify_signed(&store, &config.audit_signing_key())?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         match &report.first_broken {
             None => println!(
-                "audit chain ok: {} records, head {}",
+                "audit chain ok: {} records, head {}; {} signed checkpoints (key {}), signed through record {}",
                 report.checked,
-                report.head.as_deref().unwrap_or("(empty)")
+                report.head.as_deref().unwrap_or("(empty)"),
+                report.checkpoints,
+                report.signing_key.as_deref().unwrap_or("-"),
+                report.signed_through.map_or("-".into(), |id| id.to_string()),
             ),
             Some(b) => println!("audit chain BROKEN at record {}: {}", b.id, b.reason),
         }

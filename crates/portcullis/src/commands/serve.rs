@@ -18,7 +18,7 @@ use portcullis_policy::classify::facts::DeclaredFunctions;
 use portcullis_policy::classify::Classifier;
 use portcullis_policy::decide::PolicySet;
 use portcullis_postgres::{CancelRegistry, PgGateway, UpstreamAddr, UpstreamTarget};
-use portcullis_records::Store;
+use portcullis_records::{Seal, Store};
 use portcullis_ssh::SshGateway;
 use tokio::sync::watch;
 
@@ -60,6 +60,8 @@ async fn run(config_path: &Path, config: Config) -> anyhow::Result<ExitCode> {
     let policies = Arc::new(PolicySet::compile_config(&config).context("policies")?);
     let store = Store::open(&config.store)
         .with_context(|| format!("cannot open store {}", config.store))?;
+    // Grants and approvals are rebuilt from the records below: only from a chain that verifies.
+    let seal = open_seal(&store, &config)?;
     let base_url = config.admin.base_url();
     let notifier = Notifier::start(
         config.admin.webhooks.clone(),
@@ -70,12 +72,17 @@ async fn run(config_path: &Path, config: Config) -> anyhow::Result<ExitCode> {
         approvers: config.identity.approvers.clone(),
         approval_timeout: config.admin.approval_timeout.0,
         base_url,
+        sole_issuer: match config.identity.oidc.as_slice() {
+            [only] => Some(only.issuer.clone()),
+            _ => None,
+        },
     };
     warn_if_nobody_can_approve(&config);
     let jit = Broker::open(store.clone(), policies.clone(), settings, notifier)
         .await
         .context("cannot load grants from the store")?;
     let _expiry = jit.spawn_expiry(EXPIRY_SWEEP);
+    let checkpoints = spawn_checkpoints(seal.clone(), store.clone())?;
     let services = Services {
         verifier: Verifier::new(&config.identity.oidc),
         policies,
@@ -147,7 +154,59 @@ async fn run(config_path: &Path, config: Config) -> anyhow::Result<ExitCode> {
         .flush()
         .await
         .context("flushing audit records")?;
+    let (stop_signing, signer) = checkpoints;
+    drop(stop_signing);
+    let _ = signer.join();
+    seal.checkpoint(&services.store)
+        .context("signing the last audit checkpoint")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Verifies the chain against its signed checkpoints (fail closed: the gateway does not start
+/// on a rewritten chain) and signs its head.
+fn open_seal(store: &Store, config: &Config) -> anyhow::Result<Arc<Seal>> {
+    let key = config.audit_signing_key();
+    let opened = Seal::open(store, &key).with_context(|| {
+        format!(
+            "refusing to start: grants and approvals would be rebuilt from audit records that do not verify; \
+             `portcullis audit verify` names the record. To start afresh, move the store ({}) and {} aside",
+            config.store,
+            portcullis_records::checkpoints_path(&key).display()
+        )
+    })?;
+    if opened.new_key {
+        tracing::warn!(key = %key.display(), fingerprint = %opened.seal.fingerprint(), records = opened.report.checked,
+            "created a new audit signing key: the records before this start were checked by their hash chain only; keep this fingerprint somewhere the gateway host cannot rewrite");
+    } else {
+        tracing::info!(key = %key.display(), fingerprint = %opened.seal.fingerprint(), records = opened.report.checked,
+            checkpoints = opened.report.checkpoints, "audit chain verified against its signed checkpoints");
+    }
+    Ok(Arc::new(opened.seal))
+}
+
+/// How often the chain's head is signed while records are written.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Signs on a thread of its own: a checkpoint ends in an `fdatasync`, which must not stall a
+/// relay worker. Stops when the returned sender is dropped.
+fn spawn_checkpoints(
+    seal: Arc<Seal>,
+    store: Store,
+) -> anyhow::Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("portcullis-audit-seal".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(CHECKPOINT_EVERY)
+            {
+                if let Err(e) = seal.checkpoint(&store) {
+                    tracing::error!(error = %e, "cannot write an audit checkpoint; will retry");
+                }
+            }
+        })
+        .context("cannot start the audit checkpoint thread")?;
+    Ok((stop, thread))
 }
 
 fn postgres_gateway(
@@ -165,6 +224,8 @@ fn postgres_gateway(
         password,
         tls: pg.upstream.tls,
         tls_config: upstream_tls(pg)?,
+        channel_binding: pg.upstream.channel_binding,
+        insecure_password_auth: pg.upstream.insecure_password_auth,
     };
     Ok(Arc::new(PgGateway {
         name: pg.name.clone(),

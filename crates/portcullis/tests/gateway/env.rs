@@ -21,6 +21,9 @@ pub struct Options {
     pub upstream_socket: bool,
     /// CA bundle for `tls: verify-full`.
     pub upstream_ca: Option<PathBuf>,
+    /// Extra lines under `upstream:` (`channel_binding: require`), each
+    /// starting with a newline and indented by six spaces.
+    pub upstream_extra: &'static str,
     /// Where the audit store lives; the test's temp dir when `None`.
     pub store_path: Option<PathBuf>,
     pub insecure_plaintext: bool,
@@ -50,6 +53,7 @@ impl Default for Options {
             upstream_tls: "prefer",
             upstream_socket: false,
             upstream_ca: None,
+            upstream_extra: "",
             store_path: None,
             insecure_plaintext: false,
             leeway: "30s",
@@ -367,7 +371,7 @@ connections:
       database: app
       user: {user}
       password: {password}
-      tls: {tls}{ca}{second}
+      tls: {tls}{ca}{upstream_extra}{second}
 policies:
 {policies}
 "#,
@@ -390,6 +394,7 @@ policies:
         user = opts.upstream_user,
         password = opts.upstream_password,
         tls = opts.upstream_tls,
+        upstream_extra = opts.upstream_extra,
         ca = opts
             .upstream_ca
             .as_ref()

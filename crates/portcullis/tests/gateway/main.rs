@@ -21,6 +21,7 @@ mod postgres_masking;
 mod postgres_robustness;
 mod postgres_state;
 mod postgres_unix;
+mod postgres_upstream_auth;
 mod records_cli;
 mod ssh_access;
 mod ssh_env;

@@ -230,11 +230,14 @@ fn plaintext_client_is_refused_unless_the_listener_allows_it() {
 
 #[test]
 fn md5_upstream_credentials_work_and_stay_hidden() {
-    let env = Env::with(Options {
-        upstream_user: test_support::MD5_USER,
-        upstream_password: test_support::MD5_PASSWORD,
-        upstream_tls: "disable",
-        ..Options::default()
+    // md5 goes only to an authenticated server (postgres_upstream_auth.rs).
+    let mut env = Env::start();
+    let ca = env.pg.ca_cert();
+    env.restart_gateway_with(|opts| {
+        opts.upstream_user = test_support::MD5_USER;
+        opts.upstream_password = test_support::MD5_PASSWORD;
+        opts.upstream_tls = "verify-full";
+        opts.upstream_ca = Some(ca);
     });
     let token = env.token("ci-job", &["ci"]);
     let out = env.psql(&token, "select current_user;");

@@ -97,3 +97,161 @@ fn sqlite(db: &std::path::Path, sql: &str) {
     let out = test_support::run(&mut cmd, crate::env::TIMEOUT);
     assert!(out.success(), "{}", out.stderr);
 }
+
+/// Deletes record `victim` (0: none) after running `edit` (SQL), renumbers the rest and
+/// recomputes every hash as `crates/records/src/chain.rs` does: a rewrite the chain alone
+/// cannot reveal.
+fn rewrite_and_rehash(db: &std::path::Path, victim: i64, edit: &str) {
+    let script = r#"
+import hashlib, sqlite3, struct, sys
+c = sqlite3.connect(sys.argv[1])
+if sys.argv[3]:
+    c.execute(sys.argv[3])
+cols = "time, kind, session_id, principal, connection, decision, policy, rule, detail"
+rows = c.execute(f"select {cols} from records where id <> ? order by id", (int(sys.argv[2]),)).fetchall()
+c.execute("delete from records")
+prev = "0" * 64
+for i, row in enumerate(rows, 1):
+    h = hashlib.sha256(b"portcullis-records/v1\n" + struct.pack(">q", i))
+    for f in list(row) + [prev]:
+        if f is None:
+            h.update(b"\0")
+        else:
+            b = f.encode()
+            h.update(b"\1" + struct.pack(">Q", len(b)) + b)
+    c.execute(f"insert into records (id, {cols}, prev_hash, hash) values ({','.join('?' * 12)})",
+              (i, *row, prev, h.hexdigest()))
+    prev = h.hexdigest()
+c.commit()
+"#;
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", script])
+        .arg(db)
+        .arg(victim.to_string())
+        .arg(edit);
+    let out = test_support::run(&mut cmd, crate::env::TIMEOUT);
+    assert!(out.success(), "{}", out.stderr);
+}
+
+/// The id of the first signed checkpoint at or after record `id`.
+fn first_checkpoint_from(env: &Env, id: i64) -> i64 {
+    let log = std::fs::read_to_string(env.dir().join("data/audit-checkpoints.jsonl")).unwrap();
+    log.lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .filter(|&signed| signed >= id)
+        .min()
+        .expect("a checkpoint after the record")
+}
+
+/// Stops the gateway as an operator would (SIGTERM): records flushed, last checkpoint signed.
+fn stop_gateway(env: &mut Env) {
+    let gateway = env.gateway();
+    gateway.terminate();
+    let status = gateway.wait_timeout(crate::env::TIMEOUT);
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
+#[test]
+fn audit_verify_names_a_record_deleted_and_rehashed_and_the_gateway_refuses_to_start() {
+    let mut env = Env::start();
+    run_session(&env);
+    env.wait_for_record(|r| r["kind"] == "session_end");
+    stop_gateway(&mut env);
+    let ok = env.cli(&["audit", "verify"]);
+    assert!(ok.success(), "{}{}", ok.stdout, ok.stderr);
+    assert!(
+        ok.stdout.contains("signed checkpoints (key ed25519:"),
+        "{}",
+        ok.stdout
+    );
+    let last = env.records().len() as i64;
+
+    let db = env.dir().join("portcullis.db");
+    // Hide the refused DROP: delete its record and rehash the chain after it.
+    let records = env.records();
+    let victim = records
+        .iter()
+        .find(|r| r["kind"] == "statement" && r["decision"] == "deny")
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    // The first checkpoint signed at or after the victim is the first to disagree (the
+    // gateway signs about once a second, so there may be one before the final one).
+    let signed = first_checkpoint_from(&env, victim);
+    rewrite_and_rehash(&db, victim, "");
+    let broken = env.cli(&["audit", "verify"]);
+    assert!(!broken.success(), "{}", broken.stdout);
+    let expected = match signed == last {
+        true => format!("audit chain BROKEN at record {last}: record {last} is missing"),
+        false => format!(
+            "audit chain BROKEN at record {signed}: record {signed} is not the record signed at"
+        ),
+    };
+    assert!(broken.stdout.contains(&expected), "{}", broken.stdout);
+
+    // Editing a record in place and rehashing keeps the count but not the signed hash.
+    rewrite_and_rehash(&db, 0, "insert into records (id, time, kind, detail, prev_hash, hash) values (1000, '', 'error', 'null', '', '')");
+    let broken = env.cli(&["audit", "verify"]);
+    assert!(!broken.success(), "{}", broken.stdout);
+    assert!(
+        broken
+            .stdout
+            .contains(&format!("record {signed} is not the record signed at")),
+        "{}",
+        broken.stdout
+    );
+
+    let mut serve = std::process::Command::new(crate::env::BIN);
+    serve
+        .args(["serve", "--config"])
+        .arg(env.dir().join("portcullis.yaml"));
+    let refused = test_support::run(&mut serve, crate::env::TIMEOUT);
+    assert!(!refused.success());
+    assert!(
+        refused.stderr.contains("refusing to start: grants and approvals would be rebuilt from audit records that do not verify"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused
+            .stderr
+            .contains(&format!("does not verify at record {signed}")),
+        "{}",
+        refused.stderr
+    );
+}
+
+#[test]
+fn grants_are_not_rebuilt_from_a_rewritten_chain() {
+    let mut env = crate::jit_grants::jit_env(crate::jit_grants::JIT_POLICIES);
+    let ci = env.token("ci", &["ci"]);
+    let asked = crate::jit_grants::ask(&env, &ci, "30m", "incident");
+    assert!(asked.success(), "{}", asked.stderr);
+    let grant = env.wait_for_record(|r| r["kind"] == "grant");
+    let id = grant["id"].as_i64().unwrap();
+    stop_gateway(&mut env);
+    // Someone with write access to the store approves the pending grant themselves.
+    let forge = format!(
+        "update records set decision = 'approved', \
+         detail = replace(detail, '\"status\":\"pending\"', '\"status\":\"active\"') where id = {id}"
+    );
+    rewrite_and_rehash(&env.dir().join("portcullis.db"), 0, &forge);
+    let mut serve = std::process::Command::new(crate::env::BIN);
+    serve
+        .args(["serve", "--config"])
+        .arg(env.dir().join("portcullis.yaml"));
+    let refused = test_support::run(&mut serve, crate::env::TIMEOUT);
+    assert!(!refused.success());
+    let signed = first_checkpoint_from(&env, id);
+    assert!(
+        refused.stderr.contains(&format!(
+            "the audit chain does not verify at record {signed}"
+        )),
+        "{}",
+        refused.stderr
+    );
+}

@@ -243,7 +243,7 @@ async fn admit(gw: &PgGateway, principal: &Principal) -> Result<Option<GrantLeas
         ));
     }
     if applicable.jit_terms().is_some() {
-        if let Some(lease) = gw.jit.lease(&principal.name, &gw.name).await {
+        if let Some(lease) = gw.jit.lease(principal, &gw.name).await {
             return Ok(Some(lease));
         }
     }

@@ -305,7 +305,8 @@ impl ClientSide<'_> {
         self.statements += 1;
         if decided.decision.verdict != Verdict::Allow {
             self.denied += 1;
-            self.refuse_recorded(record, &decided.decision, decided.native).await;
+            self.refuse_recorded(record, &decided.decision, decided.native)
+                .await;
             return Ok(());
         }
         let statement = Some(decided.classification.clone());
@@ -780,6 +781,7 @@ impl ClientSide<'_> {
         let request = HoldRequest {
             session_id: self.session_id.to_string(),
             principal: self.principal.name.clone(),
+            issuer: self.principal.issuer.clone(),
             connection: self.gw.name.clone(),
             statement: text.clone(),
             classes: classification
@@ -892,8 +894,13 @@ impl ClientSide<'_> {
                     .await
                 }
                 None => {
-                    self.record_then_forward_query(&pending.frame, record, statement, pending.changes)
-                        .await
+                    self.record_then_forward_query(
+                        &pending.frame,
+                        record,
+                        statement,
+                        pending.changes,
+                    )
+                    .await
                 }
             },
         }

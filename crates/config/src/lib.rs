@@ -504,7 +504,7 @@ pub enum Access {
     Jit(JitAccess),
 }
 
-/// serde_yaml spells enum variants as YAML tags; users write a plain word
+/// serde_norway (like serde_yaml before it) spells enum variants as YAML tags; users write a plain word
 /// or a one-key map, so parse that shape and convert.
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -606,7 +606,7 @@ impl Config {
 
     /// Parses and validates config text; `file` only labels errors.
     pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
-        let config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::Invalid {
+        let config: Config = serde_norway::from_str(text).map_err(|e| ConfigError::Invalid {
             file: file.to_string(),
             line: e.location().map(|l| l.line()).unwrap_or(1),
             message: e.to_string().replace(" at line", ", at line"),

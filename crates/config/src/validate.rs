@@ -46,7 +46,7 @@ impl Violation {
     }
 
     /// Line of the first occurrence of the anchor in the file (1 when absent),
-    /// since serde_yaml keeps no positions once values are deserialized.
+    /// since serde_norway keeps no positions once values are deserialized.
     pub fn locate_in(&self, text: &str) -> usize {
         if self.anchor.is_empty() {
             return 1;

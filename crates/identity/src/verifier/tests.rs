@@ -123,7 +123,7 @@ fn hmac_token(header: &Value, claims: &Value, secret: &[u8]) -> String {
     let signing_input = unsigned.trim_end_matches('.');
     let signature = jsonwebtoken::crypto::sign(
         signing_input.as_bytes(),
-        &EncodingKey::from_secret(secret),
+        &EncodingKey::from_secret(secret).unwrap(),
         Algorithm::HS256,
     )
     .unwrap();

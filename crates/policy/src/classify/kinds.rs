@@ -13,7 +13,6 @@ use pg_query::protobuf::{
 use pg_query::NodeEnum as N;
 
 use super::functions::is_privileged_setting;
-use super::walk::string_constant;
 use super::StatementClass::{self, Admin, Ddl, Read, Session, Write};
 
 /// A statement's own class, before anything inside it is considered.
@@ -184,51 +183,22 @@ fn set(v: &VariableSetStmt) -> Kind {
         VariableSetKind::VarReset | VariableSetKind::VarResetAll => "RESET",
         _ => "SET",
     };
-    let name = v.name.to_ascii_lowercase();
-    if name == "client_encoding" {
-        return client_encoding(v, kind_of_set, command);
-    }
-    match name.as_str() {
+    match v.name.to_ascii_lowercase().as_str() {
         "role" | "session_authorization" => raised(Admin, command, "changes the session's role"),
-        "standard_conforming_strings" | "backslash_quote" => raised(
+        // Their values are checked by `model` (through `walk`): any other
+        // value is refused for everyone, so what reaches here is harmless.
+        "client_encoding" | "standard_conforming_strings" => kind(Session, command),
+        "backslash_quote" => raised(
             Admin,
             command,
-            "changes how the server reads string literals, which the gateway's lexer relies on",
+            "changes which string literals the server accepts, which the gateway's lexer relies on",
         ),
-        _ if is_privileged_setting(&name) => raised(
+        name if is_privileged_setting(name) => raised(
             Admin,
             command,
             "changes a setting reserved to administrators",
         ),
         _ => kind(Session, command),
-    }
-}
-
-/// Drivers set `client_encoding` to UTF-8 routinely; any other encoding
-/// changes how the server splits the query bytes into characters (in SJIS
-/// or GBK a backslash can end a multibyte character), so it is admin.
-fn client_encoding(v: &VariableSetStmt, set_kind: VariableSetKind, command: &str) -> Kind {
-    if set_kind != VariableSetKind::VarSetValue {
-        return kind(Session, command);
-    }
-    let value = v.args.first().and_then(|a| {
-        let json = serde_json::to_value(a).ok()?;
-        string_constant(&json).map(str::to_ascii_lowercase)
-    });
-    let utf8 =
-        value.is_some_and(|e| matches!(e.replace(['-', '_'], "").as_str(), "utf8" | "unicode"));
-    let decided = if utf8 {
-        kind(Session, command)
-    } else {
-        raised(
-            Admin,
-            command,
-            "switches client_encoding away from UTF-8, which changes how the server reads the query",
-        )
-    };
-    Kind {
-        literal_sensitive: true,
-        ..decided
     }
 }
 

@@ -16,6 +16,7 @@ pub mod facts;
 mod functions;
 mod kinds;
 pub(crate) mod lexer;
+mod model;
 mod names;
 mod parse;
 mod walk;
@@ -26,6 +27,7 @@ mod tests;
 use std::fmt;
 
 pub use cache::Classifier;
+pub use model::is_utf8_encoding;
 pub use names::{name_effects, NameEffect};
 pub use parse::SyntaxError;
 
@@ -134,6 +136,11 @@ pub enum ClassifyError {
     /// 2 MB `max_stack_depth`, a parse tree 10,000 levels deep): SQLSTATE 54001.
     #[error("statement too complex: {0}")]
     TooComplex(String),
+    /// The query would change how the server reads queries (a non-UTF-8
+    /// `client_encoding`, `standard_conforming_strings` off): no principal
+    /// may run it, whatever its policy allows. SQLSTATE 0A000.
+    #[error("{0}")]
+    Unsupported(String),
     /// The query cannot be handed to the parser (a NUL byte).
     #[error("cannot read query: {0}")]
     Unreadable(String),
@@ -211,6 +218,9 @@ fn statement(node: &pg_query::NodeEnum, text: &str) -> Result<(Statement, bool),
         .and_then(|o| o.values().next())
         .unwrap_or(&tree);
     let facts = walk::walk(body);
+    if let Some(why) = facts.refusal {
+        return Err(ClassifyError::Unsupported(why));
+    }
     let (class, why) = match facts.raise {
         Some((raised, why)) if raised > kind.class => (raised, Some(why)),
         _ => (kind.class, kind.why),

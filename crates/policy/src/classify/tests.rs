@@ -167,10 +167,23 @@ const TABLE: &[(&str, StatementClass, &str)] = &[
     ("SET SESSION AUTHORIZATION postgres", Admin, "SET"),
     ("RESET ROLE", Admin, "RESET"),
     ("SET \"Role\" = postgres", Admin, "SET"),
-    ("SET standard_conforming_strings = off", Admin, "SET"),
-    ("SET LOCAL standard_conforming_strings TO on", Admin, "SET"),
     ("SET backslash_quote = on", Admin, "SET"),
-    ("SET NAMES 'SJIS'", Admin, "SET"),
+    (
+        "UPDATE pg_settings SET setting = 'off' WHERE name = 'work_mem'",
+        Admin,
+        "UPDATE",
+    ),
+    (
+        "WITH u AS (UPDATE pg_catalog.pg_settings SET setting = 'x' RETURNING 1) SELECT * FROM u",
+        Admin,
+        "SELECT",
+    ),
+    ("DELETE FROM \"pg_settings\"", Admin, "DELETE"),
+    (
+        "ALTER ROLE me SET client_encoding = 'UTF8'",
+        Admin,
+        "ALTER ROLE SET",
+    ),
     ("SELECT pg_terminate_backend(123)", Admin, "SELECT"),
     ("SELECT pg_cancel_backend(1)", Admin, "SELECT"),
     ("SELECT pg_reload_conf()", Admin, "SELECT"),
@@ -249,6 +262,15 @@ const TABLE: &[(&str, StatementClass, &str)] = &[
     ("SET LOCAL statement_timeout = '5s'", Session, "SET"),
     ("SET TRANSACTION READ ONLY", Session, "SET"),
     ("SET client_encoding = 'UTF8'", Session, "SET"),
+    ("SET NAMES 'utf-8'", Session, "SET"),
+    ("RESET client_encoding", Session, "RESET"),
+    ("SET client_encoding TO DEFAULT", Session, "SET"),
+    (
+        "SET LOCAL standard_conforming_strings TO on",
+        Session,
+        "SET",
+    ),
+    ("RESET standard_conforming_strings", Session, "RESET"),
     ("RESET ALL", Session, "RESET"),
     ("SHOW work_mem", Session, "SHOW"),
     ("DISCARD ALL", Session, "DISCARD"),
@@ -305,6 +327,40 @@ fn raised_classes_say_why() {
         one("SELECT nextval('s'), pg_reload_conf()").why.as_deref(),
         Some("calls pg_reload_conf")
     );
+}
+
+/// Statements that would make the server read queries differently from
+/// the gateway: refused for every principal, wherever the change hides.
+const MOVES_HOW_QUERIES_ARE_READ: &[&str] = &[
+    "SET client_encoding = 'SJIS'",
+    "SET NAMES 'GBK'",
+    "set LOCAL CLIENT_ENCODING to sjis",
+    "SET client_encoding = 932",
+    "SET standard_conforming_strings = off",
+    "SET standard_conforming_strings TO 'false'",
+    "SET SESSION standard_conforming_strings = of",
+    "SELECT set_config('client_encoding', 'SJIS', false)",
+    "SELECT pg_catalog.set_config('Client_Encoding', 'BIG5', true)",
+    "SELECT * FROM pg_catalog.set_config('standard_conforming_strings', 'off', false)",
+    "SELECT 1 WHERE (SELECT set_config('client_encoding', $1, false)) IS NOT NULL",
+    "WITH s AS (SELECT \"set_config\"('client_encoding', 'SJIS'::text, false)) SELECT * FROM s",
+    "SELECT 1; SET client_encoding = 'LATIN1'",
+    "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET client_encoding = 'SJIS' AS 'SELECT 1'",
+    "ALTER ROLE me SET standard_conforming_strings = off",
+    "ALTER DATABASE app SET client_encoding = 'EUC_JP'",
+];
+
+#[test]
+fn changes_to_how_the_server_reads_queries_are_refused() {
+    for sql in MOVES_HOW_QUERIES_ARE_READ {
+        match classify(sql) {
+            Err(ClassifyError::Unsupported(why)) => assert!(
+                why.contains("client_encoding") || why.contains("standard_conforming_strings"),
+                "{sql}: {why}"
+            ),
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
 }
 
 #[test]
@@ -655,11 +711,13 @@ fn literal_dependent_classifications_are_not_cached() {
     assert_eq!(work_mem.statements[0].class, Write);
     assert_eq!(role.statements[0].class, Admin);
     let utf8 = classifier.classify("SET client_encoding = 'UTF8'").unwrap();
-    let sjis = classifier.classify("SET client_encoding = 'SJIS'").unwrap();
-    assert_eq!(
-        (utf8.statements[0].class, sjis.statements[0].class),
-        (Session, Admin)
-    );
+    let sjis = classifier.classify("SET client_encoding = 'SJIS'");
+    assert_eq!(utf8.statements[0].class, Session);
+    assert!(matches!(sjis, Err(ClassifyError::Unsupported(_))));
+    let on = classifier.classify("SET standard_conforming_strings = 'on'");
+    let off = classifier.classify("SET standard_conforming_strings = 'off'");
+    assert!(on.is_ok());
+    assert!(matches!(off, Err(ClassifyError::Unsupported(_))));
     assert!(classifier.is_empty());
 }
 
@@ -929,6 +987,8 @@ mod properties {
         "SELECT {}::text, ARRAY[{}, {}]",
         "COPY (SELECT {}) TO PROGRAM {} WITH (DELIMITER {})",
         "SET client_encoding = {}; SELECT {}, {}",
+        "SET standard_conforming_strings = {}; SELECT {}, {}",
+        "SELECT set_config('client_encoding', {}, false), {}, {}",
     ];
 
     const LITERALS: &[&str] = &[

@@ -15,6 +15,7 @@
 use serde_json::{Map, Value};
 
 use super::functions::{is_privileged_setting, side_effect};
+use super::model;
 use super::{Reads, StatementClass};
 
 /// Everything the walk learned about one statement.
@@ -31,9 +32,19 @@ pub(crate) struct Facts {
     pub literal_sensitive: bool,
     /// Which columns the statement may read.
     pub reads: Reads,
+    /// Why no principal may run the statement: it would change how the
+    /// server reads queries (see `model`).
+    pub refusal: Option<String>,
 }
 
 impl Facts {
+    /// Keeps the first reason: it names the first thing found.
+    fn refuse(&mut self, why: String) {
+        if self.refusal.is_none() {
+            self.refusal = Some(why);
+        }
+    }
+
     fn raise_to(&mut self, class: StatementClass, why: String) {
         if self.raise.as_ref().is_none_or(|(c, _)| class > *c) {
             self.raise = Some((class, why));
@@ -146,6 +157,15 @@ fn inspect(object: &Map<String, Value>, found: &mut Found) {
     if is_select(object) {
         inspect_select(object, facts);
     }
+    if let Some(name) = variable_set(object) {
+        setting_assigned(name, object, facts);
+    }
+    if writes_pg_settings(object) {
+        facts.raise_to(
+            StatementClass::Admin,
+            "writes pg_settings, which changes the settings it names (SET by another name)".into(),
+        );
+    }
     if let Some(funcname) = object
         .get("funcname")
         .filter(|_| object.contains_key("agg_star"))
@@ -256,13 +276,20 @@ fn call(name: &str, funccall: &Map<String, Value>, facts: &mut Facts) {
 
 /// `set_config(name, value, local)` is `SET` by another name: a write for
 /// ordinary settings, admin for the ones `SET` treats as admin, and admin
-/// when the name is not a literal we can read.
+/// when the name is not a literal we can read. Like `SET`, it may not move
+/// the settings the gateway reads queries under.
 fn set_config(funccall: &Map<String, Value>, facts: &mut Facts) {
     facts.literal_sensitive = true;
-    let first = funccall
-        .get("args")
-        .and_then(|a| a.get(0))
-        .and_then(string_constant);
+    let arg = |i: usize| {
+        funccall
+            .get("args")
+            .and_then(|a| a.get(i))
+            .and_then(string_constant)
+    };
+    let first = arg(0);
+    if let Some(why) = first.and_then(|setting| model::refusal(setting, arg(1))) {
+        facts.refuse(why);
+    }
     match first {
         Some(setting) if !is_privileged_setting(setting) => {
             facts.raise_to(StatementClass::Write, "calls set_config".into());
@@ -278,8 +305,52 @@ fn set_config(funccall: &Map<String, Value>, facts: &mut Facts) {
     }
 }
 
+/// The setting a `SET`, `RESET` or `ALTER ... SET` assigns, recognised by
+/// the field only `VariableSetStmt` has; `None` for other nodes.
+fn variable_set(object: &Map<String, Value>) -> Option<&str> {
+    object.get("jumble_args")?;
+    object.get("name").and_then(Value::as_str)
+}
+
+/// A `SET name = value` anywhere in a statement (top level, a function's
+/// `SET` clause, `ALTER ROLE ... SET`) of a setting the gateway reads
+/// queries under is refused unless it keeps that setting's value; going
+/// back to the session's own value (`RESET`, `DEFAULT`) is followed.
+fn setting_assigned(name: &str, set: &Map<String, Value>, facts: &mut Facts) {
+    if !model::is_reading_setting(name) {
+        return;
+    }
+    facts.literal_sensitive = true;
+    let assigns_value = set.get("kind").and_then(Value::as_i64) == Some(SET_VALUE);
+    if !assigns_value {
+        return;
+    }
+    let value = set
+        .get("args")
+        .and_then(|a| a.get(0))
+        .and_then(string_constant);
+    if let Some(why) = model::refusal(name, value) {
+        facts.refuse(why);
+    }
+}
+
+/// `VariableSetKind::VarSetValue`, as the tree serializes it.
+const SET_VALUE: i64 = pg_query::protobuf::VariableSetKind::VarSetValue as i64;
+
+/// An `INSERT`, `UPDATE`, `DELETE` or `MERGE` (the nodes with a
+/// `returning_clause`) whose target is `pg_settings`, in any schema: its
+/// rules turn the write into `set_config` calls the gateway cannot read.
+fn writes_pg_settings(object: &Map<String, Value>) -> bool {
+    object.contains_key("returning_clause")
+        && object
+            .get("relation")
+            .and_then(|r| r.get("relname"))
+            .and_then(Value::as_str)
+            == Some("pg_settings")
+}
+
 /// The value of a string constant node, also through one cast (`'x'::text`).
-pub(crate) fn string_constant(node: &Value) -> Option<&str> {
+fn string_constant(node: &Value) -> Option<&str> {
     node.pointer("/node/AConst/val/Sval/sval")
         .or_else(|| node.pointer("/node/TypeCast/arg/node/AConst/val/Sval/sval"))
         .and_then(Value::as_str)

@@ -376,32 +376,3 @@ fn just_in_time_policies_grant_nothing_without_a_grant() {
         "0"
     );
 }
-
-#[test]
-fn turning_off_standard_conforming_strings_ends_the_session() {
-    let env = Env::with(Options {
-        policies: r#"
-  - name: dba
-    match: { principals: ["dba"] }
-    connection: app-db
-    allow: [read, write, ddl, admin]
-"#
-        .into(),
-        ..Options::default()
-    });
-    let token = env.token("dba", &[]);
-    let out = env.psql(
-        &token,
-        "set standard_conforming_strings = off;\nselect 1;\n",
-    );
-    assert!(
-        out.stderr.contains("standard_conforming_strings"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        !out.stdout.contains('1'),
-        "the session must not run another statement: {}",
-        out.stdout
-    );
-}

@@ -14,6 +14,7 @@ mod mask;
 mod output;
 mod relay;
 mod session;
+mod settings;
 pub mod stream;
 pub mod upstream;
 

@@ -18,6 +18,7 @@ use bytes::BytesMut;
 use portcullis_identity::ratelimit::lockout_message;
 use portcullis_identity::Principal;
 use portcullis_jit::GrantLease;
+use portcullis_policy::classify::is_utf8_encoding;
 use portcullis_records::{NewRecord, RecordKind};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,6 +29,7 @@ use crate::codec::frontend::password_text;
 use crate::codec::startup::{decode_startup, StartupPacket};
 use crate::codec::{decode_frame, Frame, MAX_STARTUP_LEN};
 
+use super::settings;
 use super::stream::MaybeTls;
 use super::upstream::{self, Upstream};
 use super::{relay, PgGateway};
@@ -268,7 +270,7 @@ fn check_client_encoding(params: &[(String, String)]) -> Result<(), Refusal> {
         .find(|(k, _)| k.eq_ignore_ascii_case("client_encoding"))
         .map(|(_, v)| v.as_str());
     match encoding {
-        Some(e) if !is_utf8(e) => Err(Refusal::new(
+        Some(e) if !is_utf8_encoding(e) => Err(Refusal::new(
             sqlstate::FEATURE_NOT_SUPPORTED,
             format!("client_encoding \"{e}\" is not supported through the gateway: connect with client_encoding=UTF8"),
         )),
@@ -276,39 +278,13 @@ fn check_client_encoding(params: &[(String, String)]) -> Result<(), Refusal> {
     }
 }
 
-fn is_utf8(encoding: &str) -> bool {
-    matches!(
-        encoding
-            .to_ascii_lowercase()
-            .replace(['-', '_'], "")
-            .as_str(),
-        "utf8" | "unicode"
-    )
-}
-
-/// Our statement classifier lexes strings the way PostgreSQL does only with
-/// standard_conforming_strings on; refuse an upstream configured otherwise.
+/// A role or database default (`ALTER ROLE ... SET client_encoding`) can
+/// start the upstream session outside the gateway's model; such a session
+/// is refused rather than relayed (see `settings`).
 fn check_upstream_parameters(upstream: &Upstream) -> Result<(), Refusal> {
-    let encoding = upstream
-        .parameters
-        .iter()
-        .find(|(k, _)| k == "client_encoding");
-    if let Some((_, e)) = encoding.filter(|(_, e)| !is_utf8(e)) {
-        return Err(Refusal::new(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            format!("the upstream session's client_encoding is \"{e}\" (a role or database default?); the gateway reads statements only as UTF-8"),
-        ));
-    }
-    let scs = upstream
-        .parameters
-        .iter()
-        .find(|(k, _)| k == "standard_conforming_strings");
-    match scs {
-        Some((_, v)) if v != "on" => Err(Refusal::new(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            "upstream has standard_conforming_strings off, which the gateway cannot analyse safely",
-        )),
-        _ => Ok(()),
+    match settings::login_refusal(&upstream.parameters) {
+        Some(why) => Err(Refusal::new(sqlstate::FEATURE_NOT_SUPPORTED, why)),
+        None => Ok(()),
     }
 }
 

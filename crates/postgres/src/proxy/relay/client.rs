@@ -1066,13 +1066,18 @@ fn verdict_name(v: Verdict) -> &'static str {
 }
 
 fn unparseable(e: &ClassifyError) -> Decision {
+    let (rule, reason) = match e {
+        ClassifyError::Unsupported(why) => ("session state", why.clone()),
+        _ => (
+            "unparseable",
+            format!("the gateway could not parse the statement, so it cannot decide on it: {e}"),
+        ),
+    };
     Decision {
         verdict: Verdict::Deny,
         policy: None,
-        rule: "unparseable".into(),
-        reason: format!(
-            "the gateway could not parse the statement, so it cannot decide on it: {e}"
-        ),
+        rule: rule.into(),
+        reason,
         statement_index: None,
     }
 }
@@ -1091,6 +1096,11 @@ fn unparseable_error(e: ClassifyError) -> ErrorFields {
             "The gateway parses statements up to PostgreSQL's default nesting limits \
              (max_stack_depth 2MB); split the expression or nest less deeply.",
         ),
+        ClassifyError::Unsupported(why) => ErrorFields::error(sqlstate::FEATURE_NOT_SUPPORTED, why)
+            .with_hint(
+                "Portcullis reads every statement as UTF-8 with standard_conforming_strings on, \
+                 as the session started; the session is still usable.",
+            ),
         ClassifyError::Unreadable(why) => ErrorFields::error(sqlstate::SYNTAX_ERROR, why),
         ClassifyError::Internal(why) => ErrorFields::error(
             sqlstate::INTERNAL_ERROR,

@@ -42,6 +42,7 @@ use crate::codec::frontend::encode_terminate;
 use crate::proxy::mask::{SessionMask, Tally};
 use crate::proxy::output::OutputSample;
 use crate::proxy::session::Client;
+use crate::proxy::settings::Watched;
 use crate::proxy::stream::MaybeTls;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::PgGateway;
@@ -124,6 +125,7 @@ pub(crate) async fn run(
         (&expectations, &names, settled_tx),
         mask.as_ref(),
         notice_rx,
+        Watched::at_login(&parameters),
     );
     let end = tokio::select! {
         end = decider.run(&mut client_read, client_buf, &mut upstream_write) => end,
@@ -175,6 +177,9 @@ enum End {
     Shutdown,
     /// The grant the session was admitted under expired or was revoked.
     GrantEnded(String),
+    /// The server reported a setting the gateway's decisions rest on moved
+    /// (see `proxy::settings`).
+    StateChanged(String),
 }
 
 impl End {
@@ -187,6 +192,7 @@ impl End {
             Self::UpstreamProtocol(e) => format!("upstream protocol error: {e}"),
             Self::Shutdown => "the gateway is shutting down".into(),
             Self::GrantEnded(reason) => format!("access ended: {reason}"),
+            Self::StateChanged(why) => format!("session state left the gateway's model: {why}"),
         }
     }
 
@@ -198,6 +204,7 @@ impl End {
             Self::ClientProtocol(_) => (sqlstate::PROTOCOL_VIOLATION, self.describe()),
             Self::UpstreamProtocol(_) => (sqlstate::CONNECTION_FAILURE, self.describe()),
             Self::Shutdown | Self::GrantEnded(_) => (sqlstate::ADMIN_SHUTDOWN, self.describe()),
+            Self::StateChanged(_) => (sqlstate::FEATURE_NOT_SUPPORTED, self.describe()),
         };
         Some(ErrorFields::fatal(code, msg))
     }

@@ -19,6 +19,7 @@ use crate::codec::backend::{
 use crate::codec::{peek_frame_len, CodecError};
 
 use crate::proxy::mask::SessionMask;
+use crate::proxy::settings::Watched;
 use crate::proxy::stream::MaybeTls;
 use crate::proxy::PgGateway;
 
@@ -46,6 +47,8 @@ pub(super) struct ServerSide<'a> {
     notices: tokio::sync::mpsc::UnboundedReceiver<BytesMut>,
     /// `None` for principals without mask rules.
     mask: Option<MaskState<'a>>,
+    /// The settings the server must keep reporting as at login.
+    watched: Watched,
 }
 
 /// Results are written in batches per session: one record per statement
@@ -66,6 +69,7 @@ impl<'a> ServerSide<'a> {
         ),
         mask: Option<&'a SessionMask>,
         notices: tokio::sync::mpsc::UnboundedReceiver<BytesMut>,
+        watched: Watched,
     ) -> Self {
         Self {
             gw,
@@ -78,6 +82,7 @@ impl<'a> ServerSide<'a> {
             oldest_result: None,
             notices,
             mask: mask.map(MaskState::new),
+            watched,
         }
     }
 }
@@ -139,7 +144,7 @@ impl ServerSide<'_> {
         {
             let frame = &buf[pos..pos + len];
             if frame[0] == b'S' {
-                check_parameter(&frame[5..])?;
+                self.check_parameter(&frame[5..])?;
             }
             if let Some(replacement) = self.observe(frame[0], &frame[5..])? {
                 write(client, &buf[run_start..pos]).await?;
@@ -156,6 +161,17 @@ impl ServerSide<'_> {
     fn pull(&mut self) {
         if let Ok(mut shared) = self.expectations.lock() {
             self.local.extend(shared.drain(..));
+        }
+    }
+
+    /// A ParameterStatus the server sent: the session ends, before the
+    /// client sees it, when a setting the gateway relies on has moved.
+    fn check_parameter(&self, body: &[u8]) -> Result<(), End> {
+        let (name, value) = backend::parse_parameter_status(body)
+            .map_err(|e| End::UpstreamProtocol(e.to_string()))?;
+        match self.watched.departure(name, value) {
+            Some(why) => Err(End::StateChanged(why)),
+            None => Ok(()),
         }
     }
 
@@ -381,19 +397,6 @@ async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
-    }
-}
-
-/// The classifier lexes strings as PostgreSQL does with
-/// standard_conforming_strings on; if a session turns it off (only an
-/// `admin` statement can), the gateway can no longer read statements
-/// reliably, so the session ends before the next one.
-fn check_parameter(body: &[u8]) -> Result<(), End> {
-    match backend::parse_parameter_status(body) {
-        Ok(("standard_conforming_strings", value)) if value != "on" => Err(End::UpstreamProtocol(
-            "standard_conforming_strings was turned off; the gateway cannot analyse statements safely, so the session ends".into(),
-        )),
-        _ => Ok(()),
     }
 }
 

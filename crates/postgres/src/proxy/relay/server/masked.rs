@@ -17,7 +17,7 @@ use crate::proxy::mask::{SessionMask, Shape, Tally};
 use crate::proxy::stream::MaybeTls;
 
 use super::super::{End, Expect, Tracker};
-use super::{check_parameter, open_tracker, write, ServerSide, MAX_BACKEND_MESSAGE};
+use super::{open_tracker, write, ServerSide, MAX_BACKEND_MESSAGE};
 
 /// The masking side of a session's results.
 pub(super) struct MaskState<'a> {
@@ -84,7 +84,7 @@ impl ServerSide<'_> {
             let frame = &buf[pos..pos + len];
             let (tag, body) = (frame[0], &frame[5..]);
             if tag == b'S' {
-                check_parameter(body)?;
+                self.check_parameter(body)?;
             }
             let start = out.len();
             let masked = self.mask_message(tag, body, &mut out).await?;

@@ -14,6 +14,7 @@ mod mask;
 mod output;
 mod relay;
 mod session;
+mod startup_params;
 pub mod stream;
 pub mod upstream;
 

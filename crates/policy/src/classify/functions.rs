@@ -10,7 +10,9 @@
 //! (and the stable ones that assign a transaction id, `txid_current` and
 //! `pg_current_xact_id`); the volatile built-ins not listed only read or
 //! touch the calling session (`random`, `clock_timestamp`, `pg_sleep`,
-//! `lo_get`, `currval`, `pg_stat_clear_snapshot`).
+//! `lo_get`, `currval`, `pg_stat_clear_snapshot`), and `lo_open`, which
+//! even in write mode only opens a descriptor: every write through it is a
+//! `lowrite` or `lo_truncate`, listed here.
 //!
 //! Functions outside `pg_catalog` are judged by what the database's catalog
 //! says about them (see [`super::facts`]), not by this list.
@@ -79,7 +81,6 @@ const WRITE: &[&str] = &[
     "lo_from_bytea",
     "lo_truncate",
     "lo_truncate64",
-    "lo_open",
     "lowrite",
     "pg_notify",
     "pg_logical_emit_message",

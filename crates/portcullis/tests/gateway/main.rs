@@ -16,6 +16,7 @@ mod postgres_access;
 mod postgres_clients;
 mod postgres_complex;
 mod postgres_differential;
+mod postgres_fidelity;
 mod postgres_login_limit;
 mod postgres_masking;
 mod postgres_robustness;

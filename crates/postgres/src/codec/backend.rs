@@ -18,6 +18,7 @@ pub mod sqlstate {
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const SYSTEM_ERROR: &str = "58000";
     pub const SYNTAX_ERROR: &str = "42601";
+    pub const UNDEFINED_FUNCTION: &str = "42883";
     pub const STATEMENT_TOO_COMPLEX: &str = "54001";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const CONFIGURATION_LIMIT: &str = "53400";

@@ -37,7 +37,13 @@ pub enum FrontendMessage<'a> {
     CopyData,
     CopyDone,
     CopyFail,
-    FunctionCall,
+    /// A fastpath call: the function's oid and its arguments as sent
+    /// (format codes, values and result format; recorded only as a fingerprint).
+    FunctionCall {
+        oid: u32,
+        args: usize,
+        arguments: &'a [u8],
+    },
 }
 
 impl<'a> FrontendMessage<'a> {
@@ -74,7 +80,7 @@ impl<'a> FrontendMessage<'a> {
             b'd' => Self::CopyData,
             b'c' => Self::CopyDone,
             b'f' => Self::CopyFail,
-            b'F' => Self::FunctionCall,
+            b'F' => parse_function_call(body)?,
             _ => {
                 return Err(CodecError::malformed(
                     "message",
@@ -106,17 +112,7 @@ fn parse_bind(body: &[u8]) -> Result<FrontendMessage<'_>, CodecError> {
     let mut r = Reader::new(body, "Bind");
     let portal = r.cstr()?;
     let statement = r.cstr()?;
-    let formats = non_negative(r.i16()?)?;
-    r.take(formats * 2)?;
-    let params = non_negative(r.i16()?)?;
-    for _ in 0..params {
-        let len = r.i32()?;
-        if len > 0 {
-            r.take(len as usize)?;
-        } else if len < -1 {
-            return Err(CodecError::malformed("Bind", "invalid parameter length"));
-        }
-    }
+    let params = skip_values(&mut r, "Bind")?;
     let result_formats = non_negative(r.i16()?)?;
     r.take(result_formats * 2)?;
     r.expect_end()?;
@@ -125,6 +121,37 @@ fn parse_bind(body: &[u8]) -> Result<FrontendMessage<'_>, CodecError> {
         statement,
         params,
     })
+}
+
+fn parse_function_call(body: &[u8]) -> Result<FrontendMessage<'_>, CodecError> {
+    let mut r = Reader::new(body, "FunctionCall");
+    let oid = r.i32()? as u32;
+    let arguments = r.rest();
+    let args = skip_values(&mut r, "FunctionCall")?;
+    r.i16()?;
+    r.expect_end()?;
+    Ok(FrontendMessage::FunctionCall {
+        oid,
+        args,
+        arguments,
+    })
+}
+
+/// Skips the format codes and values that Bind and FunctionCall share;
+/// returns how many values there were.
+fn skip_values(r: &mut Reader<'_>, what: &'static str) -> Result<usize, CodecError> {
+    let formats = non_negative(r.i16()?)?;
+    r.take(formats * 2)?;
+    let values = non_negative(r.i16()?)?;
+    for _ in 0..values {
+        let len = r.i32()?;
+        if len > 0 {
+            r.take(len as usize)?;
+        } else if len < -1 {
+            return Err(CodecError::malformed(what, "invalid value length"));
+        }
+    }
+    Ok(values)
 }
 
 fn non_negative(n: i16) -> Result<usize, CodecError> {
@@ -160,6 +187,14 @@ pub fn encode_describe(out: BytesMut, kind: u8, name: &str) -> BytesMut {
 pub fn encode_query(out: BytesMut, sql: &str) -> BytesMut {
     let mut w = Writer::new(out, b'Q');
     w.cstr(sql);
+    w.finish()
+}
+
+/// A Parse of the unnamed statement, no parameter types: the gateway asks
+/// the server for its own syntax error this way, without running anything.
+pub fn encode_parse(out: BytesMut, sql: &str) -> BytesMut {
+    let mut w = Writer::new(out, b'P');
+    w.cstr("").cstr(sql).bytes(&0i16.to_be_bytes());
     w.finish()
 }
 
@@ -204,6 +239,24 @@ mod tests {
         Frame {
             tag,
             body: Bytes::copy_from_slice(body),
+        }
+    }
+
+    #[test]
+    fn parses_fastpath_calls_and_refuses_truncated_ones() {
+        // lo_open(16400, INV_READ): two binary int4 arguments.
+        let body =
+            b"\0\0\x03\xbf\0\x01\0\x01\0\x02\0\0\0\x04\0\0\x40\x10\0\0\0\x04\0\x04\0\0\0\x01";
+        assert_eq!(
+            FrontendMessage::parse(&frame(b'F', body)).unwrap(),
+            FrontendMessage::FunctionCall {
+                oid: 959,
+                args: 2,
+                arguments: &body[4..],
+            }
+        );
+        for cut in [3, 9, 20, body.len() - 1] {
+            assert!(FrontendMessage::parse(&frame(b'F', &body[..cut])).is_err());
         }
     }
 

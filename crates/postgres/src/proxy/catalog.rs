@@ -26,7 +26,7 @@ use bytes::BytesMut;
 use portcullis_masking::SourceColumn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::codec::backend::{error_field, parse_error_fields};
+use crate::codec::backend::parse_error_fields;
 use crate::codec::frontend::encode_query;
 use crate::codec::rows::parse_data_row;
 use crate::codec::{decode_frame, CodecError, MAX_MESSAGE_LEN};
@@ -35,6 +35,7 @@ use super::stream::MaybeTls;
 use super::upstream::{self, UpstreamError, UpstreamTarget};
 
 mod functions;
+mod syntax;
 
 /// Catalog changes made outside the gateway are seen within this time.
 const CACHE_TTL: Duration = Duration::from_secs(300);
@@ -283,9 +284,30 @@ impl Catalog {
 }
 
 impl Catalog {
-    /// Runs one catalog query over the gateway's own connection, opening it
-    /// when there is none.
+    /// Runs one catalog query over the gateway's own connection.
     async fn run(&self, target: &UpstreamTarget, sql: &str) -> Result<Vec<Row>, CatalogError> {
+        let reply = self
+            .exchange(target, encode_query(BytesMut::new(), sql))
+            .await?;
+        match reply.error {
+            Some(fields) => Err(CatalogError::Query(
+                fields
+                    .into_iter()
+                    .find_map(|(code, value)| (code == b'M').then_some(value))
+                    .unwrap_or_default(),
+            )),
+            None => Ok(reply.rows),
+        }
+    }
+
+    /// Sends `request` (messages ending in a Query or a Sync) over the
+    /// gateway's own connection, opening it when there is none, and reads
+    /// the answer up to ReadyForQuery.
+    async fn exchange(
+        &self,
+        target: &UpstreamTarget,
+        request: BytesMut,
+    ) -> Result<Reply, CatalogError> {
         let mut conn = self.conn.lock().await;
         let stream = match conn.as_mut() {
             Some(s) => s,
@@ -294,7 +316,7 @@ impl Catalog {
                 conn.insert(upstream::connect(target, &params).await?.stream)
             }
         };
-        let result = tokio::time::timeout(LOOKUP_TIMEOUT, query(stream, sql))
+        let result = tokio::time::timeout(LOOKUP_TIMEOUT, send(stream, &request))
             .await
             .unwrap_or(Err(CatalogError::Timeout));
         if result.is_err() {
@@ -303,6 +325,13 @@ impl Catalog {
         }
         result
     }
+}
+
+/// What the server answered to one request.
+struct Reply {
+    rows: Vec<Row>,
+    /// The ErrorResponse's fields (code, value), if it failed.
+    error: Option<Vec<(u8, String)>>,
 }
 
 /// One result row, every value as text.
@@ -389,18 +418,18 @@ fn parse_lookup_row(row: &[Option<String>]) -> Option<(FieldOrigin, Entry)> {
     Some((origin, entry))
 }
 
-/// Runs one simple query and returns its rows as text.
-async fn query(stream: &mut MaybeTls, sql: &str) -> Result<Vec<Row>, CatalogError> {
-    stream
-        .write_all(&encode_query(BytesMut::new(), sql))
-        .await?;
+/// Writes `request` and collects the rows and the error of its answer.
+async fn send(stream: &mut MaybeTls, request: &[u8]) -> Result<Reply, CatalogError> {
+    stream.write_all(request).await?;
     let mut buf = BytesMut::with_capacity(8192);
-    let mut rows = Vec::new();
-    let mut error = None;
+    let mut reply = Reply {
+        rows: Vec::new(),
+        error: None,
+    };
     loop {
         while let Some(frame) = decode_frame(&mut buf, MAX_MESSAGE_LEN)? {
             match frame.tag {
-                b'D' => rows.push(
+                b'D' => reply.rows.push(
                     parse_data_row(&frame.body)?
                         .into_iter()
                         .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
@@ -408,14 +437,10 @@ async fn query(stream: &mut MaybeTls, sql: &str) -> Result<Vec<Row>, CatalogErro
                 ),
                 b'E' => {
                     let fields = parse_error_fields(&frame.body)?;
-                    error = error_field(&fields, b'M');
+                    reply.error =
+                        Some(fields.into_iter().map(|(c, v)| (c, v.to_owned())).collect());
                 }
-                b'Z' => {
-                    return match error {
-                        Some(e) => Err(CatalogError::Query(e)),
-                        None => Ok(rows),
-                    }
-                }
+                b'Z' => return Ok(reply),
                 _ => {}
             }
         }

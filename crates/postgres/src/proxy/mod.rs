@@ -15,6 +15,7 @@ mod output;
 mod relay;
 mod session;
 mod settings;
+mod startup_params;
 pub mod stream;
 pub mod upstream;
 

@@ -18,7 +18,6 @@ use bytes::BytesMut;
 use portcullis_identity::ratelimit::lockout_message;
 use portcullis_identity::Principal;
 use portcullis_jit::GrantLease;
-use portcullis_policy::classify::is_utf8_encoding;
 use portcullis_records::{NewRecord, RecordKind};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,21 +31,9 @@ use crate::codec::{decode_frame, Frame, MAX_STARTUP_LEN};
 use super::settings;
 use super::stream::MaybeTls;
 use super::upstream::{self, Upstream};
-use super::{relay, PgGateway};
+use super::{relay, startup_params, PgGateway};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Startup parameters passed on to the upstream. Anything else is dropped:
-/// `options` could carry `-c role=...`, and `replication` is refused outright.
-const FORWARDED_PARAMS: &[&str] = &[
-    "application_name",
-    "client_encoding",
-    "DateStyle",
-    "TimeZone",
-    "IntervalStyle",
-    "extra_float_digits",
-    "search_path",
-];
 
 /// Why a connection did not become a session; each becomes the client's
 /// FATAL error and the attempt's recorded reason.
@@ -196,7 +183,8 @@ async fn handshake(gw: &PgGateway, client: &mut Client) -> Result<Option<Admitte
             "replication connections are not allowed through the gateway",
         ));
     }
-    check_client_encoding(&params)?;
+    let forwarded = startup_params::upstream_params(&params)
+        .map_err(|refused| Refusal::new(refused.code, refused.message))?;
     let token = read_token(client).await?;
     let principal = gw.verifier.verify(&token).await.map_err(|e| {
         Refusal::new(sqlstate::INVALID_PASSWORD, format!("token rejected: {e}")).failed_login()
@@ -206,11 +194,6 @@ async fn handshake(gw: &PgGateway, client: &mut Client) -> Result<Option<Admitte
     let grant = admit(gw, &principal)
         .await
         .map_err(|r| r.of(&principal).failed_login())?;
-    let forwarded: Vec<(String, String)> = params
-        .iter()
-        .filter(|(k, _)| FORWARDED_PARAMS.contains(&k.as_str()))
-        .cloned()
-        .collect();
     let upstream = upstream::connect(&gw.upstream, &forwarded)
         .await
         .map_err(|e| {
@@ -259,23 +242,6 @@ async fn admit(gw: &PgGateway, principal: &Principal) -> Result<Option<GrantLeas
         ));
     }
     Ok(None)
-}
-
-/// The gateway reads statements as UTF-8; in another client encoding
-/// (SJIS, GBK, BIG5) the server can read a backslash or quote as part of a
-/// multibyte character, and run statements the gateway never saw.
-fn check_client_encoding(params: &[(String, String)]) -> Result<(), Refusal> {
-    let encoding = params
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("client_encoding"))
-        .map(|(_, v)| v.as_str());
-    match encoding {
-        Some(e) if !is_utf8_encoding(e) => Err(Refusal::new(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            format!("client_encoding \"{e}\" is not supported through the gateway: connect with client_encoding=UTF8"),
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// A role or database default (`ALTER ROLE ... SET client_encoding`) can

@@ -27,6 +27,9 @@ const FUNCTION_TTL: Duration = Duration::from_secs(60);
 #[derive(Default)]
 pub(super) struct FunctionCache {
     entries: HashMap<String, Vec<FunctionFact>>,
+    /// Fastpath calls name a function by oid: its schema and name, or
+    /// `None` when no function has that oid.
+    by_oid: HashMap<u32, Option<(String, String)>>,
     filled: Option<Instant>,
 }
 
@@ -48,6 +51,40 @@ impl Catalog {
             Some(raised) => Arc::new(raised),
             None => classification,
         }
+    }
+
+    /// The schema and name of the function with this oid (a fastpath call
+    /// names its function only so); `Ok(None)` when the catalog has none.
+    pub async fn function_name(
+        &self,
+        target: &UpstreamTarget,
+        oid: u32,
+    ) -> Result<Option<(String, String)>, CatalogError> {
+        if let Some(known) = self.cached_function_name(oid) {
+            return Ok(known);
+        }
+        let sql = format!(
+            "SELECT n.nspname, p.proname FROM pg_catalog.pg_proc p \
+             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = {oid}"
+        );
+        let rows = self.run(target, &sql).await?;
+        let name = rows.into_iter().find_map(|row| match row.as_slice() {
+            [Some(schema), Some(name)] => Some((schema.clone(), name.clone())),
+            _ => None,
+        });
+        if let Ok(mut cache) = self.functions.lock() {
+            cache.filled.get_or_insert_with(Instant::now);
+            cache.by_oid.insert(oid, name.clone());
+        }
+        Ok(name)
+    }
+
+    fn cached_function_name(&self, oid: u32) -> Option<Option<(String, String)>> {
+        let mut cache = self.functions.lock().ok()?;
+        if cache.filled.is_some_and(|t| t.elapsed() > FUNCTION_TTL) {
+            *cache = FunctionCache::default();
+        }
+        cache.by_oid.get(&oid).cloned()
     }
 
     /// The catalog's answer for each name; names it could not be asked

@@ -24,6 +24,8 @@ use crate::proxy::mask::{self, SessionMask};
 use crate::proxy::stream::MaybeTls;
 use crate::proxy::PgGateway;
 
+mod fastpath;
+
 use super::names::{Change, Names, Pending, Portal, Prepared, Seen};
 use super::{cancel_requested, End, Expect, Tracker};
 
@@ -38,6 +40,10 @@ enum Via<'a> {
     Extended {
         portal: Option<&'a str>,
         params: usize,
+    },
+    /// A fastpath function call with this many arguments.
+    Fastpath {
+        args: usize,
     },
 }
 
@@ -263,11 +269,17 @@ impl ClientSide<'_> {
                 // Part of a COPY FROM STDIN already decided as a whole.
                 frame.encode_into(&mut self.batch);
             }
-            FrontendMessage::FunctionCall => {
-                self.refuse_simple(ErrorFields::error(
-                    sqlstate::INSUFFICIENT_PRIVILEGE,
-                    "fastpath function calls are not allowed through the gateway",
-                ));
+            FrontendMessage::FunctionCall {
+                oid,
+                args,
+                arguments,
+            } => {
+                let call = fastpath::Call {
+                    oid,
+                    args,
+                    arguments,
+                };
+                self.function_call(&frame, call).await;
             }
             FrontendMessage::Terminate => return Ok(Some(End::ClientTerminated)),
             FrontendMessage::Password(_) => {
@@ -686,12 +698,33 @@ impl ClientSide<'_> {
                 let d = self.decide_classified(&c);
                 (c, d, None)
             }
-            Err(e) => (
-                Arc::new(Classification { statements: vec![] }),
-                unparseable(&e),
-                Some(unparseable_error(e)),
-            ),
+            Err(e) => {
+                let decision = unparseable(&e);
+                let native = self.native_error(sql, e).await;
+                (
+                    Arc::new(Classification { statements: vec![] }),
+                    decision,
+                    Some(native),
+                )
+            }
         }
+    }
+
+    /// What PostgreSQL would answer to a statement the gateway cannot
+    /// parse: for a syntax error the server's own words (its HINT and
+    /// DETAIL too), else the gateway's.
+    async fn native_error(&self, sql: &str, e: ClassifyError) -> ErrorFields {
+        if matches!(e, ClassifyError::Syntax(_)) {
+            let server = self
+                .gw
+                .catalog
+                .server_syntax_error(&self.gw.upstream, sql)
+                .await;
+            if let Some(server) = server {
+                return server;
+            }
+        }
+        unparseable_error(e)
     }
 
     /// From the cache when it can; otherwise the parse runs on a thread of its own, so that a
@@ -739,6 +772,7 @@ impl ClientSide<'_> {
         let (protocol, portal, params) = match via {
             Via::Simple => ("simple", None, 0),
             Via::Extended { portal, params } => ("extended", portal, params),
+            Via::Fastpath { args } => ("fastpath", None, args),
         };
         let mut r = NewRecord::new(RecordKind::Statement)
             .session_id(self.session_id)

@@ -18,6 +18,7 @@ mod postgres_complex;
 mod postgres_differential;
 mod postgres_login_limit;
 mod postgres_masking;
+mod postgres_meaning;
 mod postgres_robustness;
 mod postgres_state;
 mod postgres_unix;

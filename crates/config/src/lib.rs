@@ -5,6 +5,7 @@
 //! file, the line and the field, so `portcullis check-config` can point at it.
 
 mod duration;
+pub mod sql_rule;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -463,13 +464,14 @@ pub struct PolicyConfig {
     /// Standing access, or just-in-time through grants.
     #[serde(default)]
     pub access: Access,
-    /// Statement classes (`read`, `write`, `ddl`, `admin`) or SQL patterns allowed.
+    /// Statement classes (`read`, `write`, `ddl`, `admin`) or `ACTION on RELATION`
+    /// rules allowed (see [`sql_rule`]); on SSH, SSH words or command patterns.
     #[serde(default)]
     pub allow: Vec<String>,
-    /// Classes or patterns held for a human approver.
+    /// Classes or rules held for a human approver.
     #[serde(default)]
     pub require_approval: Vec<String>,
-    /// Classes or patterns always refused; deny wins over allow.
+    /// Classes or rules always refused; deny wins over allow.
     #[serde(default)]
     pub deny: Vec<String>,
     /// Values hidden from results.

@@ -111,6 +111,35 @@ fn misspelt_class_is_refused() {
     assert!(err.contains("raed"), "{err}");
 }
 
+#[test]
+fn text_patterns_are_refused_on_their_line_with_the_rule_to_write() {
+    let bad = GOOD.replace(
+        r#"deny: ["DROP *", "TRUNCATE *"]"#,
+        "deny:\n      - DROP *\n      - DELETE FROM orders *",
+    );
+    let err = Config::parse("p.yaml", &bad).unwrap_err().to_string();
+    assert!(err.contains("policies[0].deny"), "{err}");
+    assert!(err.contains("write \"delete on orders\""), "{err}");
+    let line: usize = err.split(':').nth(1).unwrap().parse().unwrap();
+    assert!(
+        bad.lines().nth(line - 1).unwrap().contains("DELETE FROM"),
+        "{err}"
+    );
+}
+
+#[test]
+fn action_rules_and_legacy_verb_patterns_are_accepted() {
+    let good = GOOD.replace("allow: [read]", r#"allow: [read, "insert on audit.log"]"#);
+    let good = good.replace(
+        "require_approval: [write]",
+        r#"require_approval: ["DELETE *", "write on payroll.*", "update on \"Customers\""]"#,
+    );
+    Config::parse("p.yaml", &good).expect("valid");
+    let bad = GOOD.replace("allow: [read]", r#"allow: ["erase on t"]"#);
+    let err = Config::parse("p.yaml", &bad).unwrap_err().to_string();
+    assert!(err.contains("unknown action \"erase\""), "{err}");
+}
+
 const SSH: &str = r#"
 identity:
   oidc:

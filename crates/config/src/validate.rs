@@ -3,11 +3,9 @@
 use std::collections::HashSet;
 
 use crate::{
-    is_loopback_listen, Access, ChannelBindingMode, Config, ConnectionConfig, MaskConfig,
+    is_loopback_listen, sql_rule, Access, ChannelBindingMode, Config, ConnectionConfig, MaskConfig,
     UpstreamTls, SSH_WORDS,
 };
-
-const STATEMENT_CLASSES: [&str; 4] = ["read", "write", "ddl", "admin"];
 
 const DETECTORS: [&str; 8] = [
     "credit_card",
@@ -377,33 +375,28 @@ fn validate_policies(config: &Config) -> Result<(), Violation> {
                         &policy.name,
                     ));
                 }
-                let lower = rule.trim().to_ascii_lowercase();
-                let looks_like_class = !lower.contains(' ') && !lower.contains('*');
-                if ssh && looks_like_class && !SSH_WORDS.contains(&lower.as_str()) {
-                    return Err(Violation::new(
-                        field(list),
-                        format!(
-                            "{rule:?} is neither an SSH word ({}) nor a command pattern such as \"git *\" (a one-word command: \"uptime*\")",
-                            SSH_WORDS.join(", ")
-                        ),
-                        rule,
-                    ));
-                }
-                if !ssh && looks_like_class && !STATEMENT_CLASSES.contains(&lower.as_str()) {
-                    return Err(Violation::new(
-                        field(list),
-                        format!(
-                            "{rule:?} is neither a statement class ({}) nor a SQL pattern such as \"DROP *\"",
-                            STATEMENT_CLASSES.join(", ")
-                        ),
-                        rule,
-                    ));
+                if ssh {
+                    check_ssh_rule(rule).map_err(|m| Violation::new(field(list), m, rule))?;
+                } else if let Err(e) = sql_rule::parse(rule) {
+                    return Err(Violation::new(field(list), format!("{rule:?}: {e}"), rule));
                 }
             }
         }
         if let Some(mask) = &policy.mask {
             validate_mask(mask, &field)?;
         }
+    }
+    Ok(())
+}
+
+fn check_ssh_rule(rule: &str) -> Result<(), String> {
+    let lower = rule.trim().to_ascii_lowercase();
+    let looks_like_word = !lower.contains(' ') && !lower.contains('*');
+    if looks_like_word && !SSH_WORDS.contains(&lower.as_str()) {
+        return Err(format!(
+            "{rule:?} is neither an SSH word ({}) nor a command pattern such as \"git *\" (a one-word command: \"uptime*\")",
+            SSH_WORDS.join(", ")
+        ));
     }
     Ok(())
 }

@@ -103,8 +103,9 @@ pub fn names_to_resolve(classification: &Classification) -> Vec<&str> {
     names
 }
 
-/// The classification with each statement raised to what its calls may do,
-/// or `None` when no call raises anything. `lookups` holds the catalog's
+/// The classification with each statement raised to what its calls may do
+/// (and any call that may do more than read noted as an effect no action
+/// names), or `None` when no call changes anything. `lookups` holds the catalog's
 /// answer for each name of [`names_to_resolve`]; a name without one is
 /// judged as if the catalog were unavailable.
 pub fn apply(
@@ -118,6 +119,10 @@ pub fn apply(
         for name in &statement.functions {
             let lookup = lookups.get(name).unwrap_or(&Lookup::Unavailable);
             let (class, why) = judge(name, lookup, declared);
+            if class > StatementClass::Read && statement.unnamed_effect.is_none() {
+                statement.unnamed_effect = Some(why.clone());
+                changed = true;
+            }
             if class > statement.class {
                 statement.class = class;
                 statement.why = Some(why);

@@ -11,6 +11,7 @@
 //! Parsing costs tens of microseconds, so [`Classifier`] caches results
 //! under the literal-stripped text from [`normalize`].
 
+pub mod actions;
 mod cache;
 pub mod facts;
 mod functions;
@@ -26,6 +27,7 @@ mod tests;
 
 use std::fmt;
 
+pub use actions::{Act, RelationName, Target};
 pub use cache::Classifier;
 pub use model::is_utf8_encoding;
 pub use names::{name_effects, NameEffect};
@@ -85,8 +87,15 @@ pub struct Statement {
     /// The command, as PostgreSQL tags it: `SELECT`, `DROP TABLE`, `COPY FROM`.
     pub command: String,
     /// This statement's text with literals replaced by `?`, comments dropped
-    /// and whitespace collapsed: what SQL-pattern rules match against.
+    /// and whitespace collapsed.
     pub normalized: String,
+    /// What it does to which relation, anywhere in its tree (CTEs,
+    /// `EXPLAIN ANALYZE`, `PREPARE` bodies, rule actions, sub-queries):
+    /// what `ACTION on RELATION` rules match against.
+    pub actions: Vec<Act>,
+    /// Something it may do that no action names (a call with side effects,
+    /// a row lock): action rules can then hold or deny it, never allow it.
+    pub unnamed_effect: Option<String>,
     /// Tables and views touched, schema-qualified as written.
     pub relations: Vec<String>,
     /// Functions called, schema-qualified as written.
@@ -221,6 +230,7 @@ fn statement(node: &pg_query::NodeEnum, text: &str) -> Result<(Statement, bool),
     if let Some(why) = facts.refusal {
         return Err(ClassifyError::Unsupported(why));
     }
+    let actions = actions::collect(&tree, &kind.command);
     let (class, why) = match facts.raise {
         Some((raised, why)) if raised > kind.class => (raised, Some(why)),
         _ => (kind.class, kind.why),
@@ -231,6 +241,8 @@ fn statement(node: &pg_query::NodeEnum, text: &str) -> Result<(Statement, bool),
         class,
         command: kind.command,
         normalized: lexer::lex(text).text,
+        actions,
+        unnamed_effect: facts.unnamed_effect,
         relations,
         functions: facts.functions,
         why,

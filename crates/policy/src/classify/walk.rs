@@ -27,6 +27,9 @@ pub(crate) struct Facts {
     pub functions: Vec<String>,
     /// The strongest class forced by something inside, and why.
     pub raise: Option<(StatementClass, String)>,
+    /// Something the statement may do that no relation action names (a
+    /// call with side effects, a row lock), so action rules cannot allow it.
+    pub unnamed_effect: Option<String>,
     /// The classification depends on a literal's value, so the literal-free
     /// cache key cannot stand for it.
     pub literal_sensitive: bool,
@@ -43,6 +46,12 @@ impl Facts {
         if self.refusal.is_none() {
             self.refusal = Some(why);
         }
+    }
+
+    /// Raises the class for an effect that is not an action on a relation.
+    fn unnamed(&mut self, class: StatementClass, why: String) {
+        self.unnamed_effect.get_or_insert_with(|| why.clone());
+        self.raise_to(class, why);
     }
 
     fn raise_to(&mut self, class: StatementClass, why: String) {
@@ -227,7 +236,7 @@ fn is_select(object: &Map<String, Value>) -> bool {
 
 fn inspect_select(select: &Map<String, Value>, facts: &mut Facts) {
     if select.get("locking_clause").is_some_and(non_empty) {
-        facts.raise_to(
+        facts.unnamed(
             StatementClass::Write,
             "locks rows (FOR UPDATE/SHARE)".into(),
         );
@@ -270,7 +279,7 @@ fn call(name: &str, funccall: &Map<String, Value>, facts: &mut Facts) {
         return set_config(funccall, facts);
     }
     if let Some(class) = side_effect(name) {
-        facts.raise_to(class, format!("calls {name}"));
+        facts.unnamed(class, format!("calls {name}"));
     }
 }
 
@@ -292,13 +301,13 @@ fn set_config(funccall: &Map<String, Value>, facts: &mut Facts) {
     }
     match first {
         Some(setting) if !is_privileged_setting(setting) => {
-            facts.raise_to(StatementClass::Write, "calls set_config".into());
+            facts.unnamed(StatementClass::Write, "calls set_config".into());
         }
-        Some(_) => facts.raise_to(
+        Some(_) => facts.unnamed(
             StatementClass::Admin,
             "calls set_config on a privileged setting".into(),
         ),
-        None => facts.raise_to(
+        None => facts.unnamed(
             StatementClass::Admin,
             "calls set_config with a setting name that is not a literal".into(),
         ),

@@ -18,20 +18,23 @@ mod rules;
 mod ssh;
 
 #[cfg(test)]
+mod meaning_tests;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;
 
+use portcullis_config::sql_rule::Action;
 use portcullis_config::{
     Access, Config, ConnectionConfig, JitAccess, JitApproval, MaskConfig, PolicyConfig,
 };
 use portcullis_identity::Principal;
 
-use crate::classify::{Classification, Statement, StatementClass};
+use crate::classify::{Act, Classification, Statement, StatementClass};
 
 use principal::Matcher;
 pub use rules::RuleProblem;
-use rules::{Folded, List, Rule};
+use rules::{List, Rule};
 pub use ssh::{parse_scp, ForwardDirection, ScpCommand, ScpDirection, SshRequest, SSH_WORDS};
 
 /// What happens to a query.
@@ -66,8 +69,9 @@ pub struct Decision {
     pub verdict: Verdict,
     /// The policy whose rule decided; `None` for the default deny.
     pub policy: Option<String>,
-    /// The rule that decided, as written: `read`, `DROP *`; or `default deny`,
-    /// `session`, `empty`.
+    /// The rule that decided, as written: `read`, `delete on customers`; or
+    /// `default deny`, `session`, `empty`. An allow by action rules names
+    /// each rule it took, comma-separated.
     pub rule: String,
     /// A sentence for the client and the record.
     pub reason: String,
@@ -277,16 +281,20 @@ impl Applicable<'_> {
         if self.policies.is_empty() {
             return default_deny("no policy applies to this principal on this connection".into());
         }
-        let folded = Folded::new(&statement.normalized);
-        let lists = [
+        let refusals = [
             (List::Deny, Verdict::Deny),
             (List::RequireApproval, Verdict::Hold),
-            (List::Allow, Verdict::Allow),
         ];
-        for (list, verdict) in lists {
-            if let Some(decision) = self.first_match(list, verdict, statement, &folded) {
+        for (list, verdict) in refusals {
+            if let Some(decision) = self.first_match(list, verdict, statement) {
                 return decision;
             }
+        }
+        if let Some(decision) = self
+            .class_allow(statement)
+            .or_else(|| self.actions_allow(statement))
+        {
+            return decision;
         }
         if statement.class == StatementClass::Session {
             return self.session(statement);
@@ -301,31 +309,108 @@ impl Applicable<'_> {
         default_deny(reason)
     }
 
-    fn first_match(
-        &self,
-        list: List,
-        verdict: Verdict,
-        statement: &Statement,
-        folded: &Folded<'_>,
-    ) -> Option<Decision> {
+    /// The first rule of `list` (policies in config order) that names the
+    /// statement's class or covers any of its actions.
+    fn first_match(&self, list: List, verdict: Verdict, statement: &Statement) -> Option<Decision> {
         self.policies.iter().find_map(|policy| {
-            let rule = policy
-                .rules(list)
-                .iter()
-                .find(|r| r.matches(statement, folded))?;
+            policy.rules(list).iter().find_map(|rule| {
+                let subject = if rule.is_class(statement.class) {
+                    describe(statement)
+                } else {
+                    let act = statement.actions.iter().find(|a| rule.covers(a, list))?;
+                    format!("{act} (in statement {:?})", statement.command)
+                };
+                Some(Decision {
+                    verdict,
+                    policy: Some(policy.name.clone()),
+                    rule: rule.text.clone(),
+                    reason: format!(
+                        "{subject} matches {} rule {:?} of policy {:?}",
+                        list.as_str(),
+                        rule.text,
+                        policy.name
+                    ),
+                    statement_index: None,
+                })
+            })
+        })
+    }
+
+    fn class_allow(&self, statement: &Statement) -> Option<Decision> {
+        self.policies.iter().find_map(|policy| {
+            let rule = policy.allow.iter().find(|r| r.is_class(statement.class))?;
             Some(Decision {
-                verdict,
+                verdict: Verdict::Allow,
                 policy: Some(policy.name.clone()),
                 rule: rule.text.clone(),
                 reason: format!(
-                    "{} matches {} rule {:?} of policy {:?}",
+                    "{} matches allow rule {:?} of policy {:?}",
                     describe(statement),
-                    list.as_str(),
                     rule.text,
                     policy.name
                 ),
                 statement_index: None,
             })
+        })
+    }
+
+    /// Allowed by action rules only when every action is covered by some
+    /// applicable policy's allow rule and the statement does nothing else:
+    /// no effect outside its actions, no class above what they explain.
+    fn actions_allow(&self, statement: &Statement) -> Option<Decision> {
+        if statement.actions.is_empty()
+            || statement.unnamed_effect.is_some()
+            || statement.class > explained_class(&statement.actions)
+        {
+            return None;
+        }
+        let covering: Vec<(&Act, &Policy, &Rule)> = statement
+            .actions
+            .iter()
+            .map(|act| {
+                self.allow_rule_for(act, &statement.actions)
+                    .map(|(p, r)| (act, p, r))
+            })
+            .collect::<Option<_>>()?;
+        let (_, first_policy, _) = covering.first()?;
+        let mut rules: Vec<&str> = Vec::new();
+        let mut reasons = Vec::new();
+        for (act, policy, rule) in &covering {
+            if !rules.contains(&rule.text.as_str()) {
+                rules.push(&rule.text);
+            }
+            reasons.push(format!(
+                "{act} matches allow rule {:?} of policy {:?}",
+                rule.text, policy.name
+            ));
+        }
+        Some(Decision {
+            verdict: Verdict::Allow,
+            policy: Some(first_policy.name.clone()),
+            rule: rules.join(", "),
+            reason: format!("statement {:?}: {}", statement.command, reasons.join("; ")),
+            statement_index: None,
+        })
+    }
+
+    /// The first allow rule covering `act`. Reading a relation the same
+    /// statement writes is covered by the rule that allows the write: an
+    /// `UPDATE` reads its target through `WHERE` and `RETURNING`.
+    fn allow_rule_for(&self, act: &Act, all: &[Act]) -> Option<(&Policy, &Rule)> {
+        let writes_of_target = all.iter().filter(|other| {
+            act.action == Action::Select
+                && other.action != Action::Select
+                && other.target == act.target
+        });
+        std::iter::once(act)
+            .chain(writes_of_target)
+            .find_map(|wanted| self.first_allow_covering(wanted))
+    }
+
+    fn first_allow_covering(&self, act: &Act) -> Option<(&Policy, &Rule)> {
+        self.policies.iter().find_map(|policy| {
+            let rule = policy.allow.iter().find(|r| r.covers(act, List::Allow))?;
+            Some((*policy, rule))
         })
     }
 
@@ -343,6 +428,21 @@ impl Applicable<'_> {
             statement_index: None,
         }
     }
+}
+
+/// The strongest class the actions account for: a statement of a stronger
+/// class does something its actions do not say.
+fn explained_class(actions: &[Act]) -> StatementClass {
+    use Action as A;
+    actions
+        .iter()
+        .map(|act| match act.action {
+            A::Select => StatementClass::Read,
+            A::Insert | A::Update | A::Delete => StatementClass::Write,
+            A::Truncate | A::Create | A::Alter | A::Drop => StatementClass::Ddl,
+        })
+        .max()
+        .unwrap_or(StatementClass::Session)
 }
 
 /// `statement "SELECT"`, with the reason when its class was raised.

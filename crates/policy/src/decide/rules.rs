@@ -1,13 +1,24 @@
-//! Policy rules: a statement class (`read`, `write`, `ddl`, `admin`) or a
-//! SQL pattern (`"DROP *"`) matched against the normalized statement.
+//! Policy rules: a statement class (`read`, `write`, `ddl`, `admin`) or
+//! `ACTION on RELATION` (`delete on customers`), matched against what the
+//! classifier found the statement does; on SSH connections, SSH words and
+//! command patterns (see `ssh.rs`).
 //!
-//! Patterns are compared case-insensitively with whitespace collapsed, so
-//! `"drop  *"` and `"DROP *"` are the same rule. Normalized statements have
-//! every literal replaced by `?`, so a pattern that spells a literal could
-//! never match; compiling refuses it instead of letting the rule silently
-//! do nothing.
+//! Relation names are matched as PostgreSQL resolves them, with the
+//! session's `search_path` unknown (the client may change it at any time):
+//! - a rule name without a schema means that name in every schema;
+//! - a statement name without a schema may be in any schema on the path,
+//!   so it matches a schema-qualified `deny` or `require_approval` rule
+//!   whose name part matches, but never a schema-qualified `allow` rule;
+//! - an object the statement does not name as a relation (`DROP SCHEMA`,
+//!   `TRUNCATE ... CASCADE`) may reach any relation, so it matches every
+//!   `deny` and `require_approval` rule with its action, and only an
+//!   `allow` rule on `*`.
+//!
+//! So ambiguity holds or denies, and never widens what is allowed.
 
-use crate::classify::{Statement, StatementClass};
+use portcullis_config::sql_rule::{self, Action, NamePattern, RelationPattern, SqlRule};
+
+use crate::classify::{Act, RelationName, StatementClass, Target};
 
 use super::glob::Glob;
 use super::ssh::{SshRequest, SshRule};
@@ -41,9 +52,74 @@ pub(crate) struct Rule {
 #[derive(Debug, Clone)]
 enum RuleMatcher {
     Class(StatementClass),
-    Pattern(Glob),
+    On(OnRule),
     /// Rules of policies on SSH connections; see `ssh.rs`.
     Ssh(SshRule),
+}
+
+/// `ACTION on RELATION`, compiled.
+#[derive(Debug, Clone)]
+struct OnRule {
+    actions: Vec<Action>,
+    schema: Option<Name>,
+    name: Name,
+    /// `*`: also every object that is not a named relation.
+    everything: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Name {
+    Exact(String),
+    Glob(Glob),
+}
+
+impl Name {
+    fn compile(pattern: &NamePattern) -> Self {
+        match pattern {
+            NamePattern::Exact(name) => Self::Exact(name.clone()),
+            NamePattern::Glob(glob) => Self::Glob(Glob::new(glob)),
+        }
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        match self {
+            Self::Exact(exact) => exact == name,
+            Self::Glob(glob) => glob.matches(name),
+        }
+    }
+}
+
+impl OnRule {
+    fn compile(actions: Vec<Action>, relation: &RelationPattern) -> Self {
+        Self {
+            actions,
+            schema: relation.schema.as_ref().map(Name::compile),
+            name: Name::compile(&relation.name),
+            everything: relation.is_any(),
+        }
+    }
+
+    /// Whether this rule, in `list`, covers `act`; see the module comment.
+    fn covers(&self, act: &Act, list: List) -> bool {
+        if !self.actions.contains(&act.action) {
+            return false;
+        }
+        match &act.target {
+            Target::Unnamed(_) => self.everything || list != List::Allow,
+            Target::Relation(relation) => self.covers_relation(relation, list),
+        }
+    }
+
+    fn covers_relation(&self, relation: &RelationName, list: List) -> bool {
+        if !self.name.matches(&relation.name) {
+            return false;
+        }
+        match (&self.schema, &relation.schema) {
+            (None, _) => true,
+            (Some(rule), Some(schema)) => rule.matches(schema),
+            (Some(_), None) => list != List::Allow,
+        }
+    }
 }
 
 impl Rule {
@@ -52,22 +128,16 @@ impl Rule {
             policy: policy.to_owned(),
             list: list.as_str(),
             rule: text.to_owned(),
-            problem,
+            problem: RuleProblem::Sql(problem),
         };
-        let trimmed = text.trim();
-        if trimmed.is_empty() {
-            return Err(error(RuleProblem::Empty));
-        }
-        let matcher = if let Some(class) = policy_class(trimmed) {
-            RuleMatcher::Class(class)
-        } else if !trimmed.contains([' ', '*']) {
-            // The config validator applies the same test; a bare word is a
-            // misspelt class far more often than a one-word SQL pattern.
-            return Err(error(RuleProblem::UnknownClass));
-        } else if !crate::classify::lexer::lex(trimmed).literals.is_empty() {
-            return Err(error(RuleProblem::Literal));
-        } else {
-            RuleMatcher::Pattern(Glob::new(&fold(trimmed)))
+        let matcher = match sql_rule::parse(text).map_err(error)? {
+            SqlRule::Class(class) => RuleMatcher::Class(
+                StatementClass::from_name(class)
+                    .ok_or_else(|| error(sql_rule::SqlRuleError::UnknownClass(class.into())))?,
+            ),
+            SqlRule::On { actions, relation } => {
+                RuleMatcher::On(OnRule::compile(actions, &relation))
+            }
         };
         Ok(Self {
             text: text.to_owned(),
@@ -89,13 +159,16 @@ impl Rule {
         })
     }
 
-    /// `folded` is the statement's normalized text passed through [`fold`].
-    /// SSH rules never match SQL statements.
-    pub fn matches(&self, statement: &Statement, folded: &Folded<'_>) -> bool {
+    /// A class rule naming `class`.
+    pub fn is_class(&self, class: StatementClass) -> bool {
+        matches!(self.matcher, RuleMatcher::Class(c) if c == class)
+    }
+
+    /// An action rule covering `act` when found in `list`.
+    pub fn covers(&self, act: &Act, list: List) -> bool {
         match &self.matcher {
-            RuleMatcher::Class(class) => statement.class == *class,
-            RuleMatcher::Pattern(glob) => glob.matches(folded.get()),
-            RuleMatcher::Ssh(_) => false,
+            RuleMatcher::On(rule) => rule.covers(act, list),
+            RuleMatcher::Class(_) | RuleMatcher::Ssh(_) => false,
         }
     }
 
@@ -103,38 +176,13 @@ impl Rule {
     pub fn matches_ssh(&self, request: &SshRequest, list: List) -> bool {
         match &self.matcher {
             RuleMatcher::Ssh(rule) => rule.matches(request, list),
-            RuleMatcher::Class(_) | RuleMatcher::Pattern(_) => false,
+            RuleMatcher::Class(_) | RuleMatcher::On(_) => false,
         }
     }
 }
 
-/// Classes a policy may name; `session` statements need no rule.
-fn policy_class(name: &str) -> Option<StatementClass> {
-    StatementClass::from_name(name).filter(|c| *c != StatementClass::Session)
-}
-
-/// A statement's [`fold`]ed text, made the first time a pattern rule needs it: policies made
-/// of class rules only (`allow: [read]`) never pay for it.
-pub struct Folded<'a> {
-    text: &'a str,
-    folded: std::cell::OnceCell<String>,
-}
-
-impl<'a> Folded<'a> {
-    pub fn new(text: &'a str) -> Self {
-        Self {
-            text,
-            folded: std::cell::OnceCell::new(),
-        }
-    }
-
-    fn get(&self) -> &str {
-        self.folded.get_or_init(|| fold(self.text))
-    }
-}
-
-/// Lowercase with whitespace runs collapsed to one space: the form both
-/// patterns and statements are compared in.
+/// Lowercase with whitespace runs collapsed to one space: the form SSH
+/// command patterns and commands are compared in.
 pub(crate) fn fold(text: &str) -> String {
     text.split_whitespace()
         .collect::<Vec<_>>()
@@ -143,27 +191,21 @@ pub(crate) fn fold(text: &str) -> String {
 }
 
 /// What is wrong with a rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuleProblem {
     Empty,
-    UnknownClass,
-    Literal,
+    Sql(sql_rule::SqlRuleError),
     UnknownSshWord,
 }
 
 impl std::fmt::Display for RuleProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Empty => "empty rule",
-            Self::UnknownClass => {
-                "neither a statement class (read, write, ddl, admin) nor a SQL pattern such as \"DROP *\""
-            }
-            Self::Literal => {
-                "patterns match statements with every literal replaced by `?`; write `?` instead of the literal"
-            }
-            Self::UnknownSshWord => {
-                "neither an SSH word (shell, scp, sftp, port_forward, agent_forward, x11) nor a command pattern such as \"git *\""
-            }
-        })
+        match self {
+            Self::Empty => f.write_str("empty rule"),
+            Self::Sql(problem) => problem.fmt(f),
+            Self::UnknownSshWord => f.write_str(
+                "neither an SSH word (shell, scp, sftp, port_forward, agent_forward, x11) nor a command pattern such as \"git *\"",
+            ),
+        }
     }
 }

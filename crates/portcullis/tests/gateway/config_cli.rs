@@ -26,14 +26,42 @@ fn the_example_config_is_valid() {
 #[test]
 fn a_misspelt_field_is_located_and_exits_2() {
     let broken = EXAMPLE.replace(
-        "    deny: [\"DROP *\", \"TRUNCATE *\"]\n    mask:",
-        "    denny: [\"DROP *\", \"TRUNCATE *\"]\n    mask:",
+        "    deny: [\"drop on *\", \"truncate on *\"]\n    mask:",
+        "    denny: [\"drop on *\", \"truncate on *\"]\n    mask:",
     );
     assert_ne!(broken, EXAMPLE, "the example changed; update this test");
     let out = check(&broken);
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(out.stderr.contains("portcullis.yaml:"), "{}", out.stderr);
     assert!(out.stderr.contains("denny"), "{}", out.stderr);
+}
+
+#[test]
+fn a_text_pattern_is_refused_on_its_line_with_the_rule_to_write() {
+    let old = EXAMPLE.replace(
+        "require_approval: [\"delete on *\"]",
+        "require_approval: [\"DELETE FROM customers *\"]",
+    );
+    assert_ne!(old, EXAMPLE, "the example changed; update this test");
+    let out = check(&old);
+    let line = refused_at_line(&out);
+    assert!(
+        old.lines()
+            .nth(line - 1)
+            .unwrap()
+            .contains("DELETE FROM customers"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("require_approval"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("write \"delete on customers\""),
+        "{}",
+        out.stderr
+    );
+    // The legacy "VERB *" form is still accepted, read as "verb on *".
+    let legacy = EXAMPLE.replace("[\"delete on *\"]", "[\"DELETE *\"]");
+    assert!(check(&legacy).success());
 }
 
 /// The line `check-config` names, after it exits 2.

@@ -19,6 +19,7 @@ mod postgres_differential;
 mod postgres_fidelity;
 mod postgres_login_limit;
 mod postgres_masking;
+mod postgres_meaning;
 mod postgres_robustness;
 mod postgres_session_state;
 mod postgres_state;

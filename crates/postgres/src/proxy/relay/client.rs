@@ -1030,6 +1030,12 @@ fn run_in_place(
         }
         outer.relations.extend(inner.relations.iter().cloned());
         outer.functions.extend(inner.functions.iter().cloned());
+        // Even under a plain EXPLAIN the prepared body counts as run: the
+        // name's body is decided once, whatever wraps its EXECUTE.
+        outer.actions.extend(inner.actions.iter().cloned());
+        if outer.unnamed_effect.is_none() {
+            outer.unnamed_effect.clone_from(&inner.unnamed_effect);
+        }
     }
 }
 
@@ -1064,7 +1070,7 @@ fn statement_detail(
     let strings = |items: &mut dyn Iterator<Item = &str>| {
         Value::Array(items.map(|s| Value::String(s.to_owned())).collect())
     };
-    let mut detail = Map::with_capacity(9);
+    let mut detail = Map::with_capacity(10);
     detail.insert("text".into(), text.into());
     detail.insert("protocol".into(), protocol.into());
     detail.insert("portal".into(), portal.into());
@@ -1084,6 +1090,15 @@ fn statement_detail(
                 .statements
                 .iter()
                 .flat_map(|s| s.relations.iter().map(String::as_str)),
+        ),
+    );
+    detail.insert(
+        "actions".into(),
+        Value::Array(
+            c.statements
+                .iter()
+                .flat_map(|s| s.actions.iter().map(|a| Value::String(a.to_string())))
+                .collect(),
         ),
     );
     detail.insert("reason".into(), d.reason.as_str().into());

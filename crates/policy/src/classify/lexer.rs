@@ -253,25 +253,34 @@ impl Lexer<'_> {
         false
     }
 
-    /// Where the next part of a continued string starts: only plain
-    /// whitespace that includes a newline may separate the parts (comments
-    /// break the continuation in the scanner `pg_query` builds in).
+    /// Where the next part of a continued string starts. As in the
+    /// server's scanner (`quotecontinue`), the parts may be separated by
+    /// whitespace that includes a newline, and `--` comments count as
+    /// whitespace there; a `/* */` comment ends the literal.
     fn continuation(&self) -> Option<usize> {
-        let mut i = self.pos;
-        while self
-            .src
-            .get(i)
-            .is_some_and(|&b| matches!(b, b' ' | b'\t' | b'\x0c' | b'\x0b'))
-        {
-            i += 1;
-        }
+        let horizontal = |b: u8| matches!(b, b' ' | b'\t' | b'\x0c' | b'\x0b');
+        let mut i = self.skip_while_or_line_comment(self.pos, horizontal);
         if !self.src.get(i).is_some_and(|&b| b == b'\n' || b == b'\r') {
             return None;
         }
-        while self.src.get(i).is_some_and(|&b| is_space(b)) {
-            i += 1;
-        }
+        i = self.skip_while_or_line_comment(i, is_space);
         (self.src.get(i) == Some(&b'\'')).then_some(i)
+    }
+
+    /// From `i`, past bytes for which `skip` holds and `--` comments (up to,
+    /// not including, their newline).
+    fn skip_while_or_line_comment(&self, mut i: usize, skip: impl Fn(u8) -> bool) -> usize {
+        loop {
+            match self.src.get(i) {
+                Some(&b) if skip(b) => i += 1,
+                Some(b'-') if self.src.get(i + 1) == Some(&b'-') => {
+                    while self.src.get(i).is_some_and(|&b| b != b'\n' && b != b'\r') {
+                        i += 1;
+                    }
+                }
+                _ => return i,
+            }
+        }
     }
 
     fn emit_literal(&mut self, start: usize) {

@@ -915,6 +915,28 @@ mod properties {
         )
     }
 
+    /// Each case was run against PostgreSQL 15: `--` comments may sit
+    /// between the parts of a continued string, `/* */` comments may not.
+    #[test]
+    fn string_continuation_across_comments_is_the_servers() {
+        let joined = [
+            "select 'abc'--c\n'def'",
+            "select 'abc'\n--c\n'def'",
+            "select 'abc' --c\n  'def'",
+        ];
+        for sql in joined {
+            assert_eq!(lex(sql).literals, vec![7..sql.len()], "{sql:?}");
+        }
+        let separate = [
+            "select 'abc'/*x*/\n'def'",
+            "select 'abc'\n/*x*/'def'",
+            "select 'abc'/*a\nb*/'def'",
+        ];
+        for sql in separate {
+            assert_eq!(lex(sql).literals.len(), 2, "{sql:?}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(3000))]
 

@@ -99,12 +99,42 @@ impl Rule {
         }
     }
 
+    /// The access level this `allow` rule lets run: its class, or for a
+    /// pattern the class of the command it starts with. A pattern starting
+    /// otherwise (`"*"`, `"WITH *"`, `"GRANT *"`) may match statements of
+    /// any class, so it counts as `admin`. SSH rules have no level.
+    pub fn level(&self) -> StatementClass {
+        match &self.matcher {
+            RuleMatcher::Class(class) => *class,
+            RuleMatcher::Pattern(_) => pattern_level(&self.text),
+            RuleMatcher::Ssh(_) => StatementClass::Session,
+        }
+    }
+
     /// Whether this rule matches an SSH request; SQL rules never do.
     pub fn matches_ssh(&self, request: &SshRequest, list: List) -> bool {
         match &self.matcher {
             RuleMatcher::Ssh(rule) => rule.matches(request, list),
             RuleMatcher::Class(_) | RuleMatcher::Pattern(_) => false,
         }
+    }
+}
+
+/// The class of the command a SQL pattern starts with, for the commands
+/// whose class the first word settles; `admin` for every other start.
+fn pattern_level(pattern: &str) -> StatementClass {
+    let first = pattern.split_whitespace().next().unwrap_or_default();
+    let of = |words: &[&str]| words.iter().any(|w| w.eq_ignore_ascii_case(first));
+    if of(&["SELECT", "TABLE", "VALUES", "SHOW", "FETCH", "MOVE"]) {
+        StatementClass::Read
+    } else if of(&[
+        "INSERT", "UPDATE", "DELETE", "MERGE", "CALL", "LOCK", "NOTIFY",
+    ]) {
+        StatementClass::Write
+    } else if of(&["CREATE", "ALTER", "DROP", "COMMENT", "TRUNCATE"]) {
+        StatementClass::Ddl
+    } else {
+        StatementClass::Admin
     }
 }
 

@@ -515,3 +515,50 @@ fn standing_only_drops_the_rules_of_jit_policies() {
         Verdict::Deny
     );
 }
+
+#[test]
+fn level_is_the_highest_class_allow_lets_run() {
+    let level = |allow: Value, require_approval: Value| {
+        set(vec![json!({
+            "name": "p",
+            "match": { "groups": ["ci"] },
+            "connection": "orders-db",
+            "allow": allow,
+            "require_approval": require_approval,
+        })])
+        .applicable(&ci(), "orders-db")
+        .level()
+    };
+    use StatementClass::*;
+    assert_eq!(level(json!(["read"]), json!(["write", "ddl"])), Read);
+    assert_eq!(level(json!([]), json!(["write"])), Read);
+    assert_eq!(level(json!(["read", "write"]), json!([])), Write);
+    assert_eq!(level(json!(["admin", "read"]), json!([])), Admin);
+    assert_eq!(level(json!(["select * from orders"]), json!([])), Read);
+    assert_eq!(
+        level(json!(["read", "DELETE FROM orders *"]), json!([])),
+        Write
+    );
+    assert_eq!(level(json!(["read", "create index *"]), json!([])), Ddl);
+    for anything in ["*", "WITH *", "GRANT *", "EXPLAIN *"] {
+        assert_eq!(level(json!([anything]), json!([])), Admin, "{anything}");
+    }
+}
+
+#[test]
+fn level_combines_every_applicable_policy() {
+    let policies = set(vec![
+        ci_reads(),
+        json!({
+            "name": "ci-jit-ddl",
+            "match": { "groups": ["ci"] },
+            "connection": "orders-db",
+            "access": { "jit": { "max": "15m" } },
+            "allow": ["ddl"],
+        }),
+    ]);
+    let all = policies.applicable(&ci(), "orders-db");
+    assert_eq!(all.level(), StatementClass::Ddl);
+    // ci_reads allows an UPDATE pattern beside `read`.
+    assert_eq!(all.standing_only().level(), StatementClass::Write);
+}

@@ -314,40 +314,55 @@ pub struct PostgresConnection {
     pub functions: FunctionClasses,
 }
 
-/// `functions: { read: [app.price_of], write: [queue.enqueue] }`: what a
-/// call to each listed function is, whatever the catalog says. Names are
-/// `schema.name`, or a bare `name` for that name in every schema; they are
-/// matched as PostgreSQL folds them (unquoted names are lower case).
-/// Built-ins (`pg_catalog`) cannot be listed: the gateway classifies them.
+/// One value per statement class, as config keys: `functions:` lists
+/// names per class, `upstream.users:` a role per access level.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FunctionClasses {
-    /// Functions that only read although the catalog says they are
-    /// volatile or `SECURITY DEFINER`.
+#[serde(
+    deny_unknown_fields,
+    bound(deserialize = "T: Deserialize<'de> + Default")
+)]
+pub struct PerClass<T> {
+    /// For `read`: returns data and changes nothing.
     #[serde(default)]
-    pub read: Vec<String>,
-    /// Functions that change data.
+    pub read: T,
+    /// For `write`: changes rows or other data.
     #[serde(default)]
-    pub write: Vec<String>,
-    /// Functions that change the schema.
+    pub write: T,
+    /// For `ddl`: changes the schema.
     #[serde(default)]
-    pub ddl: Vec<String>,
-    /// Functions that act on roles, privileges, the server or other sessions.
+    pub ddl: T,
+    /// For `admin`: acts on roles, privileges, the server or other sessions.
     #[serde(default)]
-    pub admin: Vec<String>,
+    pub admin: T,
 }
 
-impl FunctionClasses {
-    /// Every listed name with the class word of its list.
-    pub fn entries(&self) -> impl Iterator<Item = (&'static str, &str)> {
+impl<T> PerClass<T> {
+    /// Each class word with its value, weakest class first.
+    pub fn by_class(&self) -> [(&'static str, &T); 4] {
         [
             ("read", &self.read),
             ("write", &self.write),
             ("ddl", &self.ddl),
             ("admin", &self.admin),
         ]
-        .into_iter()
-        .flat_map(|(class, names)| names.iter().map(move |n| (class, n.as_str())))
+    }
+}
+
+/// `functions: { read: [app.price_of], write: [queue.enqueue] }`: what a
+/// call to each listed function is, whatever the catalog says (`read`:
+/// only reads although the catalog says volatile or `SECURITY DEFINER`).
+/// Names are `schema.name`, or a bare `name` for that name in every
+/// schema; they are matched as PostgreSQL folds them (unquoted names are
+/// lower case). Built-ins (`pg_catalog`) cannot be listed: the gateway
+/// classifies them.
+pub type FunctionClasses = PerClass<Vec<String>>;
+
+impl FunctionClasses {
+    /// Every listed name with the class word of its list.
+    pub fn entries(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.by_class()
+            .into_iter()
+            .flat_map(|(class, names)| names.iter().map(move |n| (class, n.as_str())))
     }
 }
 
@@ -363,8 +378,15 @@ pub struct PostgresUpstream {
     pub port: u16,
     /// Database the gateway logs in to.
     pub database: String,
-    /// Role the gateway logs in as.
+    /// Role the gateway logs in as: for every session when `users` is
+    /// omitted; with `users`, for levels above every listed one, and always
+    /// for the gateway's own catalog connection.
     pub user: String,
+    /// A role per access level, so the database's own grants back the
+    /// gateway's decisions: a session logs in as the role of the highest
+    /// level its policies allow (`users.read` for `allow: [read]`).
+    #[serde(default)]
+    pub users: Box<LevelUsers>,
     /// Environment variable holding the password.
     #[serde(default)]
     pub password_env: Option<String>,
@@ -393,6 +415,91 @@ pub struct PostgresUpstream {
     /// replay the md5 answer. `verify-full` TLS and Unix sockets never need it.
     #[serde(default)]
     pub insecure_password_auth: bool,
+}
+
+/// `users: { read: { user: app_ro, password_file: ... }, write: ... }`:
+/// the role for sessions whose policies allow at most that level. A level
+/// without an entry logs in as the next higher level's role, and above
+/// every entry as the connection's `user`.
+pub type LevelUsers = PerClass<Option<LevelUser>>;
+
+impl LevelUsers {
+    /// The listed roles with their level's word, weakest level first.
+    pub fn entries(&self) -> impl Iterator<Item = (&'static str, &LevelUser)> {
+        self.by_class()
+            .into_iter()
+            .filter_map(|(level, user)| user.as_ref().map(|u| (level, u)))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries().next().is_none()
+    }
+}
+
+/// One level's upstream role and its password. A password is never taken
+/// from another entry: one role's secret is not sent in another's login.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LevelUser {
+    /// Role the level's sessions log in as.
+    pub user: String,
+    /// Environment variable holding its password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding its password (trailing newline ignored).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Inline password: for trials only.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+impl LevelUser {
+    pub fn password_source(&self) -> PasswordSource<'_> {
+        PasswordSource {
+            env: self.password_env.as_deref(),
+            file: self.password_file.as_deref(),
+            inline: self.password.as_deref(),
+        }
+    }
+}
+
+/// Where a password comes from: at most one of an environment variable, a
+/// file and an inline value (the validator refuses more).
+#[derive(Debug, Clone, Copy)]
+pub struct PasswordSource<'a> {
+    env: Option<&'a str>,
+    file: Option<&'a Path>,
+    inline: Option<&'a str>,
+}
+
+impl PasswordSource<'_> {
+    /// How many sources are given; more than one is ambiguous.
+    pub fn count(&self) -> usize {
+        [
+            self.env.is_some(),
+            self.file.is_some(),
+            self.inline.is_some(),
+        ]
+        .iter()
+        .filter(|given| **given)
+        .count()
+    }
+
+    /// Reads the password; `None` when no source is given.
+    pub fn resolve(&self) -> Result<Option<String>, String> {
+        if let Some(var) = self.env {
+            return std::env::var(var)
+                .map(Some)
+                .map_err(|_| format!("environment variable {var} is not set"));
+        }
+        if let Some(path) = self.file {
+            return std::fs::read_to_string(path)
+                .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
+                .map_err(|e| format!("cannot read password_file {}: {e}", path.display()));
+        }
+        Ok(self.inline.map(str::to_string))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -647,19 +754,13 @@ impl PostgresUpstream {
             .then(|| Path::new(&self.host).join(format!(".s.PGSQL.{}", self.port)))
     }
 
-    /// Resolves the upstream password from env, file or inline value.
-    pub fn resolve_password(&self) -> Result<Option<String>, String> {
-        if let Some(var) = &self.password_env {
-            return std::env::var(var)
-                .map(Some)
-                .map_err(|_| format!("environment variable {var} is not set"));
+    /// Where the password of `user` comes from.
+    pub fn password_source(&self) -> PasswordSource<'_> {
+        PasswordSource {
+            env: self.password_env.as_deref(),
+            file: self.password_file.as_deref(),
+            inline: self.password.as_deref(),
         }
-        if let Some(path) = &self.password_file {
-            return std::fs::read_to_string(path)
-                .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
-                .map_err(|e| format!("cannot read password_file {}: {e}", path.display()));
-        }
-        Ok(self.password.clone())
     }
 }
 

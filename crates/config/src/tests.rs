@@ -558,3 +558,64 @@ fn with_several_issuers_policies_and_approvers_name_theirs() {
         "{err}"
     );
 }
+
+#[test]
+fn upstream_users_per_level_parse_beside_the_single_user() {
+    let c = Config::parse("p.yaml", GOOD).unwrap();
+    assert!(pg_upstream(&c, 0).users.is_empty(), "the single user form");
+    let text = GOOD.replace(
+        "      tls: prefer",
+        "      tls: prefer\n      users:\n        read: { user: app_ro, password_file: secrets/ro }\n        ddl:\n          user: app_owner\n          password_env: OWNER_PW",
+    );
+    let c = Config::parse("p.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+    let up = pg_upstream(&c, 0);
+    assert_eq!(up.user, "app_rw");
+    let listed: Vec<(&str, &str)> = up
+        .users
+        .entries()
+        .map(|(level, u)| (level, u.user.as_str()))
+        .collect();
+    assert_eq!(listed, [("read", "app_ro"), ("ddl", "app_owner")]);
+}
+
+#[test]
+fn upstream_users_errors_name_the_level_and_its_line() {
+    let users = |entries: &str| {
+        GOOD.replace(
+            "      tls: prefer",
+            &format!("      tls: prefer\n      users:\n{entries}"),
+        )
+    };
+    for (entries, says, located) in [
+        (
+            "        write: { user: app_rw }\n        read: { user: \"\" }",
+            "connections[0].upstream.users.read.user: must name a role",
+            "read: { user: \"\" }",
+        ),
+        (
+            "        write: { user: app_rw, password_env: A, password: b }",
+            "connections[0].upstream.users.write.password: give at most one of",
+            "write: { user: app_rw",
+        ),
+        (
+            "        reader: { user: app_ro }",
+            "unknown field `reader`, expected one of `read`, `write`, `ddl`, `admin`",
+            // serde_yaml locates errors inside a tagged connection at the connection.
+            "- name: orders-db",
+        ),
+        (
+            "        read: { user: app_ro, password_fil: x }",
+            "unknown field `password_fil`",
+            "- name: orders-db",
+        ),
+    ] {
+        let text = users(entries);
+        let err = Config::parse("p.yaml", &text).unwrap_err().to_string();
+        assert!(err.contains(says), "{entries}: {err}");
+        let line: usize = err.split(':').nth(1).unwrap().parse().unwrap();
+        assert!(
+            text.lines().nth(line - 1).unwrap().contains(located),
+            "{entries}: {err}"
+        );
+    }
+}

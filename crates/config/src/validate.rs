@@ -233,18 +233,14 @@ fn validate_connections(config: &Config) -> Result<(), Violation> {
                 ));
             }
             let up = &pg.upstream;
-            let sources = [
-                up.password_env.is_some(),
-                up.password_file.is_some(),
-                up.password.is_some(),
-            ];
-            if sources.iter().filter(|s| **s).count() > 1 {
+            if up.password_source().count() > 1 {
                 return Err(Violation::new(
                     field("upstream"),
                     "give at most one of password_env, password_file, password".into(),
                     "password",
                 ));
             }
+            validate_level_users(pg, &field)?;
             let needs_tls = match up.tls {
                 UpstreamTls::Require => Some("require"),
                 UpstreamTls::VerifyFull => Some("verify-full"),
@@ -271,6 +267,33 @@ fn validate_connections(config: &Config) -> Result<(), Violation> {
                 .after(format!("name: {}", pg.name)));
             }
             validate_functions(pg, &field)?;
+        }
+    }
+    Ok(())
+}
+
+/// `upstream.users:` entries name a role and at most one password source.
+fn validate_level_users(
+    pg: &crate::PostgresConnection,
+    field: &dyn Fn(&str) -> String,
+) -> Result<(), Violation> {
+    for (level, entry) in pg.upstream.users.entries() {
+        let at = |f: &str| field(&format!("upstream.users.{level}.{f}"));
+        // A role name can be any short word, so the line is found by its level.
+        let anchor = format!("{level}:");
+        let scope = format!("name: {}", pg.name);
+        if entry.user.trim().is_empty() {
+            return Err(
+                Violation::new(at("user"), "must name a role".into(), &anchor).after(scope),
+            );
+        }
+        if entry.password_source().count() > 1 {
+            return Err(Violation::new(
+                at("password"),
+                "give at most one of password_env, password_file, password".into(),
+                &anchor,
+            )
+            .after(scope));
         }
     }
     Ok(())

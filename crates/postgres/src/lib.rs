@@ -7,4 +7,4 @@ pub mod auth;
 pub mod codec;
 pub mod proxy;
 
-pub use proxy::{run_session, CancelRegistry, PgGateway, UpstreamAddr, UpstreamTarget};
+pub use proxy::{run_session, CancelRegistry, LevelRoles, PgGateway, UpstreamAddr, UpstreamTarget};

@@ -62,6 +62,8 @@ pub struct PgServer {
     run_dir: PathBuf,
     postmaster: Option<Child>,
     watchdog: Option<Watchdog>,
+    /// Server settings passed as `-c name=value` at every start.
+    settings: Vec<(String, String)>,
 }
 
 impl PgServer {
@@ -69,14 +71,24 @@ impl PgServer {
     /// under a second once the template exists (the first call per target dir
     /// runs `initdb`, a few seconds). Panics with the server log on failure.
     pub fn start() -> PgServer {
+        Self::start_with(&[])
+    }
+
+    /// [`PgServer::start`] with server settings (`-c name=value`), for
+    /// those only a start can set (`shared_preload_libraries`).
+    pub fn start_with(settings: &[(&str, &str)]) -> PgServer {
         let bin = bindir();
         let root = new_server_dir();
         template::copy_data_into(&bin, &root.path().join("data"));
-        PgServer::boot(bin, root)
+        let settings = settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        PgServer::boot(bin, root, settings)
     }
 
     /// Starts the cluster whose data dir is `root/data` on a free port.
-    fn boot(bin: PathBuf, root: TempDir) -> PgServer {
+    fn boot(bin: PathBuf, root: TempDir, settings: Vec<(String, String)>) -> PgServer {
         let run_dir = root.path().join("run");
         std::fs::create_dir_all(&run_dir).expect("create socket dir");
         os::give_to_db_owner(&run_dir);
@@ -93,6 +105,7 @@ impl PgServer {
             run_dir,
             postmaster: None,
             watchdog: None,
+            settings,
         };
         server.launch_on_free_port();
         server
@@ -211,6 +224,11 @@ impl PgServer {
             .arg(self.data_dir())
             .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
             .arg(&self.run_dir)
+            .args(
+                self.settings
+                    .iter()
+                    .flat_map(|(k, v)| ["-c".into(), format!("{k}={v}")]),
+            )
             .current_dir(self.root.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))

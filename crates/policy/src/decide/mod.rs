@@ -246,6 +246,19 @@ impl Applicable<'_> {
         }
     }
 
+    /// The access level whose upstream role a session of these policies
+    /// logs in as: the highest class their `allow` rules let run, at least
+    /// `read`. `require_approval` does not raise it: an approval lets one
+    /// statement through the gateway, it does not widen the database role
+    /// that backs every other statement of the session.
+    pub fn level(&self) -> StatementClass {
+        self.policies
+            .iter()
+            .flat_map(|p| p.allow.iter())
+            .map(Rule::level)
+            .fold(StatementClass::Read, StatementClass::max)
+    }
+
     /// The mask settings of the applicable policies that have any.
     pub fn masks(&self) -> impl Iterator<Item = (&str, &MaskConfig)> {
         self.policies
@@ -433,14 +446,9 @@ impl Applicable<'_> {
 /// The strongest class the actions account for: a statement of a stronger
 /// class does something its actions do not say.
 fn explained_class(actions: &[Act]) -> StatementClass {
-    use Action as A;
     actions
         .iter()
-        .map(|act| match act.action {
-            A::Select => StatementClass::Read,
-            A::Insert | A::Update | A::Delete => StatementClass::Write,
-            A::Truncate | A::Create | A::Alter | A::Drop => StatementClass::Ddl,
-        })
+        .map(|act| rules::action_class(act.action))
         .max()
         .unwrap_or(StatementClass::Session)
 }

@@ -172,12 +172,38 @@ impl Rule {
         }
     }
 
+    /// The access level this `allow` rule lets run: its class, or for an
+    /// action rule the highest class among its actions (`delete on orders`
+    /// is `write`). SSH rules have no level.
+    pub fn level(&self) -> StatementClass {
+        match &self.matcher {
+            RuleMatcher::Class(class) => *class,
+            RuleMatcher::On(rule) => rule
+                .actions
+                .iter()
+                .map(|&action| action_class(action))
+                .max()
+                .unwrap_or(StatementClass::Read),
+            RuleMatcher::Ssh(_) => StatementClass::Session,
+        }
+    }
+
     /// Whether this rule matches an SSH request; SQL rules never do.
     pub fn matches_ssh(&self, request: &SshRequest, list: List) -> bool {
         match &self.matcher {
             RuleMatcher::Ssh(rule) => rule.matches(request, list),
             RuleMatcher::Class(_) | RuleMatcher::On(_) => false,
         }
+    }
+}
+
+/// The class a statement needs to do `action`; what a database role of
+/// that level must be allowed.
+pub(crate) fn action_class(action: Action) -> StatementClass {
+    match action {
+        Action::Select => StatementClass::Read,
+        Action::Insert | Action::Update | Action::Delete => StatementClass::Write,
+        Action::Truncate | Action::Create | Action::Alter | Action::Drop => StatementClass::Ddl,
     }
 }
 

@@ -546,3 +546,49 @@ fn standing_only_drops_the_rules_of_jit_policies() {
         Verdict::Deny
     );
 }
+
+#[test]
+fn level_is_the_highest_class_allow_lets_run() {
+    let level = |allow: Value, require_approval: Value| {
+        set(vec![json!({
+            "name": "p",
+            "match": { "groups": ["ci"] },
+            "connection": "orders-db",
+            "allow": allow,
+            "require_approval": require_approval,
+        })])
+        .applicable(&ci(), "orders-db")
+        .level()
+    };
+    use StatementClass::*;
+    assert_eq!(level(json!(["read"]), json!(["write", "ddl"])), Read);
+    assert_eq!(level(json!([]), json!(["write"])), Read);
+    assert_eq!(level(json!(["read", "write"]), json!([])), Write);
+    assert_eq!(level(json!(["admin", "read"]), json!([])), Admin);
+    assert_eq!(level(json!(["select on orders"]), json!([])), Read);
+    assert_eq!(level(json!(["read", "delete on orders"]), json!([])), Write);
+    assert_eq!(level(json!(["read", "create on *"]), json!([])), Ddl);
+    assert_eq!(level(json!(["truncate on orders"]), json!([])), Ddl);
+    assert_eq!(level(json!(["insert on public.*"]), json!([])), Write);
+    // The `write` group includes `truncate`, which needs a `ddl` role.
+    assert_eq!(level(json!(["write on public.*"]), json!([])), Ddl);
+    assert_eq!(level(json!(["ddl on *"]), json!(["admin"])), Ddl);
+}
+
+#[test]
+fn level_combines_every_applicable_policy() {
+    let policies = set(vec![
+        ci_reads(),
+        json!({
+            "name": "ci-jit-ddl",
+            "match": { "groups": ["ci"] },
+            "connection": "orders-db",
+            "access": { "jit": { "max": "15m" } },
+            "allow": ["ddl"],
+        }),
+    ]);
+    let all = policies.applicable(&ci(), "orders-db");
+    assert_eq!(all.level(), StatementClass::Ddl);
+    // ci_reads allows an UPDATE pattern beside `read`.
+    assert_eq!(all.standing_only().level(), StatementClass::Write);
+}

@@ -17,7 +17,7 @@ use portcullis_jit::{Broker, BrokerSettings, Notifier};
 use portcullis_policy::classify::facts::DeclaredFunctions;
 use portcullis_policy::classify::Classifier;
 use portcullis_policy::decide::PolicySet;
-use portcullis_postgres::{CancelRegistry, PgGateway, UpstreamAddr, UpstreamTarget};
+use portcullis_postgres::{CancelRegistry, LevelRoles, PgGateway, UpstreamAddr, UpstreamTarget};
 use portcullis_records::{Seal, Store};
 use portcullis_ssh::SshGateway;
 use tokio::sync::watch;
@@ -215,8 +215,11 @@ fn postgres_gateway(
 ) -> anyhow::Result<Arc<PgGateway>> {
     let password = pg
         .upstream
-        .resolve_password()
+        .password_source()
+        .resolve()
         .map_err(|e| anyhow::anyhow!("connection {:?}: {e}", pg.name))?;
+    let roles = LevelRoles::from_config(&pg.upstream.users)
+        .map_err(|e| anyhow::anyhow!("connection {:?}: upstream.{e}", pg.name))?;
     let upstream = UpstreamTarget {
         addr: UpstreamAddr::from_config(&pg.upstream),
         database: pg.upstream.database.clone(),
@@ -236,6 +239,7 @@ fn postgres_gateway(
         tls: Some(services.tls.clone()),
         allow_plaintext: pg.insecure_plaintext,
         upstream,
+        roles,
         cancels: Arc::new(CancelRegistry::default()),
         masker: services.masker.clone(),
         catalog: Default::default(),

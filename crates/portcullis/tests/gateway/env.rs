@@ -43,6 +43,8 @@ pub struct Options {
     pub second_listener: Option<u16>,
     /// `workers:` (runtime threads); omitted when `None`.
     pub workers: Option<usize>,
+    /// PostgreSQL settings given at its start (`shared_preload_libraries`).
+    pub pg_settings: &'static [(&'static str, &'static str)],
 }
 
 impl Default for Options {
@@ -64,6 +66,7 @@ impl Default for Options {
             admin_extra: String::new(),
             second_listener: None,
             workers: None,
+            pg_settings: &[],
         }
     }
 }
@@ -101,7 +104,7 @@ impl Env {
     }
 
     pub fn with(opts: Options) -> Env {
-        let pg = PgServer::start();
+        let pg = PgServer::start_with(opts.pg_settings);
         pg.sql(
             "app",
             "create table items (id int primary key, name text);

@@ -52,5 +52,5 @@ pub fn wait_for_pending(
         }
         thread::sleep(Duration::from_millis(50));
     }
-    panic!("no pending approval for {statement:?}");
+    panic!("no pending approval for {statement:?} in {:#}", list());
 }

@@ -13,6 +13,7 @@ mod hold;
 mod mask;
 mod output;
 mod relay;
+mod roles;
 mod session;
 mod settings;
 mod startup_params;
@@ -22,10 +23,11 @@ pub mod upstream;
 use std::sync::Arc;
 
 use portcullis_identity::ratelimit::AuthRateLimit;
+use portcullis_identity::Principal;
 use portcullis_identity::Verifier;
 use portcullis_policy::classify::facts::DeclaredFunctions;
 use portcullis_policy::classify::Classifier;
-use portcullis_policy::decide::PolicySet;
+use portcullis_policy::decide::{Applicable, PolicySet};
 use portcullis_records::Store;
 use std::net::SocketAddr;
 
@@ -33,6 +35,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 pub use cancel::CancelRegistry;
+pub use roles::{LevelRoles, SessionRole};
 pub use upstream::{UpstreamAddr, UpstreamTarget};
 
 /// Everything a listener's sessions share.
@@ -47,7 +50,11 @@ pub struct PgGateway {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Accept clients that did not negotiate TLS (loopback-only listeners).
     pub allow_plaintext: bool,
+    /// The connection's `user`: the catalog connection's login, and every
+    /// session's unless `roles` names one for the session's level.
     pub upstream: UpstreamTarget,
+    /// `upstream.users:`, the role per access level (empty: none).
+    pub roles: LevelRoles,
     pub cancels: Arc<CancelRegistry>,
     /// Keyed masker for `mask:` rules (the key lives in the data dir, so
     /// `hash` stays stable across restarts).
@@ -61,6 +68,18 @@ pub struct PgGateway {
     pub jit: Arc<portcullis_jit::Broker>,
     /// Failed logins per source address; shared with the gateway's other listeners.
     pub limits: Arc<AuthRateLimit>,
+}
+
+impl PgGateway {
+    /// The policies a session of `principal` runs under: a jit policy's
+    /// rules apply only inside a grant in force.
+    pub(crate) fn session_policies(&self, principal: &Principal, granted: bool) -> Applicable<'_> {
+        let all = self.policies.applicable(principal, &self.name);
+        match granted {
+            true => all,
+            false => all.standing_only(),
+        }
+    }
 }
 
 /// Runs one client connection from its first byte to its end. The binary's

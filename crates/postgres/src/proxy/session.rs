@@ -31,7 +31,7 @@ use crate::codec::{decode_frame, Frame, MAX_STARTUP_LEN};
 use super::settings;
 use super::stream::MaybeTls;
 use super::upstream::{self, Upstream};
-use super::{relay, startup_params, PgGateway};
+use super::{relay, startup_params, PgGateway, SessionRole};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -129,33 +129,42 @@ pub(crate) async fn run(
     let Admitted {
         principal,
         upstream,
+        role,
         client_params,
         grant,
     } = admitted;
     let grant_id = grant.as_ref().map(|g| g.id.as_str());
-    if let Err(refusal) = record_admission(
-        &gw,
-        &client,
-        &session_id,
-        &principal,
-        &client_params,
-        grant_id,
-    )
-    .await
-    {
+    let admission = Admission {
+        principal: &principal,
+        role: &role,
+        params: &client_params,
+        grant: grant_id,
+    };
+    if let Err(refusal) = record_admission(&gw, &client, &session_id, admission).await {
         return refuse(&gw, &mut client, &session_id, refusal).await;
     }
     tracing::info!(
         session = %session_id, connection = %gw.name, principal = %principal.name,
         token = %principal.token_fingerprint, client = %peer, grant = grant_id.unwrap_or("-"),
-        "session started"
+        upstream_user = %role.user, "session started"
     );
-    relay::run(gw, client, upstream, principal, session_id, grant, shutdown).await;
+    relay::run(
+        gw,
+        client,
+        upstream,
+        (principal, role),
+        session_id,
+        grant,
+        shutdown,
+    )
+    .await;
 }
 
 struct Admitted {
     principal: Principal,
     upstream: Upstream,
+    /// The role the upstream session logged in as.
+    role: SessionRole,
     client_params: Vec<(String, String)>,
     /// The grant the session depends on, when admitted through one.
     grant: Option<GrantLease>,
@@ -194,20 +203,21 @@ async fn handshake(gw: &PgGateway, client: &mut Client) -> Result<Option<Admitte
     let grant = admit(gw, &principal)
         .await
         .map_err(|r| r.of(&principal).failed_login())?;
-    let upstream = upstream::connect(&gw.upstream, &forwarded)
-        .await
-        .map_err(|e| {
-            tracing::warn!(connection = %gw.name, error = %e, "upstream login failed");
-            Refusal::new(
-                sqlstate::UNABLE_TO_CONNECT,
-                format!("upstream unavailable: {e}"),
-            )
-            .of(&principal)
-        })?;
+    let level = gw.session_policies(&principal, grant.is_some()).level();
+    let (target, role) = gw.roles.session_target(&gw.upstream, level);
+    let upstream = upstream::connect(&target, &forwarded).await.map_err(|e| {
+        tracing::warn!(connection = %gw.name, error = %e, "upstream login failed");
+        Refusal::new(
+            sqlstate::UNABLE_TO_CONNECT,
+            format!("upstream unavailable: {e}"),
+        )
+        .of(&principal)
+    })?;
     check_upstream_parameters(&upstream).map_err(|r| r.of(&principal))?;
     Ok(Some(Admitted {
         principal,
         upstream,
+        role,
         client_params: params,
         grant,
     }))
@@ -394,14 +404,27 @@ async fn write(client: &mut Client, bytes: &[u8]) -> Result<(), Refusal> {
         .map_err(|e| Refusal::new(sqlstate::CONNECTION_FAILURE, format!("write failed: {e}")))
 }
 
+/// Who was admitted, as what, and under which grant: what the session's
+/// first records say.
+struct Admission<'a> {
+    principal: &'a Principal,
+    role: &'a SessionRole,
+    params: &'a [(String, String)],
+    grant: Option<&'a str>,
+}
+
 async fn record_admission(
     gw: &PgGateway,
     client: &Client,
     session_id: &str,
-    principal: &Principal,
-    params: &[(String, String)],
-    grant: Option<&str>,
+    admission: Admission<'_>,
 ) -> Result<(), Refusal> {
+    let Admission {
+        principal,
+        role,
+        params,
+        grant,
+    } = admission;
     let attempt = attempt_record(gw, client, session_id, "ok", None)
         .principal(principal.name.clone())
         .detail(json!({
@@ -422,6 +445,8 @@ async fn record_admission(
             "client_user": StartupPacket::param(params, "user"),
             "client_database": StartupPacket::param(params, "database"),
             "grant": grant,
+            "upstream_user": role.user,
+            "upstream_level": role.level,
         }));
     for record in [attempt, start] {
         gw.store.append(record).await.map_err(|e| {

@@ -492,6 +492,7 @@ pub(super) mod tests {
             port: 6543,
             database: "app".into(),
             user: "app".into(),
+            users: Default::default(),
             password_env: None,
             password_file: None,
             password: None,

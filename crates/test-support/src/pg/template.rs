@@ -115,7 +115,7 @@ fn build(bin: &Path, dir: &Path, stamp: &str) {
     make_cert(work.path(), &data);
     configure(&data);
 
-    let mut server = PgServer::boot(bin.to_path_buf(), work);
+    let mut server = PgServer::boot(bin.to_path_buf(), work, Vec::new());
     server.sql("postgres", &setup_sql());
     // A fast (not immediate) shutdown checkpoints, so copies start without recovery.
     server.watchdog = None;

@@ -22,7 +22,7 @@ use crate::codec::{decode_frame, Frame};
 use crate::proxy::hold;
 use crate::proxy::mask::{self, SessionMask};
 use crate::proxy::stream::MaybeTls;
-use crate::proxy::PgGateway;
+use crate::proxy::{PgGateway, SessionRole};
 
 mod fastpath;
 
@@ -89,6 +89,8 @@ pub(super) struct ClientSide<'a> {
     pub(super) denied: u64,
     /// The grant this session runs under; named in every statement record.
     pub(super) grant: Option<String>,
+    /// The upstream role the session logged in as: a hold above its level is refused.
+    role: SessionRole,
     /// A statement waiting for an approver; nothing after it is handled
     /// until it is settled.
     held: Option<PendingHold>,
@@ -127,6 +129,7 @@ impl<'a> ClientSide<'a> {
             tokio::sync::watch::Receiver<u64>,
         ),
         grant: Option<String>,
+        role: SessionRole,
         notices: tokio::sync::mpsc::UnboundedSender<BytesMut>,
         cancelled: Option<Arc<tokio::sync::Notify>>,
     ) -> Self {
@@ -148,6 +151,7 @@ impl<'a> ClientSide<'a> {
             statements: 0,
             denied: 0,
             grant,
+            role,
             held: None,
             notices,
             cancelled,
@@ -752,6 +756,9 @@ impl ClientSide<'_> {
 
     fn decide_classified(&self, c: &Classification) -> Decision {
         let mut d = self.applicable.decide(c);
+        if let Some(refused) = self.role.refuses_hold(&d, c) {
+            return refused;
+        }
         if d.verdict == Verdict::Allow {
             if let Some(refusal) = self.mask.and_then(|m| mask::lineage::refusal(&m.rules, c)) {
                 d = refusal;
@@ -1206,6 +1213,7 @@ mod tests {
                 "portal": "p1",
                 "params": 2,
                 "classes": ["read", "write"],
+                "actions": ["select on orders", "delete on app.carts", "select on app.carts"],
                 "commands": ["SELECT", "DELETE"],
                 "relations": ["orders", "app.carts"],
                 "reason": "allowed by ci",

@@ -45,7 +45,7 @@ use crate::proxy::session::Client;
 use crate::proxy::settings::Watched;
 use crate::proxy::stream::MaybeTls;
 use crate::proxy::upstream::Upstream;
-use crate::proxy::PgGateway;
+use crate::proxy::{PgGateway, SessionRole};
 
 use client::ClientSide;
 use names::{Change, Names};
@@ -55,7 +55,7 @@ pub(crate) async fn run(
     gw: Arc<PgGateway>,
     client: Client,
     upstream: Upstream,
-    principal: Principal,
+    (principal, role): (Principal, SessionRole),
     session_id: String,
     mut grant: Option<GrantLease>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -89,11 +89,7 @@ pub(crate) async fn run(
     // The last Sync group the upstream has answered; the client half waits
     // on it before reading names an unanswered group may have changed.
     let (settled_tx, settled_rx) = tokio::sync::watch::channel(0u64);
-    // A jit policy's rules apply only inside a grant in force.
-    let applicable = match &grant {
-        Some(_) => gw.policies.applicable(&principal, &gw.name),
-        None => gw.policies.applicable(&principal, &gw.name).standing_only(),
-    };
+    let applicable = gw.session_policies(&principal, grant.is_some());
     let (notice_tx, notice_rx) = tokio::sync::mpsc::unbounded_channel();
     let mask = match MaskRules::compile(applicable.masks()) {
         Ok(rules) => rules.map(|rules| SessionMask::new(rules, gw.masker.clone())),
@@ -116,6 +112,7 @@ pub(crate) async fn run(
         (&principal, &session_id),
         (&expectations, &names, settled_rx),
         grant.as_ref().map(|g| g.id.clone()),
+        role,
         notice_tx,
         registration.as_ref().map(|r| r.cancelled.clone()),
     );

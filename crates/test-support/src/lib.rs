@@ -96,7 +96,13 @@ fn ephemeral_floor() -> Option<u32> {
 /// 30 s. If `proc_` is given and exits first, or time runs out, panics with
 /// its log, which is usually the only clue why a gateway did not come up.
 pub fn wait_for_port(addr: &str, proc_: Option<&Process>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    wait_for_port_within(addr, proc_, Duration::from_secs(30));
+}
+
+/// [`wait_for_port`] for up to `limit`: for servers whose start is slow on a
+/// loaded machine (an interpreter loading a package tree from a cold disk).
+pub fn wait_for_port_within(addr: &str, proc_: Option<&Process>, limit: Duration) {
+    let deadline = Instant::now() + limit;
     loop {
         if can_connect(addr) {
             return;
@@ -111,7 +117,10 @@ pub fn wait_for_port(addr: &str, proc_: Option<&Process>) {
         }
         if Instant::now() >= deadline {
             let why = proc_.map(Process::describe).unwrap_or_default();
-            panic!("{addr} did not accept connections within 30 s; {why}");
+            panic!(
+                "{addr} did not accept connections within {} s; {why}",
+                limit.as_secs()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -6,11 +6,13 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::Value;
-use test_support::{free_port, run, wait_for_port, Process};
+
+use test_support::{free_port, run, wait_for_port_within, Process};
 
 use crate::env::{Env, Options, TIMEOUT};
 
@@ -48,7 +50,13 @@ impl NodeIssuer {
         cmd.current_dir(dir)
             .args(["issuer.mjs", &port.to_string(), alg]);
         let process = Process::spawn(cmd, "oidc-provider");
-        wait_for_port(&format!("127.0.0.1:{port}"), Some(&process));
+        // Node loads oidc-provider's package tree and makes a key before it
+        // listens: on a fresh, busy CI machine that once took over 30 s.
+        wait_for_port_within(
+            &format!("127.0.0.1:{port}"),
+            Some(&process),
+            Duration::from_secs(120),
+        );
         NodeIssuer {
             url: format!("http://127.0.0.1:{port}"),
             process,

@@ -34,6 +34,7 @@ const issuer = `http://127.0.0.1:${port}`;
 
 // A fresh signing key per run, so no private key is committed. The gateway
 // finds it through discovery -> jwks_uri, by the `kid` oidc-provider derives.
+console.error(`oidc-provider loaded; making a ${alg} key`);
 const { privateKey } = alg === 'ES256'
   ? generateKeyPairSync('ec', { namedCurve: 'P-256' })
   : generateKeyPairSync('rsa', { modulusLength: 2048 });
